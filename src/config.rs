@@ -1,0 +1,508 @@
+//! Parses and validates one check instance into a typed `Config`.
+//! Every error names the key and says how to fix it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::{HuntressError, Result};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.huntress.io";
+pub const DEFAULT_SERVICE: &str = "huntress-siem";
+const MAX_LOOKBACK_SECONDS: u64 = 7 * 24 * 3600;
+
+/// What the Agent itself knows, passed in by the Python check.
+#[derive(Clone, Default)]
+pub struct AgentContext {
+    pub api_key: String,
+    pub site: String,
+    pub min_collection_interval: f64,
+    pub proxy: Option<ProxyConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub no_proxy: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StalePolicy {
+    /// Send with `date` set to the send time; the event time stays in `huntress.original_timestamp`.
+    RewriteDate,
+    /// Do not send; count in `huntress.siem.logs_stale`.
+    Skip,
+}
+
+impl StalePolicy {
+    pub fn tag(self) -> &'static str {
+        match self {
+            StalePolicy::RewriteDate => "rewrite_date",
+            StalePolicy::Skip => "skip",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogQuery {
+    pub name: String,
+    pub esql: String,
+    pub tags: Vec<String>,
+    pub service: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentsConfig {
+    pub enabled: bool,
+    pub max_pages: u32,
+    pub stale_after_seconds: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncidentsConfig {
+    pub enabled: bool,
+    pub max_pages: u32,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    pub api_key: String,
+    pub secret_key: String,
+    pub base_url: String,
+    pub queries: Vec<LogQuery>,
+    pub service: String,
+    pub tags: Vec<String>,
+    pub max_pages_per_run: u32,
+    pub initial_lookback: Duration,
+    pub collection_delay: Duration,
+    pub max_window: Duration,
+    pub request_timeout: Duration,
+    pub run_deadline: Duration,
+    pub dedup_cache_size: usize,
+    pub stale_policy: StalePolicy,
+    pub intake_url: String,
+    pub dd_api_key: String,
+    pub tls_verify: bool,
+    pub tls_ca_cert: Option<String>,
+    pub proxy: Option<ProxyConfig>,
+    pub enrich_with_org_tags: bool,
+    pub org_cache_ttl: Duration,
+    pub agents: AgentsConfig,
+    pub incidents: IncidentsConfig,
+}
+
+impl fmt::Debug for Config {
+    // Secrets are never printed, even in debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("base_url", &self.base_url)
+            .field("queries", &self.queries)
+            .field("intake_url", &self.intake_url)
+            .field("api_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn parse(instance: &Value, agent: &AgentContext) -> Result<Config> {
+        let obj = instance
+            .as_object()
+            .ok_or_else(|| HuntressError::config("instances", "each instance must be a mapping of options"))?;
+        let reader = Reader { obj };
+        let site = if agent.site.trim().is_empty() { "datadoghq.com" } else { agent.site.trim() };
+        let intake_default = format!("https://http-intake.logs.{site}/api/v2/logs");
+        let deadline_default = default_deadline(reader.f64_opt("min_collection_interval")?.unwrap_or(agent.min_collection_interval));
+
+        let config = Config {
+            api_key: reader.secret("huntress_api_key", "set it to the API key from <account>.huntress.io > API Credentials")?,
+            secret_key: reader.secret("huntress_secret_key", "set it to the API secret key generated with the API key")?,
+            base_url: reader.url("huntress_base_url", DEFAULT_BASE_URL)?,
+            queries: parse_queries(obj.get("log_queries"))?,
+            service: reader.string("service", DEFAULT_SERVICE)?,
+            tags: reader.tags("tags")?,
+            max_pages_per_run: reader.uint("max_pages_per_run", 100, 1, 100_000)? as u32,
+            initial_lookback: secs(reader.uint("initial_lookback_seconds", 3600, 1, MAX_LOOKBACK_SECONDS)?),
+            collection_delay: secs(reader.uint("collection_delay_seconds", 300, 0, 86_400)?),
+            max_window: secs(reader.uint("max_window_seconds", 900, 10, 86_400)?),
+            request_timeout: Duration::from_secs_f64(reader.positive("request_timeout", 30.0, 600.0)?),
+            run_deadline: Duration::from_secs_f64(reader.positive("run_deadline_seconds", deadline_default, 86_400.0)?),
+            dedup_cache_size: reader.uint("dedup_cache_size", 50_000, 1_000, 1_000_000)? as usize,
+            stale_policy: parse_stale_policy(&reader)?,
+            intake_url: reader.url("logs_intake_url", &intake_default)?,
+            dd_api_key: dd_api_key(&reader, agent)?,
+            tls_verify: reader.bool("tls_verify", true)?,
+            tls_ca_cert: reader.string_opt("tls_ca_cert")?,
+            proxy: if reader.bool("skip_proxy", false)? { None } else { agent.proxy.clone() },
+            enrich_with_org_tags: reader.bool("enrich_with_org_tags", true)?,
+            org_cache_ttl: secs(reader.uint("org_cache_ttl_seconds", 3600, 0, 30 * 86_400)?),
+            agents: parse_agents(obj)?,
+            incidents: parse_incidents(obj)?,
+        };
+        Ok(config)
+    }
+}
+
+fn secs(value: u64) -> Duration {
+    Duration::from_secs(value)
+}
+
+/// 80% of the collection interval, so a run ends before the next one is due.
+fn default_deadline(min_collection_interval: f64) -> f64 {
+    let interval = if min_collection_interval > 0.0 { min_collection_interval } else { 15.0 };
+    (interval * 0.8).clamp(10.0, 3300.0)
+}
+
+fn dd_api_key(reader: &Reader, agent: &AgentContext) -> Result<String> {
+    match reader.string_opt("dd_api_key")? {
+        Some(key) => Ok(key),
+        None if !agent.api_key.trim().is_empty() => Ok(agent.api_key.trim().to_string()),
+        None => Err(HuntressError::config(
+            "dd_api_key",
+            "no Datadog API key: set `api_key` in datadog.yaml or `dd_api_key` in the instance",
+        )),
+    }
+}
+
+fn parse_stale_policy(reader: &Reader) -> Result<StalePolicy> {
+    match reader.string("stale_log_policy", "rewrite_date")?.as_str() {
+        "rewrite_date" => Ok(StalePolicy::RewriteDate),
+        "skip" => Ok(StalePolicy::Skip),
+        other => Err(HuntressError::config(
+            "stale_log_policy",
+            format!("unknown policy {other:?}: use `rewrite_date` or `skip`"),
+        )),
+    }
+}
+
+fn parse_queries(value: Option<&Value>) -> Result<Vec<LogQuery>> {
+    let list = match value {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        Some(Value::Array(_)) | None | Some(Value::Null) => {
+            return Err(HuntressError::config(
+                "log_queries",
+                "at least one query is required: add an entry with `name` and `esql_query`",
+            ))
+        }
+        Some(_) => return Err(HuntressError::config("log_queries", "must be a list of {name, esql_query, tags}")),
+    };
+    let mut names = HashSet::new();
+    let mut queries = Vec::with_capacity(list.len());
+    for (index, entry) in list.iter().enumerate() {
+        let query = parse_query(index, entry)?;
+        if !names.insert(query.name.clone()) {
+            return Err(HuntressError::config(
+                &format!("log_queries[{index}].name"),
+                format!("duplicate name {:?}: every query needs a unique name", query.name),
+            ));
+        }
+        queries.push(query);
+    }
+    Ok(queries)
+}
+
+fn parse_query(index: usize, entry: &Value) -> Result<LogQuery> {
+    let prefix = format!("log_queries[{index}]");
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| HuntressError::config(&prefix, "must be a mapping with `name` and `esql_query`"))?;
+    let reader = Reader { obj };
+    let key = |k: &str| format!("{prefix}.{k}");
+    let name = reader
+        .string_opt("name")
+        .map_err(|_| HuntressError::config(&key("name"), "must be a string"))?
+        .ok_or_else(|| HuntressError::config(&key("name"), "is required: give the query a short unique name"))?;
+    let esql = reader
+        .string_opt("esql_query")
+        .map_err(|_| HuntressError::config(&key("esql_query"), "must be a string"))?
+        .ok_or_else(|| HuntressError::config(&key("esql_query"), "is required: an ES|QL query starting with `FROM logs`"))?;
+    validate_esql(&esql).map_err(|message| HuntressError::config(&key("esql_query"), message))?;
+    let tags = reader.tags("tags").map_err(|_| HuntressError::config(&key("tags"), "must be a list of strings"))?;
+    let service = reader.string_opt("service").map_err(|_| HuntressError::config(&key("service"), "must be a string"))?;
+    Ok(LogQuery { name, esql, tags, service })
+}
+
+/// The window is given by `range_start`/`range_end`; a time filter in the query
+/// would silently cut it, so it is refused.
+pub fn validate_esql(esql: &str) -> std::result::Result<(), String> {
+    let normalized = esql.trim().to_ascii_lowercase();
+    let first_stage = normalized.split('|').next().unwrap_or_default();
+    let mut words = first_stage.split_whitespace();
+    if words.next() != Some("from") || words.next() != Some("logs") {
+        return Err("must start with `FROM logs`".into());
+    }
+    if normalized.contains("now(") {
+        return Err("must not filter on time (NOW()): the check sets the time range itself".into());
+    }
+    for stage in normalized.split('|').skip(1) {
+        let stage = stage.trim();
+        if stage.starts_with("where") && filters_on_timestamp(stage) {
+            return Err("must not filter on @timestamp: the check sets the time range itself".into());
+        }
+    }
+    Ok(())
+}
+
+fn filters_on_timestamp(where_stage: &str) -> bool {
+    let mut rest = where_stage;
+    while let Some(pos) = rest.find("@timestamp") {
+        let after = rest[pos + "@timestamp".len()..].trim_start();
+        if after.starts_with(['<', '>', '=', '!']) || after.starts_with("in ") {
+            return true;
+        }
+        rest = &rest[pos + 1..];
+    }
+    false
+}
+
+fn parse_agents(obj: &Map<String, Value>) -> Result<AgentsConfig> {
+    let section = sub_section(obj, "metrics")?;
+    let agents = match section.as_ref().and_then(|m| m.get("agents")) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m.clone()),
+        Some(_) => return Err(HuntressError::config("metrics.agents", "must be a mapping, e.g. {enabled: true}")),
+    };
+    let empty = Map::new();
+    let reader = Reader { obj: agents.as_ref().unwrap_or(&empty) };
+    Ok(AgentsConfig {
+        enabled: reader.bool("enabled", false).map_err(|e| rename(e, "metrics.agents.enabled"))?,
+        max_pages: reader.uint("max_pages", 20, 1, 1000).map_err(|e| rename(e, "metrics.agents.max_pages"))? as u32,
+        stale_after_seconds: reader
+            .uint("stale_after_seconds", 86_400, 60, 365 * 86_400)
+            .map_err(|e| rename(e, "metrics.agents.stale_after_seconds"))?,
+    })
+}
+
+fn parse_incidents(obj: &Map<String, Value>) -> Result<IncidentsConfig> {
+    let section = sub_section(obj, "incidents")?;
+    let empty = Map::new();
+    let reader = Reader { obj: section.as_ref().unwrap_or(&empty) };
+    Ok(IncidentsConfig {
+        enabled: reader.bool("enabled", false).map_err(|e| rename(e, "incidents.enabled"))?,
+        max_pages: reader.uint("max_pages", 10, 1, 1000).map_err(|e| rename(e, "incidents.max_pages"))? as u32,
+    })
+}
+
+fn sub_section(obj: &Map<String, Value>, key: &str) -> Result<Option<Map<String, Value>>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m.clone())),
+        Some(_) => Err(HuntressError::config(key, "must be a mapping")),
+    }
+}
+
+fn rename(error: HuntressError, key: &str) -> HuntressError {
+    match error {
+        HuntressError::Config { message, .. } => HuntressError::Config { key: key.to_string(), message },
+        other => other,
+    }
+}
+
+/// Typed access to one mapping, with errors that name the key.
+struct Reader<'a> {
+    obj: &'a Map<String, Value>,
+}
+
+impl Reader<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn string_opt(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(HuntressError::config(key, "must be a string")),
+        }
+    }
+
+    fn string(&self, key: &str, default: &str) -> Result<String> {
+        Ok(self.string_opt(key)?.unwrap_or_else(|| default.to_string()))
+    }
+
+    fn secret(&self, key: &str, fix: &str) -> Result<String> {
+        match self.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(Value::String(_)) | None => Err(HuntressError::config(key, format!("is required: {fix}"))),
+            Some(_) => Err(HuntressError::config(key, "must be a string")),
+        }
+    }
+
+    fn url(&self, key: &str, default: &str) -> Result<String> {
+        let url = self.string(key, default)?;
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+            return Err(HuntressError::config(key, format!("{url:?} is not an http(s) URL, e.g. {default}")));
+        }
+        Ok(url.trim_end_matches('/').to_string())
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(Value::String(s)) if matches!(s.to_ascii_lowercase().as_str(), "true" | "false") => {
+                Ok(s.eq_ignore_ascii_case("true"))
+            }
+            Some(_) => Err(HuntressError::config(key, "must be true or false")),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| HuntressError::config(key, format!("{s:?} is not a number"))),
+            Some(_) => Err(HuntressError::config(key, "must be a number")),
+        }
+    }
+
+    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        self.number(key)
+    }
+
+    fn uint(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64> {
+        let Some(value) = self.number(key)? else { return Ok(default) };
+        if value.fract() != 0.0 || value < min as f64 || value > max as f64 {
+            return Err(HuntressError::config(key, format!("{value} is out of range: use a whole number from {min} to {max}")));
+        }
+        Ok(value as u64)
+    }
+
+    fn positive(&self, key: &str, default: f64, max: f64) -> Result<f64> {
+        let Some(value) = self.number(key)? else { return Ok(default) };
+        if !(value > 0.0 && value <= max) {
+            return Err(HuntressError::config(key, format!("{value} is out of range: use a number of seconds above 0 and at most {max}")));
+        }
+        Ok(value)
+    }
+
+    fn tags(&self, key: &str) -> Result<Vec<String>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.trim().to_string()),
+                    _ => Err(HuntressError::config(key, "must be a list of strings like `team:secops`")),
+                })
+                .filter(|t| !matches!(t, Ok(s) if s.is_empty()))
+                .collect(),
+            Some(_) => Err(HuntressError::config(key, "must be a list of strings like `team:secops`")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn agent() -> AgentContext {
+        AgentContext { api_key: "agent-dd-key".into(), site: "datadoghq.eu".into(), min_collection_interval: 900.0, proxy: None }
+    }
+
+    fn minimal() -> Value {
+        json!({
+            "huntress_api_key": "k", "huntress_secret_key": "s",
+            "log_queries": [{"name": "win", "esql_query": "FROM logs | KEEP uuid"}]
+        })
+    }
+
+    fn error_key(instance: Value) -> String {
+        match Config::parse(&instance, &agent()) {
+            Err(HuntressError::Config { key, .. }) => key,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_agent_and_documented_values() {
+        let config = Config::parse(&minimal(), &agent()).unwrap();
+        assert_eq!(config.base_url, DEFAULT_BASE_URL);
+        assert_eq!(config.intake_url, "https://http-intake.logs.datadoghq.eu/api/v2/logs");
+        assert_eq!(config.dd_api_key, "agent-dd-key");
+        assert_eq!(config.max_pages_per_run, 100);
+        assert_eq!(config.collection_delay, Duration::from_secs(300));
+        assert_eq!(config.run_deadline, Duration::from_secs(720));
+        assert!(config.tls_verify);
+        assert_eq!(config.stale_policy, StalePolicy::RewriteDate);
+    }
+
+    #[test]
+    fn missing_or_blank_required_keys_are_named() {
+        let mut instance = minimal();
+        instance.as_object_mut().unwrap().remove("huntress_api_key");
+        assert_eq!(error_key(instance), "huntress_api_key");
+        let mut instance = minimal();
+        instance["huntress_secret_key"] = json!("  ");
+        assert_eq!(error_key(instance), "huntress_secret_key");
+        let mut instance = minimal();
+        instance["log_queries"] = json!([]);
+        assert_eq!(error_key(instance), "log_queries");
+    }
+
+    #[test]
+    fn query_entries_are_validated() {
+        let mut instance = minimal();
+        instance["log_queries"] = json!([{"name": "a", "esql_query": "FROM logs"}, {"name": "a", "esql_query": "FROM logs"}]);
+        assert_eq!(error_key(instance), "log_queries[1].name");
+        let mut instance = minimal();
+        instance["log_queries"] = json!([{"name": "a", "esql_query": "FROM metrics"}]);
+        assert_eq!(error_key(instance), "log_queries[0].esql_query");
+        let mut instance = minimal();
+        instance["log_queries"] = json!([{"esql_query": "FROM logs"}]);
+        assert_eq!(error_key(instance), "log_queries[0].name");
+    }
+
+    #[test]
+    fn esql_rules() {
+        assert!(validate_esql("from LOGS | KEEP uuid").is_ok());
+        assert!(validate_esql("FROM logs|KEEP uuid").is_ok());
+        assert!(validate_esql("FROM logs | SORT @timestamp | KEEP @timestamp").is_ok());
+        assert!(validate_esql("FROM logsx").is_err());
+        assert!(validate_esql("FROM logs | WHERE @timestamp > \"2026-01-01\"").is_err());
+        assert!(validate_esql("FROM logs | WHERE event.code == \"4625\" AND @timestamp >= x").is_err());
+        assert!(validate_esql("FROM logs | WHERE x > NOW() - 1 hour").is_err());
+    }
+
+    #[test]
+    fn numbers_are_range_checked() {
+        let mut instance = minimal();
+        instance["max_pages_per_run"] = json!(0);
+        assert_eq!(error_key(instance), "max_pages_per_run");
+        let mut instance = minimal();
+        instance["request_timeout"] = json!("abc");
+        assert_eq!(error_key(instance), "request_timeout");
+        let mut instance = minimal();
+        instance["stale_log_policy"] = json!("drop");
+        assert_eq!(error_key(instance), "stale_log_policy");
+        let mut instance = minimal();
+        instance["metrics"] = json!({"agents": {"max_pages": -1}});
+        assert_eq!(error_key(instance), "metrics.agents.max_pages");
+    }
+
+    #[test]
+    fn missing_dd_api_key_is_reported() {
+        let context = AgentContext { api_key: String::new(), ..agent() };
+        match Config::parse(&minimal(), &context) {
+            Err(HuntressError::Config { key, .. }) => assert_eq!(key, "dd_api_key"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut instance = minimal();
+        instance["huntress_api_key"] = json!("PUBLICKEY123");
+        instance["huntress_secret_key"] = json!("SECRET456");
+        let printed = format!("{:?}", Config::parse(&instance, &agent()).unwrap());
+        assert!(!printed.contains("PUBLICKEY123") && !printed.contains("SECRET456") && !printed.contains("agent-dd-key"));
+    }
+}
