@@ -1,0 +1,191 @@
+//! Client-side pacing for Huntress's limit of 60 requests per minute per key,
+//! enforced on a sliding window. Every Huntress call of every instance that uses
+//! the same key in this Agent process draws from one shared `RateBudget`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_LIMIT: u32 = 60;
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Slack for clock skew and network latency between our send and the server's count.
+const MARGIN: Duration = Duration::from_millis(250);
+
+#[derive(Debug)]
+struct WindowState {
+    limit: u32,
+    window: Duration,
+    /// Send times of requests still inside the window (ours, plus requests by
+    /// other clients of the key that the server's `remaining` header revealed).
+    sent: VecDeque<Instant>,
+}
+
+impl WindowState {
+    fn prune(&mut self, now: Instant) {
+        while let Some(&first) = self.sent.front() {
+            if now.duration_since(first) >= self.window + MARGIN {
+                self.sent.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// How long until a slot frees up; zero when one is free now.
+    fn wait_for_slot(&mut self, now: Instant) -> Duration {
+        self.prune(now);
+        if (self.sent.len() as u32) < self.limit {
+            return Duration::ZERO;
+        }
+        let oldest = self.sent[self.sent.len() - self.limit as usize];
+        (oldest + self.window + MARGIN).saturating_duration_since(now)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateBudget {
+    state: Arc<Mutex<WindowState>>,
+}
+
+/// Why no slot was taken.
+#[derive(Debug, PartialEq)]
+pub struct WouldExceedDeadline {
+    pub wait: Duration,
+}
+
+impl RateBudget {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        let state = WindowState { limit: limit.max(1), window, sent: VecDeque::new() };
+        RateBudget { state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// The budget shared by every instance in this process that uses `key_id`.
+    pub fn shared(key_id: &str) -> Self {
+        static BUDGETS: OnceLock<Mutex<HashMap<String, RateBudget>>> = OnceLock::new();
+        let mut budgets = BUDGETS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        budgets.entry(key_id.to_string()).or_insert_with(|| RateBudget::new(DEFAULT_LIMIT, WINDOW)).clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Blocks until a request may be sent, and records it. Gives up, without
+    /// waiting, when the wait would end after `deadline`. Returns the time waited.
+    pub fn acquire(&self, deadline: Instant) -> Result<Duration, WouldExceedDeadline> {
+        let mut waited = Duration::ZERO;
+        loop {
+            let now = Instant::now();
+            let wait = {
+                let mut state = self.lock();
+                let wait = state.wait_for_slot(now);
+                if wait.is_zero() {
+                    state.sent.push_back(now);
+                    return Ok(waited);
+                }
+                wait
+            };
+            if now + wait > deadline {
+                return Err(WouldExceedDeadline { wait });
+            }
+            std::thread::sleep(wait);
+            waited += wait;
+        }
+    }
+
+    /// Reconciles with the server's view after a response.
+    pub fn observe(&self, limit: Option<u32>, remaining: Option<u32>) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if let Some(limit) = limit.filter(|l| *l > 0) {
+            state.limit = limit;
+        }
+        let Some(remaining) = remaining else { return };
+        state.prune(now);
+        let used_by_server = state.limit.saturating_sub(remaining);
+        // Requests the server counted that we did not make: another client of the key.
+        let unseen = used_by_server.saturating_sub(state.sent.len() as u32);
+        for _ in 0..unseen {
+            state.sent.push_back(now);
+        }
+    }
+
+    /// After a 429: how long to wait before the window frees a slot.
+    pub fn backoff_after_429(&self) -> Duration {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.prune(now);
+        let limit = state.limit as usize;
+        // Treat the window as full; the oldest known request decides when it frees.
+        while state.sent.len() < limit {
+            state.sent.push_back(now);
+        }
+        state.wait_for_slot(now).max(Duration::from_secs(1))
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.lock().limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_limit_requests_then_asks_to_wait() {
+        let budget = RateBudget::new(3, Duration::from_millis(200));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for _ in 0..3 {
+            assert_eq!(budget.acquire(deadline).unwrap(), Duration::ZERO);
+        }
+        let waited = budget.acquire(deadline).unwrap();
+        assert!(waited >= Duration::from_millis(200), "waited {waited:?}");
+    }
+
+    #[test]
+    fn refuses_a_wait_past_the_deadline() {
+        let budget = RateBudget::new(1, Duration::from_secs(60));
+        let soon = Instant::now() + Duration::from_millis(50);
+        budget.acquire(soon).unwrap();
+        let err = budget.acquire(soon).unwrap_err();
+        assert!(err.wait > Duration::from_secs(59));
+    }
+
+    #[test]
+    fn server_remaining_reveals_other_clients() {
+        let budget = RateBudget::new(60, Duration::from_secs(60));
+        budget.acquire(Instant::now() + Duration::from_secs(1)).unwrap();
+        // The server says only 9 remain: 50 requests came from elsewhere.
+        budget.observe(Some(60), Some(9));
+        let state = budget.lock();
+        assert_eq!(state.sent.len(), 51);
+    }
+
+    #[test]
+    fn header_limit_replaces_default() {
+        let budget = RateBudget::new(60, WINDOW);
+        budget.observe(Some(120), None);
+        assert_eq!(budget.limit(), 120);
+    }
+
+    #[test]
+    fn backoff_after_429_derives_from_window_not_a_fixed_minute() {
+        let budget = RateBudget::new(2, Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        budget.acquire(deadline).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        budget.acquire(deadline).unwrap();
+        let wait = budget.backoff_after_429();
+        assert!(wait >= Duration::from_secs(1) && wait < Duration::from_secs(2), "{wait:?}");
+    }
+
+    #[test]
+    fn shared_budgets_are_per_key() {
+        let a = RateBudget::shared("key-a-test");
+        let b = RateBudget::shared("key-a-test");
+        let c = RateBudget::shared("key-c-test");
+        assert!(Arc::ptr_eq(&a.state, &b.state));
+        assert!(!Arc::ptr_eq(&a.state, &c.state));
+    }
+}
