@@ -1,0 +1,364 @@
+//! Turns one SIEM row into one Datadog log, serialized and ready to batch.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::StalePolicy;
+
+/// The intake truncates a log over 1 MB; we cut before it does, and say so.
+pub const MAX_LOG_BYTES: usize = 1_000_000;
+/// The intake silently drops logs dated more than 18 h in the past (after a 202).
+/// Ten minutes of slack covers the time between building a log and its arrival.
+pub const STALE_AFTER_MS: i64 = (18 * 3600 - 600) * 1000;
+/// ... and more than 2 h in the future.
+pub const FUTURE_LIMIT_MS: i64 = (2 * 3600 - 600) * 1000;
+
+const ID_FIELDS_ONLY: [&str; 3] = ["uuid", "organization_id", "organization.id"];
+
+/// Everything about the logs of one query that does not change per row.
+#[derive(Debug, Clone)]
+pub struct LogTemplate {
+    pub service: String,
+    /// `ddtags`: instance tags, query tags and `query_name:<name>`, comma-joined.
+    pub ddtags: String,
+    pub stale_policy: StalePolicy,
+}
+
+/// Extra attributes and tags for one row (organization enrichment).
+#[derive(Debug, Default, Clone)]
+pub struct Enrichment {
+    pub attributes: Vec<(String, Value)>,
+    pub tags: String,
+}
+
+#[derive(Debug)]
+pub struct PreparedLog {
+    pub id: u64,
+    pub json: Vec<u8>,
+    pub stale: bool,
+    pub truncated: bool,
+}
+
+pub enum Prepared {
+    Log(PreparedLog),
+    /// Older than the intake keeps, and the policy says skip.
+    SkippedStale { id: u64 },
+}
+
+/// A stable identity for dedup: the row's `uuid`, else a hash of the whole row.
+pub fn event_id(row: &Map<String, Value>) -> u64 {
+    let mut hasher = Sha256::new();
+    match row.get("uuid") {
+        Some(Value::String(uuid)) if !uuid.is_empty() => {
+            hasher.update(b"uuid:");
+            hasher.update(uuid.as_bytes());
+        }
+        _ => {
+            hasher.update(b"row:");
+            // serde_json maps are sorted by key, so this is canonical.
+            hasher.update(serde_json::to_vec(row).unwrap_or_default());
+        }
+    }
+    let digest = hasher.finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
+}
+
+/// True when the row looks like a query without `KEEP`: only ids, no content.
+pub fn lacks_keep(row: &Map<String, Value>) -> bool {
+    !row.is_empty() && row.keys().all(|k| ID_FIELDS_ONLY.contains(&k.as_str()))
+}
+
+/// Epoch milliseconds from an ECS `@timestamp`; nanosecond precision is accepted.
+pub fn parse_timestamp_ms(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => parse_iso_ms(text.trim()),
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        _ => None,
+    }
+}
+
+fn parse_iso_ms(text: &str) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_millis());
+    }
+    // Some sources omit the zone; ECS timestamps are UTC.
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|fmt| NaiveDateTime::parse_from_str(text, fmt).ok())
+        .map(|naive| naive.and_utc().timestamp_millis())
+}
+
+/// Reads a field given as a flat dotted key (`host.hostname`) or nested (`host: {hostname}`).
+pub fn field<'a>(row: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
+    if let Some(value) = row.get(dotted) {
+        return Some(value);
+    }
+    let mut parts = dotted.split('.');
+    let mut current = row.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
+fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+pub fn prepare(mut row: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
+    let id = event_id(&row);
+    let event_ms = row.get("@timestamp").and_then(parse_timestamp_ms);
+    let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
+    let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
+    let out_of_window = too_old || too_new;
+    if out_of_window && template.stale_policy == StalePolicy::Skip {
+        return Prepared::SkippedStale { id };
+    }
+
+    let message = take_message(&mut row);
+    let hostname = field(&row, "host.hostname").and_then(as_text);
+    let date_ms = match event_ms {
+        Some(ms) if !out_of_window => ms,
+        _ => now_ms,
+    };
+    if out_of_window {
+        // `@timestamp` outranks `date` at the intake, so move it aside.
+        if let Some(original) = row.remove("@timestamp") {
+            row.insert("huntress.original_timestamp".into(), original);
+        }
+        row.insert("huntress.date_rewritten".into(), Value::Bool(true));
+    } else if event_ms.is_none() {
+        row.insert("huntress.timestamp_missing".into(), Value::Bool(true));
+    }
+
+    for (key, value) in &enrichment.attributes {
+        row.insert(key.clone(), value.clone());
+    }
+    row.insert("message".into(), Value::String(message));
+    row.insert("date".into(), Value::from(date_ms));
+    row.insert("ddsource".into(), Value::from("huntress"));
+    row.insert("service".into(), Value::String(template.service.clone()));
+    row.insert("ddtags".into(), Value::String(join_tags(&template.ddtags, &enrichment.tags)));
+    if let Some(host) = hostname {
+        row.insert("hostname".into(), Value::String(host));
+    }
+
+    let (json, truncated) = serialize_within_limit(row);
+    Prepared::Log(PreparedLog { id, json, stale: out_of_window, truncated })
+}
+
+fn join_tags(base: &str, extra: &str) -> String {
+    match (base.is_empty(), extra.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => extra.to_string(),
+        (false, false) => format!("{base},{extra}"),
+    }
+}
+
+/// `log.original`, else `message`, else the whole row as JSON.
+fn take_message(row: &mut Map<String, Value>) -> String {
+    if let Some(Value::String(original)) = row.get("log.original") {
+        if !original.is_empty() {
+            let original = original.clone();
+            row.remove("log.original");
+            if let Some(ecs_message) = row.remove("message") {
+                row.insert("ecs.message".into(), ecs_message);
+            }
+            return original;
+        }
+    }
+    match row.remove("message") {
+        Some(Value::String(message)) => message,
+        Some(Value::Null) | None => serde_json::to_string(&*row).unwrap_or_default(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Serializes the log; a log over `MAX_LOG_BYTES` has its longest strings cut
+/// until it fits, and carries `huntress.truncated: true`.
+fn serialize_within_limit(mut log: Map<String, Value>) -> (Vec<u8>, bool) {
+    let json = serde_json::to_vec(&log).expect("a JSON map serializes");
+    if json.len() <= MAX_LOG_BYTES {
+        return (json, false);
+    }
+    let original_size = json.len();
+    log.insert("huntress.truncated".into(), Value::Bool(true));
+    log.insert("huntress.original_size".into(), Value::from(original_size));
+    let mut size = original_size + 64;
+    while size > MAX_LOG_BYTES {
+        let Some(key) = longest_string_field(&log) else { break };
+        let excess = size - MAX_LOG_BYTES + 1024;
+        shorten(&mut log, &key, excess);
+        size = serde_json::to_vec(&log).map(|j| j.len()).unwrap_or(0);
+    }
+    let mut json = serde_json::to_vec(&log).expect("a JSON map serializes");
+    if json.len() > MAX_LOG_BYTES {
+        // Only many small fields remain: keep the message and the reserved attributes.
+        log.retain(|k, _| matches!(k.as_str(), "message" | "date" | "ddsource" | "service" | "ddtags" | "hostname" | "uuid" | "huntress.truncated" | "huntress.original_size"));
+        json = serde_json::to_vec(&log).expect("a JSON map serializes");
+    }
+    (json, true)
+}
+
+fn longest_string_field(log: &Map<String, Value>) -> Option<String> {
+    log.iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (s.len(), k)))
+        .filter(|(len, _)| *len > 64)
+        .max()
+        .map(|(_, k)| k.clone())
+}
+
+fn shorten(log: &mut Map<String, Value>, key: &str, excess: usize) {
+    if let Some(Value::String(text)) = log.get_mut(key) {
+        let mut keep = text.len().saturating_sub(excess).max(32);
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        text.truncate(keep);
+        text.push_str("...[truncated]");
+    }
+}
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn template(policy: StalePolicy) -> LogTemplate {
+        LogTemplate { service: "huntress-siem".into(), ddtags: "team:sec,query_name:win".into(), stale_policy: policy }
+    }
+
+    fn row(value: Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    fn prepared(value: Value, now: i64) -> (Map<String, Value>, PreparedLog) {
+        match prepare(row(value), &template(StalePolicy::RewriteDate), &Enrichment::default(), now) {
+            Prepared::Log(log) => (serde_json::from_slice(&log.json).unwrap(), log),
+            Prepared::SkippedStale { .. } => panic!("unexpected skip"),
+        }
+    }
+
+    const NOW: i64 = 1_780_000_000_000;
+
+    #[test]
+    fn nanosecond_timestamps_parse_to_milliseconds() {
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00.123456789Z")), Some(1_779_890_400_123));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00Z")), Some(1_779_890_400_000));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T16:00:00.5+02:00")), Some(1_779_890_400_500));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00.999999999")), Some(1_779_890_400_999));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400_123i64)), Some(1_779_890_400_123));
+        assert_eq!(parse_timestamp_ms(&json!("yesterday")), None);
+        assert_eq!(parse_timestamp_ms(&json!(null)), None);
+    }
+
+    #[test]
+    fn reserved_attributes_and_ecs_fields() {
+        let ts = "2026-05-27T14:00:00.123456789Z";
+        let now = parse_timestamp_ms(&json!(ts)).unwrap() + 60_000;
+        let (log, _) = prepared(
+            json!({"uuid": "u1", "@timestamp": ts, "message": "logon", "host.hostname": "DC01", "event.code": "4624"}),
+            now,
+        );
+        assert_eq!(log["message"], "logon");
+        assert_eq!(log["date"], 1_779_890_400_123i64);
+        assert_eq!(log["hostname"], "DC01");
+        assert_eq!(log["ddsource"], "huntress");
+        assert_eq!(log["service"], "huntress-siem");
+        assert_eq!(log["ddtags"], "team:sec,query_name:win");
+        assert_eq!(log["event.code"], "4624");
+        assert_eq!(log["uuid"], "u1");
+        assert_eq!(log["@timestamp"], ts);
+    }
+
+    #[test]
+    fn message_prefers_log_original_then_message_then_row() {
+        let (log, _) = prepared(json!({"uuid": "a", "log.original": "<raw/>", "message": "parsed"}), NOW);
+        assert_eq!(log["message"], "<raw/>");
+        assert_eq!(log["ecs.message"], "parsed");
+        assert!(log.get("log.original").is_none());
+        let (log, _) = prepared(json!({"uuid": "b", "event.code": 5}), NOW);
+        let message: Value = serde_json::from_str(log["message"].as_str().unwrap()).unwrap();
+        assert_eq!(message["event.code"], 5);
+    }
+
+    #[test]
+    fn nested_hostname_and_missing_timestamp() {
+        let (log, _) = prepared(json!({"uuid": "c", "host": {"hostname": "WS1"}}), NOW);
+        assert_eq!(log["hostname"], "WS1");
+        assert_eq!(log["date"], NOW);
+        assert_eq!(log["huntress.timestamp_missing"], true);
+    }
+
+    #[test]
+    fn huge_messages_are_cut_below_the_intake_limit() {
+        let big = "x".repeat(3 * MAX_LOG_BYTES);
+        let (log, prepared) = prepared(json!({"uuid": "d", "message": big, "other": "y".repeat(200_000)}), NOW);
+        assert!(prepared.truncated);
+        assert!(prepared.json.len() <= MAX_LOG_BYTES);
+        assert_eq!(log["huntress.truncated"], true);
+        assert!(log["message"].as_str().unwrap().ends_with("...[truncated]"));
+        assert_eq!(log["uuid"], "d");
+    }
+
+    #[test]
+    fn many_small_fields_still_fit() {
+        let mut value = Map::new();
+        value.insert("uuid".into(), json!("e"));
+        for i in 0..40_000 {
+            value.insert(format!("field.{i}"), json!("0123456789012345678901234567890"));
+        }
+        let (_, prepared) = prepared(Value::Object(value), NOW);
+        assert!(prepared.truncated && prepared.json.len() <= MAX_LOG_BYTES);
+    }
+
+    #[test]
+    fn stale_events_are_redated_or_skipped() {
+        let old = NOW - 20 * 3600 * 1000;
+        let old_iso = DateTime::from_timestamp_millis(old).unwrap().to_rfc3339();
+        let (log, prepared) = prepared(json!({"uuid": "f", "@timestamp": old_iso.clone()}), NOW);
+        assert!(prepared.stale);
+        assert_eq!(log["date"], NOW);
+        assert_eq!(log["huntress.original_timestamp"], old_iso);
+        assert!(log.get("@timestamp").is_none());
+        let skipped = prepare(row(json!({"uuid": "f", "@timestamp": old_iso})), &template(StalePolicy::Skip), &Enrichment::default(), NOW);
+        assert!(matches!(skipped, Prepared::SkippedStale { .. }));
+    }
+
+    #[test]
+    fn ids_come_from_uuid_else_row_hash() {
+        let a = row(json!({"uuid": "same", "x": 1}));
+        let b = row(json!({"uuid": "same", "x": 2}));
+        assert_eq!(event_id(&a), event_id(&b));
+        let c = row(json!({"x": 1, "y": 2}));
+        let d = row(json!({"y": 2, "x": 1}));
+        let e = row(json!({"x": 1, "y": 3}));
+        assert_eq!(event_id(&c), event_id(&d));
+        assert_ne!(event_id(&c), event_id(&e));
+    }
+
+    #[test]
+    fn rows_without_keep_are_detected() {
+        assert!(lacks_keep(&row(json!({"uuid": "a", "organization_id": 1}))));
+        assert!(lacks_keep(&row(json!({"uuid": "a", "organization.id": 1}))));
+        assert!(!lacks_keep(&row(json!({"uuid": "a", "message": "m"}))));
+    }
+
+    #[test]
+    fn enrichment_adds_attributes_and_tags() {
+        let enrichment = Enrichment { attributes: vec![("huntress_org_name".into(), json!("Acme"))], tags: "huntress_org_name:acme".into() };
+        let Prepared::Log(log) = prepare(row(json!({"uuid": "g"})), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
+        let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
+        assert_eq!(log["huntress_org_name"], "Acme");
+        assert_eq!(log["ddtags"], "team:sec,query_name:win,huntress_org_name:acme");
+    }
+}
