@@ -1,0 +1,24 @@
+//! Rust core of the Huntress check for the Datadog Agent. The Python module
+//! `datadog_checks.huntress._core` is registered here; the work lives in the
+//! modules below, one concern each.
+
+pub mod checkpoint;
+pub mod collector;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod huntress;
+pub mod intake;
+pub mod ratelimit;
+pub mod report;
+pub mod siem;
+pub mod transform;
+
+#[cfg(feature = "python")]
+mod python;
+
+#[cfg(feature = "python")]
+#[pyo3::pymodule]
+fn _core(module: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+    python::register(module)
+}

@@ -1,0 +1,161 @@
+//! The pyo3 binding: `Collector` for the Python check, typed exceptions made
+//! from `HuntressError`, and the persistent cache reached through callbacks.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::checkpoint::Cache;
+use crate::collector::Collector;
+use crate::config::{AgentContext, ProxyConfig};
+use crate::error::HuntressError;
+use crate::report::Report;
+
+create_exception!(_core, HuntressCoreError, PyException, "Base class of the core's errors.");
+create_exception!(_core, ConfigError, HuntressCoreError, "The instance configuration is invalid; the message names the key.");
+create_exception!(_core, ApiError, HuntressCoreError, "The Huntress API failed.");
+create_exception!(_core, IntakeError, HuntressCoreError, "The Datadog Logs intake failed.");
+create_exception!(_core, CacheError, HuntressCoreError, "The persistent cache failed.");
+create_exception!(_core, DeadlineError, HuntressCoreError, "The run deadline was reached.");
+
+impl From<HuntressError> for PyErr {
+    fn from(error: HuntressError) -> PyErr {
+        let message = error.to_string();
+        match error {
+            HuntressError::Config { .. } => ConfigError::new_err(message),
+            HuntressError::Api { .. } => ApiError::new_err(message),
+            HuntressError::Intake { .. } => IntakeError::new_err(message),
+            HuntressError::Cache(_) => CacheError::new_err(message),
+            HuntressError::Deadline(_) => DeadlineError::new_err(message),
+        }
+    }
+}
+
+/// The Agent's persistent cache, reached through the check's bound methods.
+struct PyCache {
+    read: Py<PyAny>,
+    write: Py<PyAny>,
+}
+
+impl Cache for PyCache {
+    fn read(&mut self, key: &str) -> Result<String, String> {
+        Python::attach(|py| {
+            let value = self.read.call1(py, (key,)).map_err(|e| e.to_string())?;
+            if value.is_none(py) {
+                return Ok(String::new());
+            }
+            value.extract::<String>(py).map_err(|e| e.to_string())
+        })
+    }
+
+    fn write(&mut self, key: &str, value: &str) -> Result<(), String> {
+        Python::attach(|py| self.write.call1(py, (key, value)).map(|_| ()).map_err(|e| e.to_string()))
+    }
+}
+
+#[pyclass(name = "Collector", module = "datadog_checks.huntress._core")]
+pub struct PyCollector {
+    inner: Collector,
+}
+
+#[pymethods]
+impl PyCollector {
+    /// `instance_json`: the instance as JSON. `agent`: `api_key`, `site`,
+    /// `min_collection_interval` and `proxy` as the Agent knows them.
+    #[new]
+    fn new(instance_json: &str, agent: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let instance: serde_json::Value = serde_json::from_str(instance_json)
+            .map_err(|e| ConfigError::new_err(format!("configuration error in `instances`: not valid JSON ({e})")))?;
+        let context = agent_context(agent)?;
+        Ok(PyCollector { inner: Collector::new(&instance, &context)? })
+    }
+
+    #[getter]
+    fn cache_id(&self) -> String {
+        self.inner.cache_id().to_string()
+    }
+
+    /// Runs every query once, with the GIL released for all network work.
+    fn run(&mut self, py: Python<'_>, read_cache: Py<PyAny>, write_cache: Py<PyAny>) -> PyResult<Py<PyDict>> {
+        let mut cache = PyCache { read: read_cache, write: write_cache };
+        let inner = &mut self.inner;
+        let report = py.detach(move || inner.run(&mut cache));
+        report_to_python(py, &report)
+    }
+}
+
+fn agent_context(agent: &Bound<'_, PyDict>) -> PyResult<AgentContext> {
+    let text = |key: &str| -> PyResult<String> {
+        Ok(match agent.get_item(key)? {
+            Some(value) if !value.is_none() => value.str()?.to_string(),
+            _ => String::new(),
+        })
+    };
+    let interval = text("min_collection_interval")?.parse::<f64>().unwrap_or(0.0);
+    let proxy = match agent.get_item("proxy")? {
+        Some(value) if value.is_instance_of::<PyDict>() => Some(proxy_config(value.cast::<PyDict>()?)?),
+        _ => None,
+    };
+    Ok(AgentContext { api_key: text("api_key")?, site: text("site")?, min_collection_interval: interval, proxy })
+}
+
+fn proxy_config(proxy: &Bound<'_, PyDict>) -> PyResult<ProxyConfig> {
+    let url = |key: &str| -> PyResult<Option<String>> {
+        Ok(proxy.get_item(key)?.filter(|v| !v.is_none()).map(|v| v.to_string()).filter(|s| !s.trim().is_empty()))
+    };
+    let no_proxy = match proxy.get_item("no_proxy")? {
+        Some(value) if value.is_instance_of::<PyList>() => value.extract::<Vec<String>>()?,
+        Some(value) if !value.is_none() => value.to_string().split([',', ' ']).filter(|s| !s.is_empty()).map(String::from).collect(),
+        _ => Vec::new(),
+    };
+    Ok(ProxyConfig { http: url("http")?, https: url("https")?, no_proxy })
+}
+
+fn report_to_python(py: Python<'_>, report: &Report) -> PyResult<Py<PyDict>> {
+    let out = PyDict::new(py);
+    let metrics = PyList::empty(py);
+    for m in &report.metrics {
+        metrics.append((m.kind.name(), &m.name, m.value, &m.tags))?;
+    }
+    let checks = PyList::empty(py);
+    for c in &report.service_checks {
+        checks.append((&c.name, c.status as u8, &c.tags, &c.message))?;
+    }
+    let events = PyList::empty(py);
+    for e in &report.events {
+        let event = PyDict::new(py);
+        event.set_item("timestamp", e.timestamp)?;
+        event.set_item("event_type", "huntress")?;
+        event.set_item("source_type_name", "huntress")?;
+        event.set_item("msg_title", &e.title)?;
+        event.set_item("msg_text", &e.text)?;
+        event.set_item("alert_type", &e.alert_type)?;
+        event.set_item("aggregation_key", &e.aggregation_key)?;
+        event.set_item("tags", &e.tags)?;
+        events.append(event)?;
+    }
+    let logs = PyList::empty(py);
+    for (level, message) in &report.logs {
+        logs.append((level.name(), message))?;
+    }
+    out.set_item("metrics", metrics)?;
+    out.set_item("service_checks", checks)?;
+    out.set_item("events", events)?;
+    out.set_item("logs", logs)?;
+    out.set_item("fatal", &report.fatal)?;
+    Ok(out.unbind())
+}
+
+pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    module.add_class::<PyCollector>()?;
+    module.add("HuntressCoreError", py.get_type::<HuntressCoreError>())?;
+    module.add("ConfigError", py.get_type::<ConfigError>())?;
+    module.add("ApiError", py.get_type::<ApiError>())?;
+    module.add("IntakeError", py.get_type::<IntakeError>())?;
+    module.add("CacheError", py.get_type::<CacheError>())?;
+    module.add("DeadlineError", py.get_type::<DeadlineError>())?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

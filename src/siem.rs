@@ -1,0 +1,297 @@
+//! Collects one SIEM query: plans windows, pages through `POST /v1/siem/query`
+//! one page at a time, forwards each page, and saves the state after every page
+//! the intake accepted.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::{Cache, Cursor, QueryState};
+use crate::error::{ErrorKind, HuntressError, Result};
+use crate::http::Deadline;
+use crate::huntress::{Feature, HuntressClient};
+use crate::intake::IntakeClient;
+use crate::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+
+pub const QUERY_PATH: &str = "/v1/siem/query";
+/// A window that times out or exhausts Huntress's memory is halved, down to this.
+const MIN_WINDOW_SECONDS: i64 = 10;
+/// An expired page token restarts its range at most this often per window.
+const MAX_RESTARTS: u32 = 3;
+
+#[derive(Debug)]
+pub struct SiemPage {
+    pub rows: Vec<Map<String, Value>>,
+    pub next_page_token: Option<String>,
+}
+
+/// Checks the shape the spec promises, instead of trusting it.
+pub fn parse_page(value: Value) -> Result<SiemPage> {
+    let malformed = |what: &str| HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"));
+    let Value::Object(mut body) = value else { return Err(malformed("the response is not a JSON object")) };
+    let rows = match body.remove("logs") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(row) => Ok(row),
+                _ => Err(malformed("`logs` holds an entry that is not an object")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => return Err(malformed("`logs` is not a list")),
+    };
+    let next_page_token = match body.remove("pagination") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(mut pagination)) => match pagination.remove("next_page_token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(token)) if token.is_empty() => None,
+            Some(Value::String(token)) => Some(token),
+            Some(_) => return Err(malformed("`pagination.next_page_token` is not a string")),
+        },
+        Some(_) => return Err(malformed("`pagination` is not an object")),
+    };
+    Ok(SiemPage { rows, next_page_token })
+}
+
+/// The next range to query: from the checkpoint to `now - delay`, at most
+/// `max_window` long, on whole seconds. `None` when caught up.
+pub fn next_window(
+    checkpoint: DateTime<Utc>,
+    now: DateTime<Utc>,
+    delay: ChronoDuration,
+    max_window: ChronoDuration,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let limit = whole_second(now - delay);
+    if limit <= checkpoint {
+        return None;
+    }
+    Some((checkpoint, limit.min(checkpoint + max_window)))
+}
+
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// What one query did in one run.
+#[derive(Debug, Default)]
+pub struct QueryOutcome {
+    pub collected: u64,
+    pub forwarded: u64,
+    pub deduplicated: u64,
+    pub truncated: u64,
+    pub stale: u64,
+    pub rejected: u64,
+    pub pages: u64,
+    pub lacks_keep: bool,
+    pub stopped_by_deadline: bool,
+    pub token_restarts: u64,
+    pub window_shrinks: u64,
+    pub error: Option<HuntressError>,
+    /// Non-fatal errors to count, by kind.
+    pub recovered: BTreeMap<ErrorKind, u64>,
+}
+
+/// Everything a query run needs besides its own state.
+pub struct QueryRun<'a> {
+    pub huntress: &'a mut HuntressClient,
+    pub intake: &'a mut IntakeClient,
+    pub cache: &'a mut dyn Cache,
+    pub deadline: Deadline,
+    pub now: DateTime<Utc>,
+    pub esql: &'a str,
+    pub cache_key: &'a str,
+    pub template: &'a LogTemplate,
+    pub enrich: &'a dyn Fn(&Map<String, Value>) -> Enrichment,
+    pub max_pages: u32,
+    pub delay: ChronoDuration,
+    pub max_window: ChronoDuration,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl QueryRun<'_> {
+    pub fn collect(&mut self, state: &mut QueryState) -> QueryOutcome {
+        let mut outcome = QueryOutcome::default();
+        while outcome.error.is_none() {
+            if outcome.pages >= u64::from(self.max_pages) {
+                break;
+            }
+            if self.deadline.expired() {
+                outcome.stopped_by_deadline = true;
+                break;
+            }
+            if state.cursor.is_none() {
+                match next_window(state.checkpoint, self.now, self.delay, self.max_window) {
+                    Some((range_start, range_end)) => {
+                        state.cursor = Some(Cursor { range_start, range_end, page_token: None, pages_done: 0, restarts: 0 })
+                    }
+                    None => break,
+                }
+            }
+            match self.step(state, &mut outcome) {
+                Step::Continue => {}
+                Step::Stop => break,
+            }
+        }
+        outcome
+    }
+
+    fn step(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) -> Step {
+        let cursor = state.cursor.clone().expect("a window is planned before each step");
+        let page = match self.fetch(&cursor) {
+            Ok(page) => page,
+            Err(error) => return self.recover(state, outcome, error),
+        };
+        outcome.pages += 1;
+        outcome.collected += page.rows.len() as u64;
+        if page.rows.first().is_some_and(transform::lacks_keep) {
+            outcome.lacks_keep = true;
+        }
+        let logs = self.prepare(page.rows, state, outcome);
+        let delivery = self.intake.send(&logs, &self.deadline);
+        for log in &logs[..delivery.accepted_prefix] {
+            state.seen.insert(log.id);
+        }
+        outcome.forwarded += delivery.accepted_prefix as u64;
+        if let Some(error) = delivery.error {
+            // The cursor stays; the ids of what did get through are kept, so the
+            // retry of this page sends only the rest.
+            outcome.error = Some(error);
+            self.save(state, outcome);
+            return Step::Stop;
+        }
+        let cursor = state.cursor.as_mut().expect("cursor present");
+        cursor.pages_done += 1;
+        cursor.page_token = page.next_page_token;
+        if cursor.page_token.is_none() {
+            state.complete_window();
+        }
+        self.save(state, outcome);
+        Step::Continue
+    }
+
+    fn fetch(&mut self, cursor: &Cursor) -> Result<SiemPage> {
+        let mut body = json!({
+            "esql": self.esql,
+            "range_start": format_time(cursor.range_start),
+            "range_end": format_time(cursor.range_end),
+        });
+        if let Some(token) = &cursor.page_token {
+            body["page_token"] = Value::String(token.clone());
+        }
+        let value = self.huntress.post_json(Feature::Siem, QUERY_PATH, &body, &self.deadline)?;
+        parse_page(value)
+    }
+
+    /// Errors a query can work around within the same run; others stop it.
+    fn recover(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
+        let cursor = state.cursor.as_mut().expect("cursor present");
+        match error.kind() {
+            ErrorKind::QueryInvalid if cursor.page_token.is_some() && cursor.restarts < MAX_RESTARTS => {
+                // The token expired (or was refused): replay the range; the dedup set
+                // drops what was already sent.
+                cursor.page_token = None;
+                cursor.pages_done = 0;
+                cursor.restarts += 1;
+                outcome.token_restarts += 1;
+                *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
+                Step::Continue
+            }
+            ErrorKind::QueryTooLarge | ErrorKind::QueryTimeout
+                if cursor.page_token.is_none() && (cursor.range_end - cursor.range_start).num_seconds() >= 2 * MIN_WINDOW_SECONDS =>
+            {
+                let half = (cursor.range_end - cursor.range_start) / 2;
+                cursor.range_end = whole_second(cursor.range_start + half);
+                outcome.window_shrinks += 1;
+                *outcome.recovered.entry(error.kind()).or_default() += 1;
+                Step::Continue
+            }
+            ErrorKind::Deadline => {
+                outcome.stopped_by_deadline = true;
+                Step::Stop
+            }
+            _ => {
+                outcome.error = Some(error);
+                Step::Stop
+            }
+        }
+    }
+
+    fn prepare(&self, rows: Vec<Map<String, Value>>, state: &mut QueryState, outcome: &mut QueryOutcome) -> Vec<PreparedLog> {
+        let now_ms = transform::now_ms();
+        let mut logs = Vec::with_capacity(rows.len());
+        for row in rows {
+            if state.seen.contains(transform::event_id(&row)) {
+                outcome.deduplicated += 1;
+                continue;
+            }
+            let enrichment = (self.enrich)(&row);
+            match transform::prepare(row, self.template, &enrichment, now_ms) {
+                Prepared::Log(log) => {
+                    outcome.stale += u64::from(log.stale);
+                    outcome.truncated += u64::from(log.truncated);
+                    logs.push(log);
+                }
+                Prepared::SkippedStale { id } => {
+                    outcome.stale += 1;
+                    state.seen.insert(id);
+                }
+            }
+        }
+        logs
+    }
+
+    fn save(&mut self, state: &QueryState, outcome: &mut QueryOutcome) {
+        if let Err(message) = self.cache.write(self.cache_key, &state.encode()) {
+            let error = HuntressError::Cache(format!("cannot save the checkpoint ({message})"));
+            outcome.error.get_or_insert(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, 0).unwrap()
+    }
+
+    #[test]
+    fn windows_end_behind_now_and_are_capped() {
+        let delay = ChronoDuration::seconds(300);
+        let cap = ChronoDuration::seconds(900);
+        let now = Utc.timestamp_opt(10_000, 700_000_000).unwrap();
+        assert_eq!(next_window(t(9_500), now, delay, cap), Some((t(9_500), t(9_700))));
+        assert_eq!(next_window(t(1_000), now, delay, cap), Some((t(1_000), t(1_900))));
+        assert_eq!(next_window(t(9_700), now, delay, cap), None);
+        assert_eq!(next_window(t(9_800), now, delay, cap), None);
+    }
+
+    #[test]
+    fn pages_are_parsed_defensively() {
+        let page = parse_page(json!({"logs": [{"uuid": "a"}], "pagination": {"next_page_token": "x"}})).unwrap();
+        assert_eq!(page.rows.len(), 1);
+        assert_eq!(page.next_page_token.as_deref(), Some("x"));
+        let last = parse_page(json!({"logs": [], "pagination": {}})).unwrap();
+        assert!(last.next_page_token.is_none());
+        for bad in [json!([]), json!({"logs": "oops"}), json!({"logs": [1]}), json!({"logs": [], "pagination": []}), json!({"logs": [], "pagination": {"next_page_token": 5}})] {
+            let error = parse_page(bad).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::MalformedResponse);
+        }
+    }
+
+    #[test]
+    fn times_are_iso8601_utc() {
+        assert_eq!(format_time(t(1_780_000_000)), "2026-05-28T20:26:40Z");
+    }
+}
