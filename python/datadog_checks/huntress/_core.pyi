@@ -1,0 +1,32 @@
+"""Type stub for the Rust core of the Huntress check."""
+
+from typing import Any, Callable, Literal, Optional, TypedDict
+
+__version__: str
+
+class HuntressCoreError(Exception): ...
+class ConfigError(HuntressCoreError): ...
+class ApiError(HuntressCoreError): ...
+class IntakeError(HuntressCoreError): ...
+class CacheError(HuntressCoreError): ...
+class DeadlineError(HuntressCoreError): ...
+
+MetricRow = tuple[Literal['gauge', 'count'], str, float, list[str]]
+ServiceCheckRow = tuple[str, int, list[str], Optional[str]]
+LogRow = tuple[Literal['debug', 'info', 'warning', 'error'], str]
+
+class Report(TypedDict):
+    metrics: list[MetricRow]
+    service_checks: list[ServiceCheckRow]
+    events: list[dict[str, Any]]
+    logs: list[LogRow]
+    fatal: Optional[str]
+
+class Collector:
+    """One check instance. Raises ConfigError, naming the key, for an invalid instance."""
+
+    def __init__(self, instance_json: str, agent: dict[str, Any]) -> None: ...
+    @property
+    def cache_id(self) -> str: ...
+    def run(self, read_cache: Callable[[str], str], write_cache: Callable[[str, str], None]) -> Report:
+        """Runs every query once, with the GIL released during network work."""

@@ -1,0 +1,53 @@
+import json
+
+from datadog_checks.base import AgentCheck, ConfigurationError
+from datadog_checks.base.errors import CheckException
+
+from . import _core
+
+try:
+    import datadog_agent
+except ImportError:
+    from datadog_checks.base.stubs import datadog_agent
+
+
+class HuntressCheck(AgentCheck):
+    """Collects Huntress Managed SIEM logs. All the work is done by the Rust core;
+    this class hands it the configuration and the persistent cache, and emits what
+    it reports."""
+
+    # The core reports fully qualified names (huntress.siem.*, huntress.agents.*).
+    __NAMESPACE__ = ''
+
+    def __init__(self, name, init_config, instances):
+        super().__init__(name, init_config, instances)
+        try:
+            self._collector = _core.Collector(json.dumps(self.instance, default=str), self._agent_context())
+        except _core.ConfigError as e:
+            raise ConfigurationError(str(e)) from None
+
+    def _agent_context(self):
+        interval = self.instance.get('min_collection_interval') or self.init_config.get('min_collection_interval') or 15
+        return {
+            'api_key': datadog_agent.get_config('api_key'),
+            'site': datadog_agent.get_config('site'),
+            'proxy': datadog_agent.get_config('proxy'),
+            'min_collection_interval': interval,
+        }
+
+    def persistent_cache_id(self):
+        # Stable across config edits: derived from the Huntress account, not the whole instance.
+        return self._collector.cache_id
+
+    def check(self, _):
+        report = self._collector.run(self.read_persistent_cache, self.write_persistent_cache)
+        for kind, name, value, tags in report['metrics']:
+            getattr(self, kind)(name, value, tags=tags)
+        for name, status, tags, message in report['service_checks']:
+            self.service_check(name, status, tags=tags, message=message)
+        for event in report['events']:
+            self.event(event)
+        for level, message in report['logs']:
+            getattr(self.log, level)(message)
+        if report['fatal']:
+            raise CheckException(report['fatal'])
