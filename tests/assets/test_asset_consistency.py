@@ -343,3 +343,30 @@ def test_readme_sections_cover_every_error_type_and_metric():
     for check in CONTRACT_SERVICE_CHECKS:
         assert check in text
     assert text.isascii() or all(ord(c) <= 256 for c in text), 'ddev readmes validation rejects non-ASCII'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Rust core accepts what the spec and the example document (skipped when the core is not built).
+
+AGENT_CONTEXT = {'api_key': '0123456789abcdef0123456789abcdef', 'site': 'datadoghq.com', 'proxy': None, 'min_collection_interval': 900}
+
+
+def core_module():
+    return pytest.importorskip('datadog_checks.huntress._core', exc_type=ImportError)
+
+
+def test_core_accepts_the_example_instance():
+    core = core_module()
+    core.Collector(json.dumps(example_instance()), AGENT_CONTEXT)
+
+
+def test_core_accepts_every_spec_example_value():
+    """Every option set to the example value the spec documents. `tls_ca_cert` is left out: the core reads the
+    file when it starts, and the example is a placeholder path."""
+    core = core_module()
+    instance = {'min_collection_interval': 900}
+    for option in spec_instance_options():
+        if 'name' in option and 'value' in option and option['name'] != 'tls_ca_cert':
+            instance[option['name']] = option['value']['example']
+    assert {'huntress_api_key', 'log_queries', 'stale_log_policy', 'metrics', 'incidents'} <= set(instance)
+    core.Collector(json.dumps(instance), AGENT_CONTEXT)
