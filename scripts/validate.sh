@@ -32,6 +32,10 @@ DDEV_SPEC='ddev>=20,<21'
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DDEV_VENV="${DDEV_VENV:-$ROOT/.build/ddev-venv}"
+case "$DDEV_VENV" in
+    /*) ;;
+    *) DDEV_VENV="$PWD/$DDEV_VENV" ;;
+esac
 
 sync=0
 keep=0
@@ -179,6 +183,7 @@ precondition_failures=()
 [ -f "$DEST/manifest.json" ] || precondition_failures+=("manifest.json is missing (ddev does not see an integration without it)")
 [ -f "$DEST/pyproject.toml" ] || precondition_failures+=("pyproject.toml is missing")
 [ -f "$DEST/README.md" ] || precondition_failures+=("README.md is missing")
+[ -f "$DEST/metadata.csv" ] || precondition_failures+=("metadata.csv is missing (ddev skips the metadata validation without it)")
 
 run_ddev() {
     (cd "$TREE" && "$DDEV" --here validate "$@" 2>&1)
@@ -197,8 +202,12 @@ for name in "${VALIDATIONS[@]}"; do
     rc=$?
     printf '%s\n' "$output"
     # A validation that selected nothing passes vacuously; treat "0 checks" as a failure.
-    if [ $rc -eq 0 ] && printf '%s' "$output" | grep -Eq 'for 0 (checks|integrations)|Validating files for 0 checks'; then
+    if [ $rc -eq 0 ] && printf '%s' "$output" | grep -Eq 'for 0 (checks|integrations)'; then
         echo "(no check was validated: counted as a failure)"
+        rc=1
+    fi
+    if [ $rc -eq 0 ] && [ "$name" = metadata ] && ! printf '%s' "$output" | grep -Eq 'Passed: [1-9]'; then
+        echo "(metadata.csv was not validated: counted as a failure)"
         rc=1
     fi
     if [ $rc -eq 0 ]; then status[$name]=PASS; else status[$name]=FAIL; failed=1; fi
