@@ -1,7 +1,9 @@
-//! Per-query collection state, stored as one opaque string in the Agent's
-//! persistent cache: the checkpoint (everything before it is delivered), the
-//! resumable cursor of the window in progress, and the bounded set of ids of
-//! recently forwarded events.
+//! Per-query collection state, stored as two opaque strings in the Agent's
+//! persistent cache: the position (the checkpoint, before which everything is
+//! delivered, and the resumable cursor of the window in progress), and the
+//! bounded set of ids of recently forwarded events. The ids are written first,
+//! as soon as the intake accepts a page, and the position after them: an Agent
+//! killed in between replays the page on restart, and the ids drop it.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -30,9 +32,14 @@ pub fn cache_id(base_url: &str, api_key: &str) -> String {
     short_hash(&["datadog-huntress/v1", base_url, api_key])
 }
 
-/// The key of one query's state within the namespace.
+/// The key of one query's position within the namespace.
 pub fn query_key(query_name: &str) -> String {
     format!("siem_{}", short_hash(&["query", query_name]))
+}
+
+/// The key of one query's forwarded-event ids.
+pub fn seen_key(query_name: &str) -> String {
+    format!("{}_seen", query_key(query_name))
 }
 
 fn short_hash(parts: &[&str]) -> String {
@@ -65,11 +72,10 @@ pub struct QueryState {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredState {
+struct StoredPosition {
     v: u32,
     checkpoint: String,
     cursor: Option<Cursor>,
-    seen: String,
 }
 
 impl QueryState {
@@ -77,22 +83,27 @@ impl QueryState {
         QueryState { checkpoint, cursor: None, seen: DedupSet::new(dedup_capacity) }
     }
 
-    pub fn encode(&self) -> String {
-        let stored = StoredState {
+    /// The checkpoint and cursor, as stored under `query_key`.
+    pub fn encode_position(&self) -> String {
+        let stored = StoredPosition {
             v: STATE_VERSION,
             checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Nanos, true),
             cursor: self.cursor.clone(),
-            seen: self.seen.encode(),
         };
         serde_json::to_string(&stored).expect("state serializes")
     }
 
-    /// `None` for an empty cache entry; an error for one that cannot be read.
-    pub fn decode(text: &str, dedup_capacity: usize) -> Result<Option<QueryState>> {
+    /// The forwarded-event ids, as stored under `seen_key`.
+    pub fn encode_seen(&self) -> String {
+        self.seen.encode()
+    }
+
+    /// `None` for an empty position entry; an error for one that cannot be read.
+    pub fn decode_position(text: &str) -> Result<Option<(DateTime<Utc>, Option<Cursor>)>> {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        let stored: StoredState = serde_json::from_str(text)
+        let stored: StoredPosition = serde_json::from_str(text)
             .map_err(|e| HuntressError::Cache(format!("unreadable checkpoint ({e})")))?;
         if stored.v != STATE_VERSION {
             return Err(HuntressError::Cache(format!("checkpoint format v{} is not supported", stored.v)));
@@ -100,9 +111,13 @@ impl QueryState {
         let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint)
             .map_err(|e| HuntressError::Cache(format!("unreadable checkpoint time ({e})")))?
             .with_timezone(&Utc);
-        let mut seen = DedupSet::decode(&stored.seen)?;
+        Ok(Some((checkpoint, stored.cursor)))
+    }
+
+    pub fn decode_seen(text: &str, dedup_capacity: usize) -> Result<DedupSet> {
+        let mut seen = DedupSet::decode(text.trim())?;
         seen.set_capacity(dedup_capacity);
-        Ok(Some(QueryState { checkpoint, cursor: stored.cursor, seen }))
+        Ok(seen)
     }
 
     /// The window is fully delivered: move the checkpoint to its end.
@@ -164,7 +179,7 @@ impl DedupSet {
         }
     }
 
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut bytes = Vec::with_capacity(self.order.len() * 8);
         for id in &self.order {
             bytes.extend_from_slice(&id.to_le_bytes());
@@ -172,7 +187,7 @@ impl DedupSet {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
     }
 
-    fn decode(text: &str) -> Result<DedupSet> {
+    pub fn decode(text: &str) -> Result<DedupSet> {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(text)
             .map_err(|e| HuntressError::Cache(format!("unreadable dedup ids ({e})")))?;
@@ -200,16 +215,30 @@ mod tests {
         for id in 0..10 {
             state.seen.insert(id * 7919);
         }
-        let decoded = QueryState::decode(&state.encode(), 100).unwrap().unwrap();
-        assert_eq!(decoded, state);
-        assert_eq!(decoded.checkpoint.timestamp_subsec_nanos(), 123_456_789);
+        let (checkpoint, cursor) = QueryState::decode_position(&state.encode_position()).unwrap().unwrap();
+        let seen = QueryState::decode_seen(&state.encode_seen(), 100).unwrap();
+        assert_eq!(QueryState { checkpoint, cursor, seen }, state);
+        assert_eq!(checkpoint.timestamp_subsec_nanos(), 123_456_789);
     }
 
     #[test]
     fn empty_and_corrupt_entries() {
-        assert!(QueryState::decode("", 10).unwrap().is_none());
-        assert!(matches!(QueryState::decode("{not json", 10), Err(HuntressError::Cache(_))));
-        assert!(matches!(QueryState::decode(r#"{"v":9,"checkpoint":"x","cursor":null,"seen":""}"#, 10), Err(HuntressError::Cache(_))));
+        assert!(QueryState::decode_position("").unwrap().is_none());
+        assert!(QueryState::decode_seen("", 10).unwrap().is_empty());
+        assert!(matches!(QueryState::decode_position("{not json"), Err(HuntressError::Cache(_))));
+        assert!(matches!(QueryState::decode_position(r#"{"v":9,"checkpoint":"x","cursor":null}"#), Err(HuntressError::Cache(_))));
+        assert!(matches!(QueryState::decode_seen("!!!", 10), Err(HuntressError::Cache(_))));
+    }
+
+    #[test]
+    fn decoded_ids_respect_a_smaller_capacity() {
+        let mut set = DedupSet::new(100);
+        for id in 0..100 {
+            set.insert(id);
+        }
+        let smaller = QueryState::decode_seen(&set.encode(), 10).unwrap();
+        assert_eq!(smaller.len(), 10);
+        assert!(smaller.contains(99) && !smaller.contains(0));
     }
 
     #[test]
@@ -253,6 +282,7 @@ mod tests {
         assert_ne!(a, cache_id("https://api.huntress.io", "OTHER"));
         assert!(!a.contains("PUBKEY"));
         assert_ne!(query_key("a"), query_key("b"));
+        assert_ne!(seen_key("a"), query_key("a"));
         assert!(query_key("weird name/ü").chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{cache_id, query_key, Cache, QueryState};
+use crate::checkpoint::{cache_id, query_key, seen_key, Cache, DedupSet, QueryState};
 use crate::config::{AgentContext, Config, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
@@ -83,7 +83,8 @@ impl Collector {
     fn collect_query(&mut self, query: &LogQuery, cache: &mut dyn Cache, deadline: Deadline, report: &mut Report) -> QueryOutcome {
         let now = Utc::now();
         let key = query_key(&query.name);
-        let mut state = match self.load_state(cache, &key, now) {
+        let ids_key = seen_key(&query.name);
+        let mut state = match self.load_state(cache, &key, &ids_key, now, report) {
             Ok(state) => state,
             Err(error) => {
                 return QueryOutcome { error: Some(error), ..QueryOutcome::default() };
@@ -99,6 +100,7 @@ impl Collector {
             now,
             esql: &query.esql,
             cache_key: &key,
+            seen_key: &ids_key,
             template: &template,
             enrich: &enrich,
             max_pages: self.config.max_pages_per_run,
@@ -113,16 +115,29 @@ impl Collector {
         outcome
     }
 
-    /// The saved state, or a fresh one `initial_lookback_seconds` back. A state
-    /// that cannot be read is reported and replaced, never silently.
-    fn load_state(&self, cache: &mut dyn Cache, key: &str, now: chrono::DateTime<Utc>) -> Result<QueryState> {
-        let text = cache.read(key).map_err(|e| HuntressError::Cache(format!("cannot read the checkpoint ({e})")))?;
-        let fresh = || QueryState::new(now - to_chrono(self.config.initial_lookback), self.config.dedup_cache_size);
-        match QueryState::decode(&text, self.config.dedup_cache_size) {
-            Ok(Some(state)) => Ok(state),
-            Ok(None) => Ok(fresh()),
+    /// The saved state, or a fresh one `initial_lookback_seconds` back (a new
+    /// instance, or one moved to a node without its cache). A position that cannot
+    /// be read is reported and replaced, never silently.
+    fn load_state(
+        &self,
+        cache: &mut dyn Cache,
+        key: &str,
+        ids_key: &str,
+        now: chrono::DateTime<Utc>,
+        report: &mut Report,
+    ) -> Result<QueryState> {
+        let read = |cache: &mut dyn Cache, k: &str| cache.read(k).map_err(|e| HuntressError::Cache(format!("cannot read the checkpoint ({e})")));
+        let capacity = self.config.dedup_cache_size;
+        let seen = QueryState::decode_seen(&read(cache, ids_key)?, capacity).unwrap_or_else(|error| {
+            report.log(Level::Warning, format!("{error}; continuing without the ids of recently forwarded events"));
+            DedupSet::new(capacity)
+        });
+        let fresh_checkpoint = now - to_chrono(self.config.initial_lookback);
+        match QueryState::decode_position(&read(cache, key)?) {
+            Ok(Some((checkpoint, cursor))) => Ok(QueryState { checkpoint, cursor, seen }),
+            Ok(None) => Ok(QueryState { seen, ..QueryState::new(fresh_checkpoint, capacity) }),
             Err(error) => {
-                cache.write(key, &fresh().encode()).map_err(HuntressError::Cache)?;
+                cache.write(key, &QueryState::new(fresh_checkpoint, capacity).encode_position()).map_err(HuntressError::Cache)?;
                 Err(HuntressError::Cache(format!("{error}; starting again from initial_lookback_seconds")))
             }
         }

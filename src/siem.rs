@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::checkpoint::{Cache, Cursor, QueryState};
 use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::Deadline;
+use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
 use crate::intake::IntakeClient;
 use crate::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
@@ -19,6 +19,8 @@ pub const QUERY_PATH: &str = "/v1/siem/query";
 const MIN_WINDOW_SECONDS: i64 = 10;
 /// An expired page token restarts its range at most this often per window.
 const MAX_RESTARTS: u32 = 3;
+/// A 200 whose body has the wrong shape is fetched again this often.
+const MAX_SHAPE_RETRIES: u32 = 2;
 
 #[derive(Debug)]
 pub struct SiemPage {
@@ -105,6 +107,7 @@ pub struct QueryRun<'a> {
     pub now: DateTime<Utc>,
     pub esql: &'a str,
     pub cache_key: &'a str,
+    pub seen_key: &'a str,
     pub template: &'a LogTemplate,
     pub enrich: &'a dyn Fn(&Map<String, Value>) -> Enrichment,
     pub max_pages: u32,
@@ -146,7 +149,7 @@ impl QueryRun<'_> {
 
     fn step(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) -> Step {
         let cursor = state.cursor.clone().expect("a window is planned before each step");
-        let page = match self.fetch(&cursor) {
+        let page = match self.fetch(&cursor, outcome) {
             Ok(page) => page,
             Err(error) => return self.recover(state, outcome, error),
         };
@@ -178,7 +181,24 @@ impl QueryRun<'_> {
         Step::Continue
     }
 
-    fn fetch(&mut self, cursor: &Cursor) -> Result<SiemPage> {
+    /// A page whose shape is wrong is fetched again, as a body that is not JSON is.
+    fn fetch(&mut self, cursor: &Cursor, outcome: &mut QueryOutcome) -> Result<SiemPage> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(cursor) {
+                Err(error) if error.kind() == ErrorKind::MalformedResponse && attempt < MAX_SHAPE_RETRIES => {
+                    *outcome.recovered.entry(ErrorKind::MalformedResponse).or_default() += 1;
+                    attempt += 1;
+                    if !self.deadline.sleep(backoff(attempt - 1)) {
+                        return Err(error);
+                    }
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn fetch_once(&mut self, cursor: &Cursor) -> Result<SiemPage> {
         let mut body = json!({
             "esql": self.esql,
             "range_start": format_time(cursor.range_start),
@@ -249,8 +269,13 @@ impl QueryRun<'_> {
         logs
     }
 
+    /// Ids first, position second: see `checkpoint`.
     fn save(&mut self, state: &QueryState, outcome: &mut QueryOutcome) {
-        if let Err(message) = self.cache.write(self.cache_key, &state.encode()) {
+        let written = self
+            .cache
+            .write(self.seen_key, &state.encode_seen())
+            .and_then(|_| self.cache.write(self.cache_key, &state.encode_position()));
+        if let Err(message) = written {
             let error = HuntressError::Cache(format!("cannot save the checkpoint ({message})"));
             outcome.error.get_or_insert(error);
         }
