@@ -110,11 +110,15 @@ impl HuntressClient {
                 .timeout(timeout)
                 .send();
             let (error, wait) = match outcome {
-                Ok(response) => match self.read(response, path) {
+                Ok(response) => match self.read(response, path, attempt) {
                     Ok(value) => return Ok(value),
                     Err(Failure::Fatal(error)) => return Err(error),
                     Err(Failure::Retry(error, wait)) => (error, wait),
                 },
+                // A request cut short by the run's own deadline is not a Huntress fault.
+                Err(e) if e.is_timeout() && deadline.expired() => {
+                    return Err(HuntressError::Deadline(format!("{path}: the run deadline ended a request in flight")))
+                }
                 Err(e) => (transport_error(&e, path), None),
             };
             attempt += 1;
@@ -128,7 +132,7 @@ impl HuntressClient {
         }
     }
 
-    fn read(&mut self, response: Response, path: &str) -> std::result::Result<Value, Failure> {
+    fn read(&mut self, response: Response, path: &str, attempt: u32) -> std::result::Result<Value, Failure> {
         self.observe_headers(response.headers());
         let status = response.status().as_u16();
         let body = response
@@ -142,16 +146,16 @@ impl HuntressClient {
                 )
             });
         }
-        Err(self.classify(status, path, &body))
+        Err(self.classify(status, path, &body, attempt))
     }
 
-    fn classify(&mut self, status: u16, path: &str, body: &[u8]) -> Failure {
+    fn classify(&mut self, status: u16, path: &str, body: &[u8], attempt: u32) -> Failure {
         let detail = excerpt(body, 200);
         let error = |kind, what: &str| HuntressError::api(kind, format!("{path} returned {status}: {what} ({detail})"));
         match status {
             429 => {
                 self.stats.rate_limited += 1;
-                let wait = self.budget.backoff_after_429();
+                let wait = self.budget.backoff_after_429(backoff(attempt + 1));
                 Failure::Retry(error(ErrorKind::RateLimited, "rate limit exceeded (60 requests/minute per key)"), Some(wait))
             }
             408 => Failure::Retry(error(ErrorKind::QueryTimeout, "the query timed out"), None),

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::ops::Range;
-use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -106,7 +105,8 @@ impl IntakeClient {
                 .header("DD-API-KEY", self.api_key.clone())
                 .header("content-type", "application/json")
                 .header("content-encoding", "gzip")
-                .timeout(deadline.remaining().max(Duration::from_millis(100)))
+                // No deadline clamp here: a send cut short cannot tell whether the
+                // intake kept the batch, and a resend could duplicate it.
                 .body(body.clone())
                 .send();
             let error = match outcome {

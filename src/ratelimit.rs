@@ -110,17 +110,24 @@ impl RateBudget {
         }
     }
 
-    /// After a 429: how long to wait before the window frees a slot.
-    pub fn backoff_after_429(&self) -> Duration {
+    /// After a 429: how long to wait. When our own requests fill the window, until
+    /// the oldest leaves it. Otherwise another client of the key used it up at times
+    /// we cannot know: probe with `probe` (a growing backoff), but never longer than
+    /// until our own oldest request leaves the window.
+    pub fn backoff_after_429(&self, probe: Duration) -> Duration {
         let now = Instant::now();
         let mut state = self.lock();
         state.prune(now);
-        let limit = state.limit as usize;
-        // Treat the window as full; the oldest known request decides when it frees.
-        while state.sent.len() < limit {
-            state.sent.push_back(now);
+        let own_wait = state.wait_for_slot(now);
+        if !own_wait.is_zero() {
+            return own_wait;
         }
-        state.wait_for_slot(now).max(Duration::from_secs(1))
+        let window_end = state.sent.front().map(|first| (*first + state.window + MARGIN).saturating_duration_since(now));
+        let wait = match window_end {
+            Some(end) if !end.is_zero() => probe.min(end),
+            _ => probe,
+        };
+        wait.max(Duration::from_millis(500))
     }
 
     pub fn limit(&self) -> u32 {
@@ -170,14 +177,23 @@ mod tests {
     }
 
     #[test]
-    fn backoff_after_429_derives_from_window_not_a_fixed_minute() {
-        let budget = RateBudget::new(2, Duration::from_millis(300));
+    fn backoff_after_429_waits_for_our_oldest_request_when_we_filled_the_window() {
+        let budget = RateBudget::new(2, Duration::from_millis(1500));
         let deadline = Instant::now() + Duration::from_secs(5);
         budget.acquire(deadline).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         budget.acquire(deadline).unwrap();
-        let wait = budget.backoff_after_429();
-        assert!(wait >= Duration::from_secs(1) && wait < Duration::from_secs(2), "{wait:?}");
+        let wait = budget.backoff_after_429(Duration::from_secs(8));
+        assert!(wait > Duration::from_millis(1400) && wait < Duration::from_millis(1800), "{wait:?}");
+    }
+
+    #[test]
+    fn backoff_after_429_probes_when_someone_else_filled_the_window() {
+        let budget = RateBudget::new(60, Duration::from_secs(60));
+        budget.acquire(Instant::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(budget.backoff_after_429(Duration::from_secs(2)), Duration::from_secs(2));
+        let fresh = RateBudget::new(60, Duration::from_secs(60));
+        assert_eq!(fresh.backoff_after_429(Duration::from_secs(4)), Duration::from_secs(4));
     }
 
     #[test]
