@@ -12,6 +12,7 @@ pub mod intake;
 pub mod ratelimit;
 pub mod report;
 pub mod siem;
+pub mod tags;
 pub mod transform;
 
 #[cfg(feature = "python")]
