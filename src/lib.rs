@@ -11,6 +11,7 @@ pub mod huntress;
 pub mod intake;
 pub mod ratelimit;
 pub mod report;
+pub mod rest;
 pub mod siem;
 pub mod tags;
 pub mod transform;
