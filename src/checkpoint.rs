@@ -30,6 +30,11 @@ pub fn cache_id(base_url: &str, api_key: &str) -> String {
     short_hash(&["datadog-huntress/v1", base_url, api_key])
 }
 
+/// The cached organization directory (organization enrichment, agent metrics).
+pub const ORGS_KEY: &str = "orgs_directory";
+/// The incident report checkpoint and the versions already forwarded.
+pub const INCIDENTS_KEY: &str = "incidents_state";
+
 /// The key of one query's state within the namespace.
 pub fn query_key(query_name: &str) -> String {
     format!("siem_{}", short_hash(&["query", query_name]))
@@ -164,7 +169,7 @@ impl DedupSet {
         }
     }
 
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut bytes = Vec::with_capacity(self.order.len() * 8);
         for id in &self.order {
             bytes.extend_from_slice(&id.to_le_bytes());
@@ -172,7 +177,7 @@ impl DedupSet {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
     }
 
-    fn decode(text: &str) -> Result<DedupSet> {
+    pub fn decode(text: &str) -> Result<DedupSet> {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(text)
             .map_err(|e| HuntressError::Cache(format!("unreadable dedup ids ({e})")))?;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod huntress;
 pub mod intake;
+pub mod orgs;
 pub mod ratelimit;
 pub mod report;
 pub mod rest;

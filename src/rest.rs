@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
+use crate::report::Status;
 
 /// The largest `limit` the API accepts.
 pub const PAGE_LIMIT: u32 = 500;
@@ -189,6 +190,50 @@ pub fn budget_allows(free: u32, limit: u32, need: u32) -> std::result::Result<Pa
     }
 }
 
+/// How one REST feature (orgs, agents, incidents) fared in a run that sent
+/// requests for it; feeds `huntress.api.can_connect`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub feature: Feature,
+    pub status: Status,
+    pub message: Option<String>,
+    /// The error that made the feature fail, for `huntress.siem.errors`.
+    pub error: Option<ErrorKind>,
+}
+
+impl Health {
+    pub fn ok(feature: Feature) -> Self {
+        Health { feature, status: Status::Ok, message: None, error: None }
+    }
+
+    pub fn warning(feature: Feature, message: String) -> Self {
+        Health { feature, status: Status::Warning, message: Some(message), error: None }
+    }
+
+    pub fn failed(feature: Feature, status: Status, message: String, error: &HuntressError) -> Self {
+        Health { feature, status, message: Some(message), error: Some(error.kind()) }
+    }
+}
+
+/// `huntress.api.can_connect`: CRITICAL when every REST feature that ran failed,
+/// WARNING when some failed or came back incomplete, OK otherwise; `None` when
+/// no REST feature sent a request this run.
+pub fn api_status(healths: &[Health]) -> Option<(Status, Option<String>)> {
+    if healths.is_empty() {
+        return None;
+    }
+    let messages: Vec<String> = healths.iter().filter_map(|h| h.message.as_ref().map(|m| format!("{}: {m}", h.feature.tag()))).collect();
+    let message = (!messages.is_empty()).then(|| messages.join("; "));
+    let status = if healths.iter().all(|h| h.status == Status::Critical) {
+        Status::Critical
+    } else if healths.iter().any(|h| h.status != Status::Ok) {
+        Status::Warning
+    } else {
+        Status::Ok
+    };
+    Some((status, message))
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -296,6 +341,19 @@ pub mod tests {
                 other => panic!("expected a failure, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn api_status_is_critical_only_when_everything_that_ran_failed() {
+        let down = HuntressError::api(ErrorKind::Network, "down");
+        assert!(api_status(&[]).is_none());
+        assert_eq!(api_status(&[Health::ok(Feature::Orgs), Health::ok(Feature::Agents)]), Some((Status::Ok, None)));
+        let mixed = api_status(&[Health::ok(Feature::Orgs), Health::failed(Feature::Agents, Status::Critical, "down".into(), &down)]).unwrap();
+        assert_eq!(mixed, (Status::Warning, Some("agents: down".into())));
+        let all = api_status(&[Health::failed(Feature::Incidents, Status::Critical, "x".into(), &down)]).unwrap();
+        assert_eq!(all.0, Status::Critical);
+        let stale = api_status(&[Health::warning(Feature::Orgs, "using the cached directory".into())]).unwrap();
+        assert_eq!(stale.0, Status::Warning);
     }
 
     #[test]
