@@ -2,6 +2,7 @@
 //! `datadog_checks.huntress._core` is registered here; the work lives in the
 //! modules below, one concern each.
 
+pub mod agents;
 pub mod checkpoint;
 pub mod collector;
 pub mod config;
