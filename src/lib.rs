@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod huntress;
+pub mod incidents;
 pub mod intake;
 pub mod orgs;
 pub mod ratelimit;
