@@ -32,6 +32,11 @@ pub fn cache_id(base_url: &str, api_key: &str) -> String {
     short_hash(&["datadog-huntress/v1", base_url, api_key])
 }
 
+/// The cached organization directory (organization enrichment, agent metrics).
+pub const ORGS_KEY: &str = "orgs_directory";
+/// The incident report checkpoint and the versions already forwarded.
+pub const INCIDENTS_KEY: &str = "incidents_state";
+
 /// The key of one query's position within the namespace.
 pub fn query_key(query_name: &str) -> String {
     format!("siem_{}", short_hash(&["query", query_name]))

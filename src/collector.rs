@@ -1,5 +1,13 @@
 //! One check instance: owns the clients and runs every configured query once
 //! per Agent run, returning a `Report`.
+//!
+//! Order within a run, which is also the priority for the shared rate budget:
+//! the organization directory comes from the cache (fetched first only when the
+//! cache is empty), then the SIEM queries, then incident reports, then agent
+//! metrics, then a due refresh of the organization directory. The last three
+//! start only when the budget's free slots cover their estimate plus a reserve
+//! for the next run's SIEM queries (`rest::budget_allows`); otherwise they are
+//! deferred to a later run, and the log says so.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -11,14 +19,26 @@ use crate::checkpoint::{cache_id, query_key, seen_key, Cache, DedupSet, QuerySta
 use crate::config::{AgentContext, Config, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
-use crate::huntress::HuntressClient;
+use crate::huntress::{Feature, HuntressClient};
+use crate::incidents::IncidentRun;
 use crate::intake::IntakeClient;
+use crate::orgs::{self, Orgs};
 use crate::ratelimit::RateBudget;
 use crate::report::{with_tag, Level, Report, Status};
+use crate::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
 use crate::siem::{QueryOutcome, QueryRun};
 use crate::transform::{Enrichment, LogTemplate};
 
 pub const SIEM_SERVICE_CHECK: &str = "huntress.siem.can_connect";
+pub const API_SERVICE_CHECK: &str = "huntress.api.can_connect";
+
+/// What the REST features (orgs, incidents, agents) did in one run.
+#[derive(Default)]
+struct RestRun {
+    healths: Vec<Health>,
+    deferred: Vec<Feature>,
+    orgs_refreshed: bool,
+}
 
 pub struct Collector {
     config: Config,
@@ -27,6 +47,9 @@ pub struct Collector {
     intake: IntakeClient,
     /// Queries already warned about rows without `KEEP` in this process.
     warned_keep: HashSet<String>,
+    orgs: Orgs,
+    /// Pages each REST feature read when it last ran: its next budget estimate.
+    last_pages: BTreeMap<Feature, u32>,
 }
 
 impl Collector {
@@ -38,8 +61,10 @@ impl Collector {
             huntress: HuntressClient::new(&config, budget)?,
             intake: IntakeClient::new(&config)?,
             cache_id,
+            orgs: Orgs::new(config.org_cache_ttl),
             config,
             warned_keep: HashSet::new(),
+            last_pages: BTreeMap::new(),
         })
     }
 
@@ -59,6 +84,10 @@ impl Collector {
         let mut errors: BTreeMap<(ErrorKind, Option<String>), u64> = BTreeMap::new();
         self.huntress.reset_stats();
         self.intake.reset_stats();
+        let mut rest = RestRun::default();
+        if self.wants_orgs() {
+            self.prepare_orgs(cache, deadline, &mut rest, &mut report);
+        }
 
         let mut failures = 0;
         for query in self.config.queries.clone() {
@@ -75,7 +104,9 @@ impl Collector {
         if failures == self.config.queries.len() {
             report.fatal = report.service_checks.iter().rev().find_map(|c| c.message.clone());
         }
-        self.report_run(started, &errors, &mut report);
+        self.run_rest_features(cache, deadline, &mut rest, &mut report);
+        self.report_rest(&rest, &mut errors, &mut report);
+        self.report_run(started, &errors, &rest, &mut report);
         report.redact(&[self.config.api_key.clone(), self.config.secret_key.clone(), self.config.dd_api_key.clone()]);
         report
     }
@@ -91,7 +122,9 @@ impl Collector {
             }
         };
         let template = self.template(query);
-        let enrich = |_: &Map<String, Value>| Enrichment::default();
+        let enabled = self.config.enrich_with_org_tags;
+        let directory = self.orgs.directory();
+        let enrich = move |row: &Map<String, Value>| if enabled { orgs::enrich_row(directory, row) } else { Enrichment::default() };
         let mut run = QueryRun {
             huntress: &mut self.huntress,
             intake: &mut self.intake,
@@ -219,7 +252,7 @@ impl Collector {
         }
     }
 
-    fn report_run(&self, started: Instant, errors: &BTreeMap<(ErrorKind, Option<String>), u64>, report: &mut Report) {
+    fn report_run(&self, started: Instant, errors: &BTreeMap<(ErrorKind, Option<String>), u64>, rest: &RestRun, report: &mut Report) {
         let tags = &self.config.tags;
         let stats = &self.huntress.stats;
         report.gauge("huntress.siem.run_duration_seconds", started.elapsed().as_secs_f64(), tags);
@@ -230,8 +263,9 @@ impl Collector {
             report.gauge("huntress.siem.api_call_remaining", f64::from(remaining), tags);
         }
         report.gauge("huntress.api.throttle_wait_seconds", stats.throttle_wait.as_secs_f64(), tags);
-        for (feature, count) in &stats.requests {
-            report.count("huntress.api.requests", *count as f64, &with_tag(tags, format!("feature:{}", feature.tag())));
+        for feature in self.features() {
+            let count = stats.requests.get(&feature).copied().unwrap_or(0);
+            report.count("huntress.api.requests", count as f64, &with_tag(tags, format!("feature:{}", feature.tag())));
         }
         let mut all_errors = errors.clone();
         for (kind, count) in &stats.retried {
@@ -250,17 +284,144 @@ impl Collector {
             }
             report.count("huntress.siem.errors", count as f64, &error_tags);
         }
-        let summary = stats.requests.iter().map(|(f, n)| format!("{}={n}", f.tag())).collect::<Vec<_>>().join(" ");
+        let all = [Feature::Siem, Feature::Incidents, Feature::Agents, Feature::Orgs];
+        let mut summary = all.iter().map(|f| format!("{}={}", f.tag(), stats.requests.get(f).copied().unwrap_or(0))).collect::<Vec<_>>().join(" ");
+        summary.push_str(&format!(" (of {} per minute)", self.huntress.rate_limit()));
+        if !rest.deferred.is_empty() {
+            summary.push_str(&format!(", deferred: {}", rest.deferred.iter().map(|f| f.tag()).collect::<Vec<_>>().join(" ")));
+        }
         report.log(
             Level::Info,
             format!(
-                "run finished in {:.2}s; Huntress requests: {}; intake requests: {}, logs accepted: {}",
+                "run finished in {:.2}s; Huntress requests: {summary}; intake requests: {}, logs accepted: {}",
                 started.elapsed().as_secs_f64(),
-                if summary.is_empty() { "none".to_string() } else { summary },
                 self.intake.stats.requests,
                 self.intake.stats.accepted
             ),
         );
+    }
+
+    /// The organization directory is kept when logs are enriched with it, and
+    /// when agent metrics or incident events tag by organization name.
+    fn wants_orgs(&self) -> bool {
+        self.config.enrich_with_org_tags || self.config.agents.enabled || self.config.incidents.enabled
+    }
+
+    /// The features this instance uses, for `huntress.api.requests`.
+    fn features(&self) -> Vec<Feature> {
+        let mut features = vec![Feature::Siem];
+        features.extend(self.config.incidents.enabled.then_some(Feature::Incidents));
+        features.extend(self.config.agents.enabled.then_some(Feature::Agents));
+        features.extend(self.wants_orgs().then_some(Feature::Orgs));
+        features
+    }
+
+    /// Loads the cached directory; with none cached, fetches it before the SIEM
+    /// queries (a few requests), so the first logs are tagged too.
+    fn prepare_orgs(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
+        if let Some(warning) = self.orgs.load(cache) {
+            report.log(Level::Warning, warning);
+        }
+        if self.orgs.directory().is_none() {
+            self.refresh_orgs(cache, deadline, Pacing::Wait, rest);
+        }
+    }
+
+    fn refresh_orgs(&mut self, cache: &mut dyn Cache, deadline: Deadline, pacing: Pacing, rest: &mut RestRun) {
+        let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Orgs, deadline, pacing };
+        let health = self.orgs.refresh(&mut source, cache, Utc::now());
+        rest.orgs_refreshed = true;
+        match health {
+            Some(health) => rest.healths.push(health),
+            None => rest.deferred.push(Feature::Orgs),
+        }
+    }
+
+    /// Incidents, then agents, then a due organization refresh, each only when
+    /// the budget has room for it.
+    fn run_rest_features(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
+        if self.config.incidents.enabled {
+            if let Some(pacing) = self.pacing_for(Feature::Incidents, self.estimate(Feature::Incidents, 2), deadline, rest, report) {
+                let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Incidents, deadline, pacing };
+                let mut run = IncidentRun {
+                    sink: &mut self.intake,
+                    cache: &mut *cache,
+                    deadline,
+                    directory: self.orgs.directory(),
+                    base_tags: &self.config.tags,
+                    max_pages: self.config.incidents.max_pages,
+                    initial_lookback: self.config.initial_lookback,
+                    now: Utc::now(),
+                };
+                let (health, pages) = run.run(&mut source, report);
+                self.record(Feature::Incidents, health, pages, rest);
+            }
+        }
+        if self.config.agents.enabled {
+            let first_guess = self.orgs.directory().and_then(|d| d.agent_pages_estimate()).unwrap_or(1);
+            let need = self.estimate(Feature::Agents, first_guess).min(self.config.agents.max_pages);
+            if let Some(pacing) = self.pacing_for(Feature::Agents, need, deadline, rest, report) {
+                let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Agents, deadline, pacing };
+                let (health, pages) = crate::agents::run(&mut source, &self.config.agents, Utc::now(), self.orgs.directory(), &self.config.tags, report);
+                self.record(Feature::Agents, health, pages, rest);
+            }
+        }
+        if self.wants_orgs() && !rest.orgs_refreshed && self.orgs.due(Utc::now()) {
+            if let Some(pacing) = self.pacing_for(Feature::Orgs, self.orgs.refresh_requests(), deadline, rest, report) {
+                self.refresh_orgs(cache, deadline, pacing, rest);
+            }
+        }
+    }
+
+    fn estimate(&self, feature: Feature, default: u32) -> u32 {
+        self.last_pages.get(&feature).copied().unwrap_or(default).max(1)
+    }
+
+    /// The budget rule for a lower-priority feature; `None` (and a log line) when deferred.
+    fn pacing_for(&self, feature: Feature, need: u32, deadline: Deadline, rest: &mut RestRun, report: &mut Report) -> Option<Pacing> {
+        let verdict = if deadline.expired() {
+            Err("the run deadline was reached".to_string())
+        } else {
+            budget_allows(self.huntress.free_slots(), self.huntress.rate_limit(), need)
+        };
+        match verdict {
+            Ok(pacing) => Some(pacing),
+            Err(why) => {
+                report.log(Level::Warning, format!("{} deferred to a later run: {why}; SIEM queries have priority on the rate budget", feature.tag()));
+                rest.deferred.push(feature);
+                None
+            }
+        }
+    }
+
+    fn record(&mut self, feature: Feature, health: Option<Health>, pages: u32, rest: &mut RestRun) {
+        if pages > 0 {
+            self.last_pages.insert(feature, pages);
+        }
+        match health {
+            Some(health) => rest.healths.push(health),
+            None => rest.deferred.push(feature),
+        }
+    }
+
+    /// `huntress.api.can_connect`, `huntress.organizations.count`, and the REST errors.
+    fn report_rest(&self, rest: &RestRun, errors: &mut BTreeMap<(ErrorKind, Option<String>), u64>, report: &mut Report) {
+        let tags = &self.config.tags;
+        if let Some(directory) = self.orgs.directory().filter(|_| self.wants_orgs()) {
+            report.gauge("huntress.organizations.count", directory.len() as f64, tags);
+        }
+        for health in &rest.healths {
+            if let Some(kind) = health.error {
+                *errors.entry((kind, None)).or_default() += 1;
+            }
+            if let Some(message) = &health.message {
+                let level = if health.status == Status::Critical { Level::Error } else { Level::Warning };
+                report.log(level, format!("{}: {message}", health.feature.tag()));
+            }
+        }
+        if let Some((status, message)) = api_status(&rest.healths) {
+            report.service_check(API_SERVICE_CHECK, status, tags, message);
+        }
     }
 }
 

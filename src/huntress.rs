@@ -73,6 +73,16 @@ impl HuntressClient {
         self.stats = ApiStats::default();
     }
 
+    /// Requests that could be sent now without waiting (see `RateBudget::free_slots`).
+    pub fn free_slots(&self) -> u32 {
+        self.budget.free_slots()
+    }
+
+    /// The per-minute limit, as the server last reported it.
+    pub fn rate_limit(&self) -> u32 {
+        self.budget.limit()
+    }
+
     pub fn post_json(&mut self, feature: Feature, path: &str, body: &Value, deadline: &Deadline) -> Result<Value> {
         let url = format!("{}{}", self.base_url, path);
         let payload = serde_json::to_vec(body).expect("a JSON value serializes");

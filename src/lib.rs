@@ -2,16 +2,21 @@
 //! `datadog_checks.huntress._core` is registered here; the work lives in the
 //! modules below, one concern each.
 
+pub mod agents;
 pub mod checkpoint;
 pub mod collector;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod huntress;
+pub mod incidents;
 pub mod intake;
+pub mod orgs;
 pub mod ratelimit;
 pub mod report;
+pub mod rest;
 pub mod siem;
+pub mod tags;
 pub mod transform;
 
 #[cfg(feature = "python")]

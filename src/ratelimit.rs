@@ -133,6 +133,14 @@ impl RateBudget {
     pub fn limit(&self) -> u32 {
         self.lock().limit
     }
+
+    /// How many requests could be sent right now without waiting. Takes nothing
+    /// and never blocks: lower-priority features look before they start.
+    pub fn free_slots(&self) -> u32 {
+        let mut state = self.lock();
+        state.prune(Instant::now());
+        state.limit.saturating_sub(state.sent.len() as u32)
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +202,22 @@ mod tests {
         assert_eq!(budget.backoff_after_429(Duration::from_secs(2)), Duration::from_secs(2));
         let fresh = RateBudget::new(60, Duration::from_secs(60));
         assert_eq!(fresh.backoff_after_429(Duration::from_secs(4)), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn free_slots_counts_down_and_frees_with_the_window() {
+        let budget = RateBudget::new(3, Duration::from_millis(100));
+        assert_eq!(budget.free_slots(), 3);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        budget.acquire(deadline).unwrap();
+        budget.acquire(deadline).unwrap();
+        assert_eq!(budget.free_slots(), 1);
+        budget.acquire(deadline).unwrap();
+        assert_eq!(budget.free_slots(), 0, "looking takes no slot and does not wait");
+        std::thread::sleep(Duration::from_millis(100) + MARGIN);
+        assert_eq!(budget.free_slots(), 3);
+        budget.observe(Some(3), Some(1));
+        assert_eq!(budget.free_slots(), 1, "requests by other clients of the key count too");
     }
 
     #[test]

@@ -52,7 +52,16 @@ def test_logs_have_datadog_shape_and_keep_ecs_fields(make_check, dd_run_check, h
         source = by_uuid[log['uuid']]
         assert log['ddsource'] == 'huntress'
         assert log['service'] == 'huntress-siem'
-        assert set(log['ddtags'].split(',')) == {'team:secops', 'query_name:windows-security', 'log_type:windows'}
+        # Organization enrichment is on by default (see test_inventory.py); the simulator's
+        # organization list is empty here, so only the account and the row's org id are added.
+        org_id = source.get('organization_id') or source.get('organization.id')
+        assert set(log['ddtags'].split(',')) == {
+            'team:secops',
+            'query_name:windows-security',
+            'log_type:windows',
+            'huntress_account_id:5',
+            f'huntress_org_id:{org_id}',
+        }
         assert log['hostname'] == source['host.hostname']
         assert log['event.code'] == source['event.code']
         assert log['message'] == source.get('log.original') or source['message']
