@@ -36,7 +36,7 @@ class CrashingCheck(HuntressCheck):
     rng = random.Random(5)
 
     def write_persistent_cache(self, key, value):
-        if not key.endswith('_seen') and self.rng.random() < 0.2:
+        if key.startswith('siem_') and not key.endswith('_seen') and self.rng.random() < 0.2:
             raise RuntimeError('agent killed')
         super().write_persistent_cache(key, value)
 

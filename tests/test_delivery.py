@@ -118,7 +118,7 @@ class CrashAfterIdsCheck(HuntressCheck):
     crashed = False
 
     def write_persistent_cache(self, key, value):
-        if not key.endswith('_seen') and not CrashAfterIdsCheck.crashed:
+        if key.startswith('siem_') and not key.endswith('_seen') and not CrashAfterIdsCheck.crashed:
             CrashAfterIdsCheck.crashed = True
             raise RuntimeError('agent killed')
         super().write_persistent_cache(key, value)
