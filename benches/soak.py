@@ -12,6 +12,7 @@ three minutes and also prints the sustained events per minute it reached.
 import argparse
 import os
 import random
+import re
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -36,7 +37,7 @@ class CrashingCheck(HuntressCheck):
     rng = random.Random(5)
 
     def write_persistent_cache(self, key, value):
-        if key.startswith('siem_') and not key.endswith('_seen') and self.rng.random() < 0.2:
+        if re.fullmatch(r'siem_[0-9a-f]{24}', key) and self.rng.random() < 0.2:
             raise RuntimeError('agent killed')
         super().write_persistent_cache(key, value)
 

@@ -1,22 +1,28 @@
-//! Per-query collection state, stored as two opaque strings in the Agent's
-//! persistent cache: the position (the checkpoint, before which everything is
-//! delivered, and the resumable cursor of the window in progress), and the
-//! bounded set of ids of recently forwarded events. The ids are written first,
-//! as soon as the intake accepts a page, and the position after them: an Agent
+//! Per-query collection state in the Agent's persistent cache: the position (the
+//! checkpoint, before which everything is delivered, and the resumable cursor of
+//! the window in progress) under one key, and the bounded set of ids of recently
+//! forwarded events in rotating chunks of `IDS_PER_CHUNK` ids, so that a page
+//! rewrites one small chunk, not the whole set. The ids are written first, as
+//! soon as the intake accepts a page, and the position after them: an Agent
 //! killed in between replays the page on restart, and the ids drop it.
 
 use std::collections::{HashSet, VecDeque};
 
 use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{HuntressError, Result};
 
 const STATE_VERSION: u32 = 1;
-/// Ids kept from a finished window, for events on the boundary of the next.
-pub const BOUNDARY_IDS_KEPT: usize = 2_000;
+/// Ids per chunk key: five pages of 200 rows.
+pub const IDS_PER_CHUNK: usize = 1_000;
+
+/// How many chunk keys hold `capacity` ids.
+pub fn chunk_count(capacity: usize) -> usize {
+    capacity.div_ceil(IDS_PER_CHUNK).max(1)
+}
 
 /// Where the Agent keeps strings between runs (`read_persistent_cache` /
 /// `write_persistent_cache`). Errors are plain text for the report.
@@ -42,9 +48,9 @@ pub fn query_key(query_name: &str) -> String {
     format!("siem_{}", short_hash(&["query", query_name]))
 }
 
-/// The key of one query's forwarded-event ids.
-pub fn seen_key(query_name: &str) -> String {
-    format!("{}_seen", query_key(query_name))
+/// The key of one chunk of a query's forwarded-event ids.
+pub fn seen_chunk_key(query_name: &str, index: usize) -> String {
+    format!("{}_seen{index}", query_key(query_name))
 }
 
 fn short_hash(parts: &[&str]) -> String {
@@ -74,62 +80,94 @@ pub struct QueryState {
     pub checkpoint: DateTime<Utc>,
     pub cursor: Option<Cursor>,
     pub seen: DedupSet,
+    /// The chunk that new ids go to, and the ids it holds.
+    pub chunk: usize,
+    pub open_chunk: Vec<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredPosition {
+/// The position as stored: `chunk` is the index of the open id chunk.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Position {
     v: u32,
-    checkpoint: String,
-    cursor: Option<Cursor>,
+    pub checkpoint: DateTime<Utc>,
+    pub cursor: Option<Cursor>,
+    #[serde(default)]
+    pub chunk: usize,
 }
 
 impl QueryState {
     pub fn new(checkpoint: DateTime<Utc>, dedup_capacity: usize) -> Self {
-        QueryState { checkpoint, cursor: None, seen: DedupSet::new(dedup_capacity) }
+        let capacity = chunk_count(dedup_capacity) * IDS_PER_CHUNK;
+        QueryState { checkpoint, cursor: None, seen: DedupSet::new(capacity), chunk: 0, open_chunk: Vec::new() }
+    }
+
+    /// The state from a stored position and the stored id chunks, indexed by
+    /// chunk number (an empty string for a missing or unreadable chunk).
+    pub fn restore(position: Position, chunks: &[String], dedup_capacity: usize) -> Result<QueryState> {
+        let mut state = QueryState::new(position.checkpoint, dedup_capacity);
+        state.cursor = position.cursor;
+        state.chunk = if position.chunk < chunks.len() { position.chunk } else { 0 };
+        // Oldest chunk first, so that eviction order survives a restart.
+        for offset in 1..=chunks.len() {
+            let index = (state.chunk + offset) % chunks.len();
+            let ids = DedupSet::decode_ids(&chunks[index])?;
+            for id in &ids {
+                state.seen.insert(*id);
+            }
+            if index == state.chunk {
+                state.open_chunk = ids;
+            }
+        }
+        Ok(state)
+    }
+
+    pub fn position(&self) -> Position {
+        Position { v: STATE_VERSION, checkpoint: self.checkpoint, cursor: self.cursor.clone(), chunk: self.chunk }
     }
 
     /// The checkpoint and cursor, as stored under `query_key`.
     pub fn encode_position(&self) -> String {
-        let stored = StoredPosition {
-            v: STATE_VERSION,
-            checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Nanos, true),
-            cursor: self.cursor.clone(),
-        };
-        serde_json::to_string(&stored).expect("state serializes")
-    }
-
-    /// The forwarded-event ids, as stored under `seen_key`.
-    pub fn encode_seen(&self) -> String {
-        self.seen.encode()
+        serde_json::to_string(&self.position()).expect("state serializes")
     }
 
     /// `None` for an empty position entry; an error for one that cannot be read.
-    pub fn decode_position(text: &str) -> Result<Option<(DateTime<Utc>, Option<Cursor>)>> {
+    pub fn decode_position(text: &str) -> Result<Option<Position>> {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        let stored: StoredPosition = serde_json::from_str(text)
+        let stored: Position = serde_json::from_str(text)
             .map_err(|e| HuntressError::Cache(format!("unreadable checkpoint ({e})")))?;
         if stored.v != STATE_VERSION {
             return Err(HuntressError::Cache(format!("checkpoint format v{} is not supported", stored.v)));
         }
-        let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint)
-            .map_err(|e| HuntressError::Cache(format!("unreadable checkpoint time ({e})")))?
-            .with_timezone(&Utc);
-        Ok(Some((checkpoint, stored.cursor)))
+        Ok(Some(stored))
     }
 
-    pub fn decode_seen(text: &str, dedup_capacity: usize) -> Result<DedupSet> {
-        let mut seen = DedupSet::decode(text.trim())?;
-        seen.set_capacity(dedup_capacity);
-        Ok(seen)
+    /// Records a forwarded (or deliberately skipped) event.
+    pub fn remember(&mut self, id: u64) {
+        if self.seen.insert(id) {
+            self.open_chunk.push(id);
+        }
+    }
+
+    /// The open chunk as stored under `seen_chunk_key(.., self.chunk)`.
+    pub fn encode_open_chunk(&self) -> String {
+        DedupSet::encode_ids(&self.open_chunk)
+    }
+
+    /// After the open chunk is saved: a full chunk closes, and the next one
+    /// (the oldest) is reused from empty.
+    pub fn rotate_full_chunk(&mut self, chunks: usize) {
+        if self.open_chunk.len() >= IDS_PER_CHUNK {
+            self.chunk = (self.chunk + 1) % chunks.max(1);
+            self.open_chunk.clear();
+        }
     }
 
     /// The window is fully delivered: move the checkpoint to its end.
     pub fn complete_window(&mut self) {
         if let Some(cursor) = self.cursor.take() {
             self.checkpoint = self.checkpoint.max(cursor.range_end);
-            self.seen.keep_newest(BOUNDARY_IDS_KEPT);
         }
     }
 }
@@ -152,11 +190,14 @@ impl DedupSet {
         self.members.contains(&id)
     }
 
-    pub fn insert(&mut self, id: u64) {
-        if self.members.insert(id) {
-            self.order.push_back(id);
-            self.evict_to(self.capacity);
+    /// True when the id was not there yet.
+    pub fn insert(&mut self, id: u64) -> bool {
+        if !self.members.insert(id) {
+            return false;
         }
+        self.order.push_back(id);
+        self.evict_to(self.capacity);
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -172,10 +213,6 @@ impl DedupSet {
         self.evict_to(self.capacity);
     }
 
-    pub fn keep_newest(&mut self, count: usize) {
-        self.evict_to(count);
-    }
-
     fn evict_to(&mut self, count: usize) {
         while self.order.len() > count {
             if let Some(old) = self.order.pop_front() {
@@ -184,23 +221,19 @@ impl DedupSet {
         }
     }
 
-    pub fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(self.order.len() * 8);
-        for id in &self.order {
+    pub fn encode_ids(ids: &[u64]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 8);
+        for id in ids {
             bytes.extend_from_slice(&id.to_le_bytes());
         }
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
     }
 
-    pub fn decode(text: &str) -> Result<DedupSet> {
+    pub fn decode_ids(text: &str) -> Result<Vec<u64>> {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(text)
+            .decode(text.trim())
             .map_err(|e| HuntressError::Cache(format!("unreadable dedup ids ({e})")))?;
-        let mut set = DedupSet::new(usize::MAX);
-        for chunk in bytes.chunks_exact(8) {
-            set.insert(u64::from_le_bytes(chunk.try_into().expect("chunks of 8")));
-        }
-        Ok(set)
+        Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect())
     }
 }
 
@@ -213,63 +246,113 @@ mod tests {
         Utc.timestamp_opt(secs, 123_456_789).unwrap()
     }
 
+    fn save(state: &mut QueryState, chunks: &mut [String]) -> String {
+        chunks[state.chunk] = state.encode_open_chunk();
+        state.rotate_full_chunk(chunks.len());
+        state.encode_position()
+    }
+
     #[test]
-    fn state_round_trips_with_nanoseconds() {
-        let mut state = QueryState::new(at(1_780_000_000), 100);
+    fn state_round_trips_with_nanoseconds_and_ids() {
+        let mut state = QueryState::new(at(1_780_000_000), 3_000);
         state.cursor = Some(Cursor { range_start: at(1), range_end: at(2), page_token: Some("t".into()), pages_done: 3, restarts: 0 });
-        for id in 0..10 {
-            state.seen.insert(id * 7919);
+        let mut chunks = vec![String::new(); chunk_count(3_000)];
+        let mut position = String::new();
+        for id in 0..2_500u64 {
+            state.remember(id * 7919);
+            if id % 200 == 199 {
+                position = save(&mut state, &mut chunks);
+            }
         }
-        let (checkpoint, cursor) = QueryState::decode_position(&state.encode_position()).unwrap().unwrap();
-        let seen = QueryState::decode_seen(&state.encode_seen(), 100).unwrap();
-        assert_eq!(QueryState { checkpoint, cursor, seen }, state);
-        assert_eq!(checkpoint.timestamp_subsec_nanos(), 123_456_789);
+        position = if state.open_chunk.is_empty() { position } else { save(&mut state, &mut chunks) };
+        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), &chunks, 3_000).unwrap();
+        assert_eq!(restored.checkpoint.timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(restored.cursor, state.cursor);
+        assert_eq!(restored.seen.len(), 2_500);
+        assert!(restored.seen.contains(2_499 * 7919) && restored.seen.contains(0));
+        assert_eq!(restored.chunk, state.chunk);
+        assert_eq!(restored.open_chunk, state.open_chunk);
+    }
+
+    #[test]
+    fn a_page_rewrites_one_small_chunk() {
+        let mut state = QueryState::new(at(0), 50_000);
+        for id in 0..40_000 {
+            state.remember(id);
+            state.rotate_full_chunk(chunk_count(50_000));
+        }
+        assert!(state.encode_open_chunk().len() <= IDS_PER_CHUNK * 8 * 4 / 3 + 4);
+    }
+
+    #[test]
+    fn full_chunks_rotate_and_the_oldest_is_overwritten() {
+        let capacity = 2 * IDS_PER_CHUNK;
+        let mut state = QueryState::new(at(0), capacity);
+        let mut chunks = vec![String::new(); chunk_count(capacity)];
+        let mut position = String::new();
+        for id in 0..(3 * IDS_PER_CHUNK as u64) {
+            state.remember(id);
+            position = save(&mut state, &mut chunks);
+        }
+        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), &chunks, capacity).unwrap();
+        assert!(!restored.seen.contains(0), "the oldest chunk was reused");
+        assert!(restored.seen.contains(3 * IDS_PER_CHUNK as u64 - 1));
+        assert_eq!(restored.seen.len(), 2 * IDS_PER_CHUNK);
+    }
+
+    #[test]
+    fn ids_saved_before_a_lost_position_are_still_found() {
+        let mut state = QueryState::new(at(0), 5_000);
+        let mut chunks = vec![String::new(); chunk_count(5_000)];
+        let old_position = state.encode_position();
+        for id in 0..200 {
+            state.remember(id);
+        }
+        let _lost_position = save(&mut state, &mut chunks);
+        let restored = QueryState::restore(QueryState::decode_position(&old_position).unwrap().unwrap(), &chunks, 5_000).unwrap();
+        assert!(restored.seen.contains(199));
     }
 
     #[test]
     fn empty_and_corrupt_entries() {
         assert!(QueryState::decode_position("").unwrap().is_none());
-        assert!(QueryState::decode_seen("", 10).unwrap().is_empty());
+        assert!(DedupSet::decode_ids("").unwrap().is_empty());
         assert!(matches!(QueryState::decode_position("{not json"), Err(HuntressError::Cache(_))));
-        assert!(matches!(QueryState::decode_position(r#"{"v":9,"checkpoint":"x","cursor":null}"#), Err(HuntressError::Cache(_))));
-        assert!(matches!(QueryState::decode_seen("!!!", 10), Err(HuntressError::Cache(_))));
+        assert!(matches!(QueryState::decode_position(r#"{"v":9,"checkpoint":"2026-01-01T00:00:00Z","cursor":null}"#), Err(HuntressError::Cache(_))));
+        assert!(matches!(DedupSet::decode_ids("!!!"), Err(HuntressError::Cache(_))));
     }
 
     #[test]
-    fn decoded_ids_respect_a_smaller_capacity() {
-        let mut set = DedupSet::new(100);
-        for id in 0..100 {
-            set.insert(id);
-        }
-        let smaller = QueryState::decode_seen(&set.encode(), 10).unwrap();
-        assert_eq!(smaller.len(), 10);
-        assert!(smaller.contains(99) && !smaller.contains(0));
+    fn a_smaller_capacity_restarts_the_chunk_index() {
+        let mut position = QueryState::new(at(0), 10_000).position();
+        position.chunk = 7;
+        let restored = QueryState::restore(position, &vec![String::new(); 2], 2_000).unwrap();
+        assert_eq!(restored.chunk, 0);
     }
 
     #[test]
     fn dedup_set_is_bounded_and_evicts_oldest() {
         let mut set = DedupSet::new(3);
         for id in [1, 2, 3, 4] {
-            set.insert(id);
+            assert!(set.insert(id));
         }
         assert_eq!(set.len(), 3);
         assert!(!set.contains(1) && set.contains(4));
-        set.insert(4);
+        assert!(!set.insert(4));
         assert_eq!(set.len(), 3);
     }
 
     #[test]
-    fn completing_a_window_moves_the_checkpoint_and_trims_ids() {
+    fn completing_a_window_moves_the_checkpoint_and_keeps_ids() {
         let mut state = QueryState::new(at(100), 10_000);
         for id in 0..5_000 {
-            state.seen.insert(id);
+            state.remember(id);
         }
         state.cursor = Some(Cursor { range_start: at(100), range_end: at(200), page_token: None, pages_done: 9, restarts: 0 });
         state.complete_window();
         assert_eq!(state.checkpoint, at(200));
         assert!(state.cursor.is_none());
-        assert_eq!(state.seen.len(), BOUNDARY_IDS_KEPT);
-        assert!(state.seen.contains(4_999) && !state.seen.contains(0));
+        assert!(state.seen.contains(4_999) && state.seen.contains(0));
     }
 
     #[test]
@@ -287,7 +370,8 @@ mod tests {
         assert_ne!(a, cache_id("https://api.huntress.io", "OTHER"));
         assert!(!a.contains("PUBKEY"));
         assert_ne!(query_key("a"), query_key("b"));
-        assert_ne!(seen_key("a"), query_key("a"));
+        assert_ne!(seen_chunk_key("a", 0), query_key("a"));
+        assert_ne!(seen_chunk_key("a", 0), seen_chunk_key("a", 1));
         assert!(query_key("weird name/ü").chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
     }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{cache_id, query_key, seen_key, Cache, DedupSet, QueryState};
+use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
 use crate::config::{AgentContext, Config, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
@@ -114,8 +114,9 @@ impl Collector {
     fn collect_query(&mut self, query: &LogQuery, cache: &mut dyn Cache, deadline: Deadline, report: &mut Report) -> QueryOutcome {
         let now = Utc::now();
         let key = query_key(&query.name);
-        let ids_key = seen_key(&query.name);
-        let mut state = match self.load_state(cache, &key, &ids_key, now, report) {
+        let chunk_keys: Vec<String> =
+            (0..chunk_count(self.config.dedup_cache_size)).map(|index| seen_chunk_key(&query.name, index)).collect();
+        let mut state = match self.load_state(cache, &key, &chunk_keys, now, report) {
             Ok(state) => state,
             Err(error) => {
                 return QueryOutcome { error: Some(error), ..QueryOutcome::default() };
@@ -133,7 +134,7 @@ impl Collector {
             now,
             esql: &query.esql,
             cache_key: &key,
-            seen_key: &ids_key,
+            chunk_keys: &chunk_keys,
             template: &template,
             enrich: &enrich,
             max_pages: self.config.max_pages_per_run,
@@ -150,27 +151,35 @@ impl Collector {
 
     /// The saved state, or a fresh one `initial_lookback_seconds` back (a new
     /// instance, or one moved to a node without its cache). A position that cannot
-    /// be read is reported and replaced, never silently.
+    /// be read is reported and replaced, never silently; an unreadable id chunk is
+    /// reported and dropped.
     fn load_state(
         &self,
         cache: &mut dyn Cache,
         key: &str,
-        ids_key: &str,
+        chunk_keys: &[String],
         now: chrono::DateTime<Utc>,
         report: &mut Report,
     ) -> Result<QueryState> {
         let read = |cache: &mut dyn Cache, k: &str| cache.read(k).map_err(|e| HuntressError::Cache(format!("cannot read the checkpoint ({e})")));
         let capacity = self.config.dedup_cache_size;
-        let seen = QueryState::decode_seen(&read(cache, ids_key)?, capacity).unwrap_or_else(|error| {
-            report.log(Level::Warning, format!("{error}; continuing without the ids of recently forwarded events"));
-            DedupSet::new(capacity)
-        });
-        let fresh_checkpoint = now - to_chrono(self.config.initial_lookback);
+        let mut chunks = Vec::with_capacity(chunk_keys.len());
+        for chunk_key in chunk_keys {
+            let text = read(cache, chunk_key)?;
+            match DedupSet::decode_ids(&text) {
+                Ok(_) => chunks.push(text),
+                Err(error) => {
+                    report.log(Level::Warning, format!("{error}; continuing without these ids of recently forwarded events"));
+                    chunks.push(String::new());
+                }
+            }
+        }
+        let fresh = QueryState::new(now - to_chrono(self.config.initial_lookback), capacity);
         match QueryState::decode_position(&read(cache, key)?) {
-            Ok(Some((checkpoint, cursor))) => Ok(QueryState { checkpoint, cursor, seen }),
-            Ok(None) => Ok(QueryState { seen, ..QueryState::new(fresh_checkpoint, capacity) }),
+            Ok(Some(position)) => QueryState::restore(position, &chunks, capacity),
+            Ok(None) => QueryState::restore(fresh.position(), &chunks, capacity),
             Err(error) => {
-                cache.write(key, &QueryState::new(fresh_checkpoint, capacity).encode_position()).map_err(HuntressError::Cache)?;
+                cache.write(key, &fresh.encode_position()).map_err(HuntressError::Cache)?;
                 Err(HuntressError::Cache(format!("{error}; starting again from initial_lookback_seconds")))
             }
         }

@@ -107,7 +107,8 @@ pub struct QueryRun<'a> {
     pub now: DateTime<Utc>,
     pub esql: &'a str,
     pub cache_key: &'a str,
-    pub seen_key: &'a str,
+    /// The keys of the id chunks, by chunk number.
+    pub chunk_keys: &'a [String],
     pub template: &'a LogTemplate,
     pub enrich: &'a dyn Fn(&Map<String, Value>) -> Enrichment,
     pub max_pages: u32,
@@ -161,7 +162,7 @@ impl QueryRun<'_> {
         let logs = self.prepare(page.rows, state, outcome);
         let delivery = self.intake.send(&logs, &self.deadline);
         for log in &logs[..delivery.accepted_prefix] {
-            state.seen.insert(log.id);
+            state.remember(log.id);
         }
         outcome.forwarded += delivery.accepted_prefix as u64;
         if let Some(error) = delivery.error {
@@ -262,7 +263,7 @@ impl QueryRun<'_> {
                 }
                 Prepared::SkippedStale { id } => {
                     outcome.stale += 1;
-                    state.seen.insert(id);
+                    state.remember(id);
                 }
             }
         }
@@ -270,11 +271,11 @@ impl QueryRun<'_> {
     }
 
     /// Ids first, position second: see `checkpoint`.
-    fn save(&mut self, state: &QueryState, outcome: &mut QueryOutcome) {
-        let written = self
-            .cache
-            .write(self.seen_key, &state.encode_seen())
-            .and_then(|_| self.cache.write(self.cache_key, &state.encode_position()));
+    fn save(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) {
+        let written = self.cache.write(&self.chunk_keys[state.chunk], &state.encode_open_chunk()).and_then(|_| {
+            state.rotate_full_chunk(self.chunk_keys.len());
+            self.cache.write(self.cache_key, &state.encode_position())
+        });
         if let Err(message) = written {
             let error = HuntressError::Cache(format!("cannot save the checkpoint ({message})"));
             outcome.error.get_or_insert(error);

@@ -3,6 +3,7 @@ once. The real check runs (dd_run_check) against the Huntress simulator and the
 intake sink, with injected faults, restarts (new check objects sharing the
 persistent cache), page caps, expired tokens, indexing delay and the rate limit."""
 
+import re
 import threading
 import time
 from datetime import timedelta
@@ -26,7 +27,7 @@ def assert_exactly_once(sink, events):
 
 
 def position_keys(datadog_agent):
-    return {k: v for k, v in datadog_agent._cache.items() if k.endswith(tuple('0123456789abcdef')) and '_siem_' in k}
+    return {k: v for k, v in datadog_agent._cache.items() if re.search(r'_siem_[0-9a-f]{24}$', k)}
 
 
 # 1. A backlog bigger than one run, across restarts
@@ -118,7 +119,7 @@ class CrashAfterIdsCheck(HuntressCheck):
     crashed = False
 
     def write_persistent_cache(self, key, value):
-        if key.startswith('siem_') and not key.endswith('_seen') and not CrashAfterIdsCheck.crashed:
+        if re.fullmatch(r'siem_[0-9a-f]{24}', key) and not CrashAfterIdsCheck.crashed:
             CrashAfterIdsCheck.crashed = True
             raise RuntimeError('agent killed')
         super().write_persistent_cache(key, value)
