@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh >/dev/null
 .venv/bin/python -m pip install -q "ziglang==0.17.0"
+# maturin finds zig through the Python on PATH (python -m ziglang).
+export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH"
 rm -rf dist
 .venv/bin/maturin build --release --zig --compatibility manylinux2014 --out dist --quiet
 ls dist/*.whl
