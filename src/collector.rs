@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
 use crate::config::{AgentContext, Config, LogQuery};
@@ -25,6 +25,7 @@ use crate::intake::IntakeClient;
 use crate::orgs::{self, Orgs};
 use crate::ratelimit::RateBudget;
 use crate::report::{with_tag, Level, Report, Status};
+use crate::row::Row;
 use crate::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
 use crate::siem::{QueryOutcome, QueryRun};
 use crate::transform::{Enrichment, LogTemplate};
@@ -125,7 +126,7 @@ impl Collector {
         let template = self.template(query);
         let enabled = self.config.enrich_with_org_tags;
         let directory = self.orgs.directory();
-        let enrich = move |row: &Map<String, Value>| if enabled { orgs::enrich_row(directory, row) } else { Enrichment::default() };
+        let enrich = move |row: &Row| if enabled { orgs::enrich_row(directory, row) } else { Enrichment::default() };
         let mut run = QueryRun {
             huntress: &mut self.huntress,
             intake: &mut self.intake,

@@ -83,26 +83,28 @@ impl HuntressClient {
         self.budget.limit()
     }
 
-    pub fn post_json(&mut self, feature: Feature, path: &str, body: &Value, deadline: &Deadline) -> Result<Value> {
+    /// POSTs JSON and returns the raw body of a 2xx answer; the caller parses it
+    /// (SIEM pages are parsed without building a tree, see `row`).
+    pub fn post_for_bytes(&mut self, feature: Feature, path: &str, body: &Value, deadline: &Deadline) -> Result<Vec<u8>> {
         let url = format!("{}{}", self.base_url, path);
         let payload = serde_json::to_vec(body).expect("a JSON value serializes");
-        self.send(feature, path, deadline, |http| {
-            http.post(&url).header("content-type", "application/json").body(payload.clone())
-        })
+        let build = |http: &Client| http.post(&url).header("content-type", "application/json").body(payload.clone());
+        self.send(feature, path, deadline, build, |bytes| Ok(bytes.to_vec()))
     }
 
     pub fn get_json(&mut self, feature: Feature, path: &str, query: &[(&str, String)], deadline: &Deadline) -> Result<Value> {
         let url = format!("{}{}", self.base_url, path);
-        self.send(feature, path, deadline, |http| http.get(&url).query(query))
+        self.send(feature, path, deadline, |http| http.get(&url).query(query), |bytes| serde_json::from_slice(bytes))
     }
 
-    fn send(
+    fn send<T>(
         &mut self,
         feature: Feature,
         path: &str,
         deadline: &Deadline,
         build: impl Fn(&Client) -> RequestBuilder,
-    ) -> Result<Value> {
+        parse: impl Fn(&[u8]) -> serde_json::Result<T>,
+    ) -> Result<T> {
         let mut attempt = 0;
         loop {
             let waited = self.budget.acquire(deadline.0).map_err(|e| {
@@ -120,7 +122,7 @@ impl HuntressClient {
                 .timeout(timeout)
                 .send();
             let (error, wait) = match outcome {
-                Ok(response) => match self.read(response, path, attempt) {
+                Ok(response) => match self.read(response, path, attempt, &parse) {
                     Ok(value) => return Ok(value),
                     Err(Failure::Fatal(error)) => return Err(error),
                     Err(Failure::Retry(error, wait)) => (error, wait),
@@ -142,14 +144,20 @@ impl HuntressClient {
         }
     }
 
-    fn read(&mut self, response: Response, path: &str, attempt: u32) -> std::result::Result<Value, Failure> {
+    fn read<T>(
+        &mut self,
+        response: Response,
+        path: &str,
+        attempt: u32,
+        parse: &impl Fn(&[u8]) -> serde_json::Result<T>,
+    ) -> std::result::Result<T, Failure> {
         self.observe_headers(response.headers());
         let status = response.status().as_u16();
         let body = response
             .bytes()
             .map_err(|e| Failure::Retry(HuntressError::api(ErrorKind::Network, format!("{path}: the response body was cut off ({})", short_reqwest(&e))), None))?;
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&body).map_err(|e| {
+            return parse(&body).map_err(|e| {
                 Failure::Retry(
                     HuntressError::api(ErrorKind::MalformedResponse, format!("{path}: the response is not valid JSON ({e})")),
                     None,

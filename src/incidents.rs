@@ -422,7 +422,7 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     extra.push(tags::tag("severity", &severity));
     extra.push(tags::tag("incident_status", &status));
     let enrichment = Enrichment { attributes: org.attributes, tags: extra.join(",") };
-    match transform::prepare(row, template, &enrichment, now_ms) {
+    match transform::prepare_value(row, template, &enrichment, now_ms) {
         Prepared::Log(log) => Some(log),
         Prepared::SkippedStale { .. } => None,
     }

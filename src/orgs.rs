@@ -21,6 +21,7 @@ use crate::huntress::Feature;
 use crate::report::Status;
 use crate::rest::{list_pages, End, Health, PageSource, PAGE_LIMIT};
 use crate::tags;
+use crate::row::Fields;
 use crate::transform::Enrichment;
 
 pub const ACCOUNT_PATH: &str = "/v1/account";
@@ -76,33 +77,20 @@ pub fn id_text(value: &Value) -> Option<String> {
     }
 }
 
-/// A field given flat (`organization.id` as one key) or nested
-/// (`organization: {id}`), skipping nulls (rows of a `KEEP` carry null columns).
-fn non_null<'a>(row: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
-    if let Some(value) = row.get(dotted).filter(|v| !v.is_null()) {
-        return Some(value);
-    }
-    let mut parts = dotted.split('.');
-    let mut current = row.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    (!current.is_null()).then_some(current)
-}
-
-/// The organization id of a row: `organization_id`, else `organization.id`.
-pub fn row_org_id(row: &Map<String, Value>) -> Option<(Value, String)> {
+/// The organization id of a row: `organization_id`, else `organization.id`
+/// (flat or nested; rows of a `KEEP` carry null columns, which are skipped).
+pub fn row_org_id(row: &dyn Fields) -> Option<(Value, String)> {
     ["organization_id", "organization.id"]
         .iter()
-        .filter_map(|key| non_null(row, key))
-        .find_map(|value| id_text(value).map(|text| (value.clone(), text)))
+        .filter_map(|key| row.non_null(key))
+        .find_map(|value| id_text(&value).map(|text| (value, text)))
 }
 
 /// The organization name of a row, for rows without an id.
-pub fn row_org_name(row: &Map<String, Value>) -> Option<String> {
+pub fn row_org_name(row: &dyn Fields) -> Option<String> {
     ["organization.name", "organization_name"]
         .iter()
-        .filter_map(|key| non_null(row, key))
+        .filter_map(|key| row.non_null(key))
         .find_map(|value| value.as_str().map(str::trim).filter(|s| !s.is_empty()).map(String::from))
 }
 
@@ -193,7 +181,7 @@ impl OrgDirectory {
 
     /// The attributes and tags for one row: matched by `organization_id` or
     /// `organization.id` (flat or nested), else by `organization.name`.
-    pub fn enrich(&self, row: &Map<String, Value>) -> Enrichment {
+    pub fn enrich(&self, row: &dyn Fields) -> Enrichment {
         if let Some((raw, text)) = row_org_id(row) {
             return match self.by_id.get(&text) {
                 Some(&i) => self.enrichments[i].clone(),
@@ -268,7 +256,7 @@ fn enrichment(account: Option<&Value>, id: Option<&Value>, name: Option<&str>, k
 
 /// Enrichment for a row with or without a directory: without one, the row's
 /// own organization id (or name) still becomes a tag.
-pub fn enrich_row(directory: Option<&OrgDirectory>, row: &Map<String, Value>) -> Enrichment {
+pub fn enrich_row(directory: Option<&OrgDirectory>, row: &dyn Fields) -> Enrichment {
     match directory {
         Some(directory) => directory.enrich(row),
         None => match row_org_id(row) {

@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use crate::checkpoint::{Cache, Cursor, QueryState};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
 use crate::intake::IntakeClient;
+use crate::row::Row;
 use crate::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
 
 pub const QUERY_PATH: &str = "/v1/siem/query";
@@ -22,38 +25,53 @@ const MAX_RESTARTS: u32 = 3;
 /// A 200 whose body has the wrong shape is fetched again this often.
 const MAX_SHAPE_RETRIES: u32 = 2;
 
-#[derive(Debug)]
-pub struct SiemPage {
-    pub rows: Vec<Map<String, Value>>,
+pub struct SiemPage<'a> {
+    pub rows: Vec<Row<'a>>,
     pub next_page_token: Option<String>,
 }
 
-/// Checks the shape the spec promises, instead of trusting it.
-pub fn parse_page(value: Value) -> Result<SiemPage> {
-    let malformed = |what: &str| HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"));
-    let Value::Object(mut body) = value else { return Err(malformed("the response is not a JSON object")) };
-    let rows = match body.remove("logs") {
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .map(|item| match item {
-                Value::Object(row) => Ok(row),
-                _ => Err(malformed("`logs` holds an entry that is not an object")),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        Some(Value::Null) | None => Vec::new(),
-        Some(_) => return Err(malformed("`logs` is not a list")),
+#[derive(Deserialize)]
+struct RawPage<'a> {
+    #[serde(borrow, default)]
+    logs: Option<Vec<Row<'a>>>,
+    #[serde(borrow, default)]
+    pagination: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Pagination {
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+/// Parses a page body into rows that borrow it, checking the shape the spec
+/// promises instead of trusting it.
+pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
+    let malformed = |what: String| HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"));
+    let shape_error = |e: serde_json::Error| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "the page does not have the expected shape",
+            _ => "the response is not valid JSON",
+        };
+        malformed(format!("{what} ({e})"))
     };
-    let next_page_token = match body.remove("pagination") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(mut pagination)) => match pagination.remove("next_page_token") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(token)) if token.is_empty() => None,
-            Some(Value::String(token)) => Some(token),
-            Some(_) => return Err(malformed("`pagination.next_page_token` is not a string")),
-        },
-        Some(_) => return Err(malformed("`pagination` is not an object")),
+    // UTF-8 is checked once for the whole body, not string by string.
+    let text = std::str::from_utf8(body).map_err(|e| malformed(format!("the response is not UTF-8 ({e})")))?;
+    // Derived structs also accept arrays; the API answers objects.
+    if !is_object(text) {
+        return Err(malformed("the response is not a JSON object".into()));
+    }
+    let page: RawPage = serde_json::from_str(text).map_err(shape_error)?;
+    let next_page_token = match page.pagination.map(RawValue::get).filter(|raw| *raw != "null") {
+        None => None,
+        Some(raw) if is_object(raw) => serde_json::from_str::<Pagination>(raw).map_err(shape_error)?.next_page_token,
+        Some(_) => return Err(malformed("`pagination` is not an object".into())),
     };
-    Ok(SiemPage { rows, next_page_token })
+    Ok(SiemPage { rows: page.logs.unwrap_or_default(), next_page_token: next_page_token.filter(|t| !t.is_empty()) })
+}
+
+fn is_object(json: &str) -> bool {
+    json.trim_start().starts_with('{')
 }
 
 /// The next range to query: from the checkpoint to `now - delay`, at most
@@ -94,6 +112,8 @@ pub struct QueryOutcome {
     pub token_restarts: u64,
     pub window_shrinks: u64,
     pub error: Option<HuntressError>,
+    /// Malformed pages in a row, for the bounded refetch.
+    pub malformed_streak: u32,
     /// Non-fatal errors to count, by kind.
     pub recovered: BTreeMap<ErrorKind, u64>,
 }
@@ -110,7 +130,7 @@ pub struct QueryRun<'a> {
     /// The keys of the id chunks, by chunk number.
     pub chunk_keys: &'a [String],
     pub template: &'a LogTemplate,
-    pub enrich: &'a dyn Fn(&Map<String, Value>) -> Enrichment,
+    pub enrich: &'a dyn Fn(&Row) -> Enrichment,
     pub max_pages: u32,
     pub delay: ChronoDuration,
     pub max_window: ChronoDuration,
@@ -150,10 +170,15 @@ impl QueryRun<'_> {
 
     fn step(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) -> Step {
         let cursor = state.cursor.clone().expect("a window is planned before each step");
-        let page = match self.fetch(&cursor, outcome) {
-            Ok(page) => page,
+        let body = match self.fetch(&cursor) {
+            Ok(body) => body,
             Err(error) => return self.recover(state, outcome, error),
         };
+        let page = match parse_page(&body) {
+            Ok(page) => page,
+            Err(error) => return self.refetch_malformed(outcome, error),
+        };
+        outcome.malformed_streak = 0;
         outcome.pages += 1;
         outcome.collected += page.rows.len() as u64;
         if page.rows.first().is_some_and(transform::lacks_keep) {
@@ -182,24 +207,21 @@ impl QueryRun<'_> {
         Step::Continue
     }
 
-    /// A page whose shape is wrong is fetched again, as a body that is not JSON is.
-    fn fetch(&mut self, cursor: &Cursor, outcome: &mut QueryOutcome) -> Result<SiemPage> {
-        let mut attempt = 0;
-        loop {
-            match self.fetch_once(cursor) {
-                Err(error) if error.kind() == ErrorKind::MalformedResponse && attempt < MAX_SHAPE_RETRIES => {
-                    *outcome.recovered.entry(ErrorKind::MalformedResponse).or_default() += 1;
-                    attempt += 1;
-                    if !self.deadline.sleep(backoff(attempt - 1)) {
-                        return Err(error);
-                    }
-                }
-                result => return result,
+    /// A page that is not JSON, or not shaped as promised, is fetched again
+    /// (the cursor is unchanged), a bounded number of times.
+    fn refetch_malformed(&mut self, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
+        if outcome.malformed_streak < MAX_SHAPE_RETRIES {
+            outcome.malformed_streak += 1;
+            *outcome.recovered.entry(ErrorKind::MalformedResponse).or_default() += 1;
+            if self.deadline.sleep(backoff(outcome.malformed_streak - 1)) {
+                return Step::Continue;
             }
         }
+        outcome.error = Some(error);
+        Step::Stop
     }
 
-    fn fetch_once(&mut self, cursor: &Cursor) -> Result<SiemPage> {
+    fn fetch(&mut self, cursor: &Cursor) -> Result<Vec<u8>> {
         let mut body = json!({
             "esql": self.esql,
             "range_start": format_time(cursor.range_start),
@@ -208,8 +230,7 @@ impl QueryRun<'_> {
         if let Some(token) = &cursor.page_token {
             body["page_token"] = Value::String(token.clone());
         }
-        let value = self.huntress.post_json(Feature::Siem, QUERY_PATH, &body, &self.deadline)?;
-        parse_page(value)
+        self.huntress.post_for_bytes(Feature::Siem, QUERY_PATH, &body, &self.deadline)
     }
 
     /// Errors a query can work around within the same run; others stop it.
@@ -246,7 +267,7 @@ impl QueryRun<'_> {
         }
     }
 
-    fn prepare(&self, rows: Vec<Map<String, Value>>, state: &mut QueryState, outcome: &mut QueryOutcome) -> Vec<PreparedLog> {
+    fn prepare(&self, rows: Vec<Row>, state: &mut QueryState, outcome: &mut QueryOutcome) -> Vec<PreparedLog> {
         let now_ms = transform::now_ms();
         let mut logs = Vec::with_capacity(rows.len());
         for row in rows {
@@ -255,7 +276,7 @@ impl QueryRun<'_> {
                 continue;
             }
             let enrichment = (self.enrich)(&row);
-            match transform::prepare(row, self.template, &enrichment, now_ms) {
+            match transform::prepare(&row, self.template, &enrichment, now_ms) {
                 Prepared::Log(log) => {
                     outcome.stale += u64::from(log.stale);
                     outcome.truncated += u64::from(log.truncated);
@@ -305,14 +326,16 @@ mod tests {
 
     #[test]
     fn pages_are_parsed_defensively() {
-        let page = parse_page(json!({"logs": [{"uuid": "a"}], "pagination": {"next_page_token": "x"}})).unwrap();
+        let body = json!({"logs": [{"uuid": "a"}], "pagination": {"next_page_token": "x"}}).to_string();
+        let page = parse_page(body.as_bytes()).unwrap();
         assert_eq!(page.rows.len(), 1);
         assert_eq!(page.next_page_token.as_deref(), Some("x"));
-        let last = parse_page(json!({"logs": [], "pagination": {}})).unwrap();
+        let last = parse_page(br#"{"logs": [], "pagination": {}}"#).unwrap();
         assert!(last.next_page_token.is_none());
-        for bad in [json!([]), json!({"logs": "oops"}), json!({"logs": [1]}), json!({"logs": [], "pagination": []}), json!({"logs": [], "pagination": {"next_page_token": 5}})] {
-            let error = parse_page(bad).unwrap_err();
-            assert_eq!(error.kind(), ErrorKind::MalformedResponse);
+        let bad = [json!([]), json!({"logs": "oops"}), json!({"logs": [1]}), json!({"logs": [], "pagination": []}), json!({"logs": [], "pagination": {"next_page_token": 5}})];
+        for body in bad.iter().map(|b| b.to_string()).chain(["{\"logs\": [".to_string(), "not json".to_string()]) {
+            let Err(error) = parse_page(body.as_bytes()) else { panic!("{body} parsed") };
+            assert_eq!(error.kind(), ErrorKind::MalformedResponse, "{body}");
         }
     }
 

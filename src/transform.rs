@@ -1,10 +1,14 @@
 //! Turns one SIEM row into one Datadog log, serialized and ready to batch.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::StalePolicy;
+use crate::row::{write_member, Fields, Row};
 
 /// The intake truncates a log over 1 MB; we cut before it does, and say so.
 pub const MAX_LOG_BYTES: usize = 1_000_000;
@@ -47,17 +51,17 @@ pub enum Prepared {
 }
 
 /// A stable identity for dedup: the row's `uuid`, else a hash of the whole row.
-pub fn event_id(row: &Map<String, Value>) -> u64 {
+pub fn event_id(row: &Row) -> u64 {
     let mut hasher = Sha256::new();
-    match row.get("uuid") {
-        Some(Value::String(uuid)) if !uuid.is_empty() => {
+    match row.get("uuid").and_then(|raw| serde_json::from_str::<Cow<str>>(raw.get()).ok()) {
+        Some(uuid) if !uuid.is_empty() => {
             hasher.update(b"uuid:");
             hasher.update(uuid.as_bytes());
         }
         _ => {
             hasher.update(b"row:");
             // serde_json maps are sorted by key, so this is canonical.
-            hasher.update(serde_json::to_vec(row).unwrap_or_default());
+            hasher.update(serde_json::to_vec(&row.to_map()).unwrap_or_default());
         }
     }
     let digest = hasher.finalize();
@@ -65,8 +69,8 @@ pub fn event_id(row: &Map<String, Value>) -> u64 {
 }
 
 /// True when the row looks like a query without `KEEP`: only ids, no content.
-pub fn lacks_keep(row: &Map<String, Value>) -> bool {
-    !row.is_empty() && row.keys().all(|k| ID_FIELDS_ONLY.contains(&k.as_str()))
+pub fn lacks_keep(row: &Row) -> bool {
+    !row.is_empty() && row.keys().all(|k| ID_FIELDS_ONLY.contains(&k))
 }
 
 /// Epoch milliseconds from an ECS `@timestamp`; nanosecond precision is accepted.
@@ -89,19 +93,6 @@ fn parse_iso_ms(text: &str) -> Option<i64> {
         .map(|naive| naive.and_utc().timestamp_millis())
 }
 
-/// Reads a field given as a flat dotted key (`host.hostname`) or nested (`host: {hostname}`).
-pub fn field<'a>(row: &'a Map<String, Value>, dotted: &str) -> Option<&'a Value> {
-    if let Some(value) = row.get(dotted) {
-        return Some(value);
-    }
-    let mut parts = dotted.split('.');
-    let mut current = row.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    Some(current)
-}
-
 fn as_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -110,46 +101,109 @@ fn as_text(value: &Value) -> Option<String> {
     }
 }
 
-pub fn prepare(mut row: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
-    let id = event_id(&row);
-    let event_ms = row.get("@timestamp").and_then(parse_timestamp_ms);
+/// Where the log's `message` comes from.
+enum MessageSource<'a> {
+    /// `log.original`, a non-empty string; the ECS `message` moves to `ecs.message`.
+    LogOriginal(&'a RawValue),
+    /// `message`, a string.
+    Message(&'a RawValue),
+    /// Anything else, as text.
+    Text(String),
+}
+
+fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
+    let is_text = |raw: &RawValue| raw.get().starts_with('"') && raw.get() != "\"\"";
+    if let Some(original) = row.get("log.original").filter(|raw| is_text(raw)) {
+        return MessageSource::LogOriginal(original);
+    }
+    match row.get("message") {
+        Some(raw) if raw.get().starts_with('"') => MessageSource::Message(raw),
+        Some(raw) if raw.get() != "null" => MessageSource::Text(raw.get().to_string()),
+        _ => {
+            let mut map = row.to_map();
+            map.remove("message");
+            MessageSource::Text(serde_json::to_string(&map).unwrap_or_default())
+        }
+    }
+}
+
+/// Attributes the log sets itself; a row field of the same name gives way.
+const RESERVED: [&str; 6] = ["message", "date", "ddsource", "service", "ddtags", "hostname"];
+
+pub fn prepare(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
+    let id = event_id(row);
+    let event_ms = row.get("@timestamp").and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()).and_then(|v| parse_timestamp_ms(&v));
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
     let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
     let out_of_window = too_old || too_new;
     if out_of_window && template.stale_policy == StalePolicy::Skip {
         return Prepared::SkippedStale { id };
     }
+    let message = message_source(row);
+    let from_log_original = matches!(message, MessageSource::LogOriginal(_));
 
-    let message = take_message(&mut row);
-    let hostname = field(&row, "host.hostname").and_then(as_text);
+    let mut out = Vec::with_capacity(row.raw_len() + 256 + template.ddtags.len() + enrichment.tags.len());
+    out.push(b'{');
+    let mut first = true;
+    for (key, raw) in row.fields() {
+        let name: &str = match key.as_ref() {
+            "log.original" if from_log_original => continue,
+            "message" if from_log_original => "ecs.message",
+            // `@timestamp` outranks `date` at the intake, so a re-dated log moves it aside.
+            "@timestamp" if out_of_window => "huntress.original_timestamp",
+            k if RESERVED.contains(&k) || enrichment.attributes.iter().any(|(a, _)| a == k) => continue,
+            k => k,
+        };
+        let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
+        write_member(&mut out, &mut first, name, plain, raw.get().as_bytes());
+    }
+    let mut extra = |name: &str, value: &[u8]| write_member(&mut out, &mut first, name, true, value);
+    for (key, value) in &enrichment.attributes {
+        extra(key, &serde_json::to_vec(value).expect("a JSON value serializes"));
+    }
+    match &message {
+        MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => extra("message", raw.get().as_bytes()),
+        MessageSource::Text(text) => extra("message", &json_string(text)),
+    }
     let date_ms = match event_ms {
         Some(ms) if !out_of_window => ms,
         _ => now_ms,
     };
+    extra("date", date_ms.to_string().as_bytes());
+    extra("ddsource", b"\"huntress\"");
+    extra("service", &json_string(&template.service));
+    extra("ddtags", &json_string(&join_tags(&template.ddtags, &enrichment.tags)));
+    if let Some(host) = row.non_null("host.hostname").as_ref().and_then(as_text) {
+        extra("hostname", &json_string(&host));
+    }
     if out_of_window {
-        // `@timestamp` outranks `date` at the intake, so move it aside.
-        if let Some(original) = row.remove("@timestamp") {
-            row.insert("huntress.original_timestamp".into(), original);
-        }
-        row.insert("huntress.date_rewritten".into(), Value::Bool(true));
+        extra("huntress.date_rewritten", b"true");
     } else if event_ms.is_none() {
-        row.insert("huntress.timestamp_missing".into(), Value::Bool(true));
+        extra("huntress.timestamp_missing", b"true");
     }
+    out.push(b'}');
 
-    for (key, value) in &enrichment.attributes {
-        row.insert(key.clone(), value.clone());
-    }
-    row.insert("message".into(), Value::String(message));
-    row.insert("date".into(), Value::from(date_ms));
-    row.insert("ddsource".into(), Value::from("huntress"));
-    row.insert("service".into(), Value::String(template.service.clone()));
-    row.insert("ddtags".into(), Value::String(join_tags(&template.ddtags, &enrichment.tags)));
-    if let Some(host) = hostname {
-        row.insert("hostname".into(), Value::String(host));
-    }
-
-    let (json, truncated) = serialize_within_limit(row);
+    let (json, truncated) = if out.len() <= MAX_LOG_BYTES { (out, false) } else { cut_to_limit(&out) };
     Prepared::Log(PreparedLog { id, json, stale: out_of_window, truncated })
+}
+
+/// Prepares an already parsed record (incident reports) the same way.
+pub fn prepare_value(record: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
+    let text = serde_json::to_string(&record).expect("a JSON map serializes");
+    let row: Row = serde_json::from_str(&text).expect("a serialized map is an object");
+    prepare(&row, template, enrichment, now_ms)
+}
+
+fn json_string(text: &str) -> Vec<u8> {
+    serde_json::to_vec(text).expect("a string serializes")
+}
+
+/// The rare log over the limit: parsed and cut by `serialize_within_limit`.
+fn cut_to_limit(json: &[u8]) -> (Vec<u8>, bool) {
+    match serde_json::from_slice::<Map<String, Value>>(json) {
+        Ok(log) => serialize_within_limit(log),
+        Err(_) => (json.to_vec(), false),
+    }
 }
 
 fn join_tags(base: &str, extra: &str) -> String {
@@ -157,25 +211,6 @@ fn join_tags(base: &str, extra: &str) -> String {
         (_, true) => base.to_string(),
         (true, false) => extra.to_string(),
         (false, false) => format!("{base},{extra}"),
-    }
-}
-
-/// `log.original`, else `message`, else the whole row as JSON.
-fn take_message(row: &mut Map<String, Value>) -> String {
-    if let Some(Value::String(original)) = row.get("log.original") {
-        if !original.is_empty() {
-            let original = original.clone();
-            row.remove("log.original");
-            if let Some(ecs_message) = row.remove("message") {
-                row.insert("ecs.message".into(), ecs_message);
-            }
-            return original;
-        }
-    }
-    match row.remove("message") {
-        Some(Value::String(message)) => message,
-        Some(Value::Null) | None => serde_json::to_string(&*row).unwrap_or_default(),
-        Some(other) => other.to_string(),
     }
 }
 
@@ -237,12 +272,16 @@ mod tests {
         LogTemplate { service: "huntress-siem".into(), ddtags: "team:sec,query_name:win".into(), stale_policy: policy }
     }
 
+    fn parse(text: &str) -> Row<'_> {
+        serde_json::from_str(text).unwrap()
+    }
+
     fn row(value: Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
     }
 
     fn prepared(value: Value, now: i64) -> (Map<String, Value>, PreparedLog) {
-        match prepare(row(value), &template(StalePolicy::RewriteDate), &Enrichment::default(), now) {
+        match prepare_value(row(value), &template(StalePolicy::RewriteDate), &Enrichment::default(), now) {
             Prepared::Log(log) => (serde_json::from_slice(&log.json).unwrap(), log),
             Prepared::SkippedStale { .. } => panic!("unexpected skip"),
         }
@@ -330,33 +369,33 @@ mod tests {
         assert_eq!(log["date"], NOW);
         assert_eq!(log["huntress.original_timestamp"], old_iso);
         assert!(log.get("@timestamp").is_none());
-        let skipped = prepare(row(json!({"uuid": "f", "@timestamp": old_iso})), &template(StalePolicy::Skip), &Enrichment::default(), NOW);
+        let skipped = prepare_value(row(json!({"uuid": "f", "@timestamp": old_iso})), &template(StalePolicy::Skip), &Enrichment::default(), NOW);
         assert!(matches!(skipped, Prepared::SkippedStale { .. }));
     }
 
     #[test]
     fn ids_come_from_uuid_else_row_hash() {
-        let a = row(json!({"uuid": "same", "x": 1}));
-        let b = row(json!({"uuid": "same", "x": 2}));
-        assert_eq!(event_id(&a), event_id(&b));
-        let c = row(json!({"x": 1, "y": 2}));
-        let d = row(json!({"y": 2, "x": 1}));
-        let e = row(json!({"x": 1, "y": 3}));
-        assert_eq!(event_id(&c), event_id(&d));
-        assert_ne!(event_id(&c), event_id(&e));
+        let a = json!({"uuid": "same", "x": 1}).to_string();
+        let b = json!({"uuid": "same", "x": 2}).to_string();
+        assert_eq!(event_id(&parse(&a)), event_id(&parse(&b)));
+        let c = json!({"x": 1, "y": 2}).to_string();
+        let d = json!({"y": 2, "x": 1}).to_string();
+        let e = json!({"x": 1, "y": 3}).to_string();
+        assert_eq!(event_id(&parse(&c)), event_id(&parse(&d)));
+        assert_ne!(event_id(&parse(&c)), event_id(&parse(&e)));
     }
 
     #[test]
     fn rows_without_keep_are_detected() {
-        assert!(lacks_keep(&row(json!({"uuid": "a", "organization_id": 1}))));
-        assert!(lacks_keep(&row(json!({"uuid": "a", "organization.id": 1}))));
-        assert!(!lacks_keep(&row(json!({"uuid": "a", "message": "m"}))));
+        assert!(lacks_keep(&parse(&json!({"uuid": "a", "organization_id": 1}).to_string())));
+        assert!(lacks_keep(&parse(&json!({"uuid": "a", "organization.id": 1}).to_string())));
+        assert!(!lacks_keep(&parse(&json!({"uuid": "a", "message": "m"}).to_string())));
     }
 
     #[test]
     fn enrichment_adds_attributes_and_tags() {
         let enrichment = Enrichment { attributes: vec![("huntress_org_name".into(), json!("Acme"))], tags: "huntress_org_name:acme".into() };
-        let Prepared::Log(log) = prepare(row(json!({"uuid": "g"})), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
+        let Prepared::Log(log) = prepare_value(row(json!({"uuid": "g"})), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
         let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
         assert_eq!(log["huntress_org_name"], "Acme");
         assert_eq!(log["ddtags"], "team:sec,query_name:win,huntress_org_name:acme");

@@ -1,0 +1,194 @@
+//! One SIEM row as it arrived: field names with their raw JSON values, in order,
+//! borrowed from the response body. A value is parsed only when the check needs
+//! it (the timestamp, the message, the organization); the rest is copied into
+//! the forwarded log verbatim, which spares building and re-serializing a tree.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+pub struct Row<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> Row<'a> {
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Names and raw values; a name is `Cow::Borrowed` when the body spelled it
+    /// without escapes, so it can be written back as is.
+    pub fn fields(&self) -> &[(Cow<'a, str>, &'a RawValue)] {
+        &self.fields
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|(k, _)| k.as_ref())
+    }
+
+    /// The bytes of all raw values: a size hint for the log built from the row.
+    pub fn raw_len(&self) -> usize {
+        self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum()
+    }
+
+    /// The parsed row, sorted by key (for the rare paths that need a tree).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::from_str(v.get()).unwrap_or(Value::Null)))
+            .collect()
+    }
+
+    fn parsed(&self, key: &str) -> Option<Value> {
+        self.get(key).and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+}
+
+/// Field lookup shared by raw rows and parsed maps.
+pub trait Fields {
+    /// A field given flat (`organization.id` as one key) or nested
+    /// (`organization: {id}`); nulls count as absent (a `KEEP` column a row lacks).
+    fn non_null(&self, dotted: &str) -> Option<Value>;
+}
+
+fn nested<'v>(root: &'v Value, rest: std::str::Split<'_, char>) -> Option<&'v Value> {
+    let mut current = root;
+    for part in rest {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
+impl Fields for Row<'_> {
+    fn non_null(&self, dotted: &str) -> Option<Value> {
+        if let Some(value) = self.parsed(dotted).filter(|v| !v.is_null()) {
+            return Some(value);
+        }
+        let mut parts = dotted.split('.');
+        let root = self.parsed(parts.next()?)?;
+        nested(&root, parts).filter(|v| !v.is_null()).cloned()
+    }
+}
+
+impl Fields for Map<String, Value> {
+    fn non_null(&self, dotted: &str) -> Option<Value> {
+        if let Some(value) = self.get(dotted).filter(|v| !v.is_null()) {
+            return Some(value.clone());
+        }
+        let mut parts = dotted.split('.');
+        nested(self.get(parts.next()?)?, parts).filter(|v| !v.is_null()).cloned()
+    }
+}
+
+/// A field name, borrowed from the body when it holds no escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
+            type Value = Name<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RowVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for RowVisitor<'a> {
+            type Value = Row<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a log row (an object)")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Row<'a>, M::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(32));
+                while let Some(Name(name)) = map.next_key::<Name<'a>>()? {
+                    fields.push((name, map.next_value::<&'a RawValue>()?));
+                }
+                Ok(Row { fields })
+            }
+        }
+        deserializer.deserialize_map(RowVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Writes a JSON object member, with a comma before all but the first.
+pub fn write_member(out: &mut Vec<u8>, first: &mut bool, name: &str, name_is_plain: bool, raw_value: &[u8]) {
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    if name_is_plain {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
+    }
+    out.push(b':');
+    out.extend_from_slice(raw_value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_keep_raw_values_and_borrow_plain_names() {
+        let text = r#"{"uuid":"a","event.code":4625,"nested":{"x":[1,2]},"esc\"aped":"v\n"}"#;
+        let row: Row = serde_json::from_str(text).unwrap();
+        assert_eq!(row.get("event.code").unwrap().get(), "4625");
+        assert_eq!(row.get("nested").unwrap().get(), r#"{"x":[1,2]}"#);
+        assert!(matches!(row.fields()[0].0, Cow::Borrowed(_)));
+        assert!(matches!(row.fields()[3].0, Cow::Owned(_)));
+        assert_eq!(row.keys().collect::<Vec<_>>(), ["uuid", "event.code", "nested", "esc\"aped"]);
+    }
+
+    #[test]
+    fn non_null_reads_flat_then_nested_for_rows_and_maps() {
+        let value = json!({"organization.id": null, "organization": {"id": 7, "name": "Acme"}, "host.hostname": "DC1"});
+        let text = value.to_string();
+        let row: Row = serde_json::from_str(&text).unwrap();
+        let map = value.as_object().unwrap().clone();
+        for fields in [&row as &dyn Fields, &map as &dyn Fields] {
+            assert_eq!(fields.non_null("organization.id"), Some(json!(7)));
+            assert_eq!(fields.non_null("organization.name"), Some(json!("Acme")));
+            assert_eq!(fields.non_null("host.hostname"), Some(json!("DC1")));
+            assert_eq!(fields.non_null("user.name"), None);
+        }
+    }
+
+    #[test]
+    fn non_objects_are_refused() {
+        assert!(serde_json::from_str::<Row>("[1]").is_err());
+        assert!(serde_json::from_str::<Row>("\"x\"").is_err());
+    }
+
+    #[test]
+    fn members_are_written_as_valid_json() {
+        let mut out = b"{".to_vec();
+        let mut first = true;
+        write_member(&mut out, &mut first, "a", true, b"1");
+        write_member(&mut out, &mut first, "q\"uote", false, b"\"x\"");
+        out.push(b'}');
+        let parsed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed, json!({"a": 1, "q\"uote": "x"}));
+    }
+}
