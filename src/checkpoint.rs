@@ -7,6 +7,7 @@
 //! killed in between replays the page on restart, and the ids drop it.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -172,18 +173,38 @@ impl QueryState {
     }
 }
 
+/// Ids are already uniform (SHA-256 prefixes): hashing them again is wasted work.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
 /// Ids of recently forwarded events, oldest evicted first past `capacity`.
 /// Stored as 64-bit hashes: at 50,000 ids the chance of any collision is ~1e-10.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DedupSet {
     order: VecDeque<u64>,
-    members: HashSet<u64>,
+    members: HashSet<u64, BuildHasherDefault<IdHasher>>,
     capacity: usize,
 }
 
 impl DedupSet {
     pub fn new(capacity: usize) -> Self {
-        DedupSet { order: VecDeque::new(), members: HashSet::new(), capacity: capacity.max(1) }
+        DedupSet { order: VecDeque::new(), members: HashSet::default(), capacity: capacity.max(1) }
     }
 
     pub fn contains(&self, id: u64) -> bool {
