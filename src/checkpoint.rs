@@ -11,6 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +44,25 @@ pub fn cache_id(base_url: &str, api_key: &str) -> String {
 pub const ORGS_KEY: &str = "orgs_directory";
 /// The incident report checkpoint and the versions already forwarded.
 pub const INCIDENTS_KEY: &str = "incidents_state";
+
+/// Reads a JSON cache entry that carries its format version: `Ok(None)` when
+/// the entry is empty, an error naming `what` when it is unreadable or of
+/// another version.
+pub fn decode_entry<T: DeserializeOwned>(
+    text: &str,
+    what: &str,
+    expected_version: u32,
+    version: impl Fn(&T) -> u32,
+) -> std::result::Result<Option<T>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let stored: T = serde_json::from_str(text).map_err(|e| format!("unreadable {what} ({e})"))?;
+    match version(&stored) {
+        v if v == expected_version => Ok(Some(stored)),
+        v => Err(format!("{what} format v{v} is not supported")),
+    }
+}
 
 /// The key of one query's position within the namespace.
 pub fn query_key(query_name: &str) -> String {
@@ -133,15 +153,7 @@ impl QueryState {
 
     /// `None` for an empty position entry; an error for one that cannot be read.
     pub fn decode_position(text: &str) -> Result<Option<Position>> {
-        if text.trim().is_empty() {
-            return Ok(None);
-        }
-        let stored: Position = serde_json::from_str(text)
-            .map_err(|e| HuntressError::Cache(format!("unreadable checkpoint ({e})")))?;
-        if stored.v != STATE_VERSION {
-            return Err(HuntressError::Cache(format!("checkpoint format v{} is not supported", stored.v)));
-        }
-        Ok(Some(stored))
+        decode_entry(text, "checkpoint", STATE_VERSION, |p: &Position| p.v).map_err(HuntressError::Cache)
     }
 
     /// Records a forwarded (or deliberately skipped) event.

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{Cache, INCIDENTS_KEY};
+use crate::checkpoint::{decode_entry, Cache, INCIDENTS_KEY};
 use crate::config::StalePolicy;
 use crate::http::Deadline;
 use crate::huntress::Feature;
@@ -212,13 +212,9 @@ impl IncidentState {
     }
 
     pub fn decode(text: &str) -> Result<Option<Self>, String> {
-        if text.trim().is_empty() {
+        let Some(stored) = decode_entry(text, "incident checkpoint", STATE_VERSION, |s: &StoredState| s.v)? else {
             return Ok(None);
-        }
-        let stored: StoredState = serde_json::from_str(text).map_err(|e| format!("unreadable incident checkpoint ({e})"))?;
-        if stored.v != STATE_VERSION {
-            return Err(format!("incident checkpoint format v{} is not supported", stored.v));
-        }
+        };
         let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint).map_err(|e| format!("unreadable incident checkpoint ({e})"))?;
         Ok(Some(IncidentState { checkpoint: checkpoint.with_timezone(&Utc), known: KnownVersions::decode(&stored.known, KNOWN_REPORTS)? }))
     }

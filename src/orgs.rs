@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{Cache, ORGS_KEY};
+use crate::checkpoint::{decode_entry, Cache, ORGS_KEY};
 use crate::error::{ErrorKind, HuntressError};
 use crate::huntress::Feature;
 use crate::report::Status;
@@ -210,13 +210,9 @@ impl OrgDirectory {
 
     /// `Ok(None)` for an empty cache entry.
     pub fn decode(text: &str) -> Result<Option<OrgDirectory>, String> {
-        if text.trim().is_empty() {
+        let Some(stored) = decode_entry(text, "organization cache", DIRECTORY_VERSION, |s: &StoredDirectory| s.v)? else {
             return Ok(None);
-        }
-        let stored: StoredDirectory = serde_json::from_str(text).map_err(|e| format!("unreadable organization cache ({e})"))?;
-        if stored.v != DIRECTORY_VERSION {
-            return Err(format!("organization cache format v{} is not supported", stored.v));
-        }
+        };
         let orgs = stored.orgs.into_iter().map(|(id, name, key, agents_count)| Org { id, name, key, agents_count }).collect();
         Ok(Some(OrgDirectory::new(stored.fetched_at, stored.account_id, orgs, stored.complete)))
     }

@@ -20,8 +20,8 @@ use crate::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
 pub const QUERY_PATH: &str = "/v1/siem/query";
 /// A window that times out or exhausts Huntress's memory is halved, down to this.
 const MIN_WINDOW_SECONDS: i64 = 10;
-/// An expired page token restarts its range at most this often per window.
-const MAX_RESTARTS: u32 = 3;
+/// Expired page tokens restart a range at most this often per run.
+const MAX_RESTARTS_PER_RUN: u32 = 3;
 /// A 200 whose body has the wrong shape is fetched again this often.
 const MAX_SHAPE_RETRIES: u32 = 2;
 
@@ -87,6 +87,16 @@ pub fn next_window(
         return None;
     }
     Some((checkpoint, limit.min(checkpoint + max_window)))
+}
+
+/// Halves the cursor's range, down to `MIN_WINDOW_SECONDS`; false when it cannot.
+fn shrink(cursor: &mut Cursor) -> bool {
+    let length = cursor.range_end - cursor.range_start;
+    if length.num_seconds() < 2 * MIN_WINDOW_SECONDS {
+        return false;
+    }
+    cursor.range_end = whole_second(cursor.range_start + length / 2);
+    true
 }
 
 fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
@@ -237,9 +247,15 @@ impl QueryRun<'_> {
     fn recover(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
         let cursor = state.cursor.as_mut().expect("cursor present");
         match error.kind() {
-            ErrorKind::QueryInvalid if cursor.page_token.is_some() && cursor.restarts < MAX_RESTARTS => {
+            ErrorKind::QueryInvalid if cursor.page_token.is_some() && outcome.token_restarts < u64::from(MAX_RESTARTS_PER_RUN) => {
                 // The token expired (or was refused): replay the range; the dedup set
-                // drops what was already sent.
+                // drops what was already sent. A replay that cannot even get back to
+                // where it was within this run's page budget would start over every
+                // run, so the range is halved until it fits.
+                let pages_left = u64::from(self.max_pages).saturating_sub(outcome.pages);
+                if u64::from(cursor.pages_done) >= pages_left {
+                    shrink(cursor);
+                }
                 cursor.page_token = None;
                 cursor.pages_done = 0;
                 cursor.restarts += 1;
@@ -247,11 +263,7 @@ impl QueryRun<'_> {
                 *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
                 Step::Continue
             }
-            ErrorKind::QueryTooLarge | ErrorKind::QueryTimeout
-                if cursor.page_token.is_none() && (cursor.range_end - cursor.range_start).num_seconds() >= 2 * MIN_WINDOW_SECONDS =>
-            {
-                let half = (cursor.range_end - cursor.range_start) / 2;
-                cursor.range_end = whole_second(cursor.range_start + half);
+            ErrorKind::QueryTooLarge | ErrorKind::QueryTimeout if cursor.page_token.is_none() && shrink(cursor) => {
                 outcome.window_shrinks += 1;
                 *outcome.recovered.entry(error.kind()).or_default() += 1;
                 Step::Continue
@@ -337,6 +349,16 @@ mod tests {
             let Err(error) = parse_page(body.as_bytes()) else { panic!("{body} parsed") };
             assert_eq!(error.kind(), ErrorKind::MalformedResponse, "{body}");
         }
+    }
+
+    #[test]
+    fn windows_halve_down_to_a_floor() {
+        let mut cursor = Cursor { range_start: t(1_000), range_end: t(1_900), page_token: None, pages_done: 0, restarts: 0 };
+        assert!(shrink(&mut cursor));
+        assert_eq!(cursor.range_end, t(1_450));
+        let mut small = Cursor { range_end: t(1_015), ..cursor.clone() };
+        assert!(!shrink(&mut small));
+        assert_eq!(small.range_end, t(1_015));
     }
 
     #[test]

@@ -77,6 +77,21 @@ def test_expired_token_restarts_range_without_duplicates(make_check, dd_run_chec
     aggregator.assert_metric_has_tag('huntress.siem.errors', 'error_type:token_expired')
 
 
+def test_tokens_expiring_before_every_run_never_livelock(make_check, dd_run_check, huntress, sink, instance):
+    """A window larger than one run, whose page token never survives to the next
+    run: the window shrinks until it fits, instead of replaying its first pages forever."""
+    events = recent_events(3000, seed=32, minutes=20)
+    huntress.add_events(events)
+    instance.update(max_pages_per_run=3, max_window_seconds=3600)
+    check = make_check(instance)
+    for _ in range(60):
+        huntress.expire_tokens()
+        dd_run_check(check)
+        if set(sink.uuids()) >= uuids_of(events):
+            break
+    assert_exactly_once(sink, events)
+
+
 # 2. Late-indexed events
 def test_collection_delay_absorbs_indexing_delay(make_check, dd_run_check, huntress, sink, instance):
     indexing_delay = 2.0
