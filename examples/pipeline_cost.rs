@@ -1,4 +1,4 @@
-//! CPU cost of the per-row pipeline (parse, transform) on a saved SIEM page,
+//! CPU cost of the per-row pipeline (parse, transform, gzip) on a saved SIEM page,
 //! without any network: `cargo run --release --no-default-features --example
 //! pipeline_cost -- page.json`.
 use std::time::Instant;
@@ -12,24 +12,32 @@ fn main() {
     let page = std::fs::read(path).expect("readable page");
     let template = LogTemplate { service: "huntress-siem".into(), ddtags: "team:secops,query_name:all".into(), stale_policy: StalePolicy::RewriteDate };
     let rounds = 100;
-    let (mut parse, mut build, mut rows, mut bytes) = (0.0, 0.0, 0usize, 0usize);
+    let (mut parse, mut build, mut compress, mut rows, mut bytes) = (0.0, 0.0, 0.0, 0usize, 0usize);
     for _ in 0..rounds {
         let started = Instant::now();
         let parsed = parse_page(&page).expect("a valid page");
         parse += started.elapsed().as_secs_f64();
         let started = Instant::now();
         rows += parsed.rows.len();
+        let mut batch = Vec::new();
         for row in &parsed.rows {
             if let Prepared::Log(log) = prepare(row, &template, &Enrichment::default(), now_ms()) {
                 bytes += log.json.len();
+                batch.extend_from_slice(&log.json);
             }
         }
         build += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &batch).unwrap();
+        std::hint::black_box(encoder.finish().unwrap());
+        compress += started.elapsed().as_secs_f64();
     }
     println!(
-        "rows {rows}: parse {:.2} us/row, transform+serialize {:.2} us/row, {} bytes/log",
+        "rows {rows}: parse {:.2} us/row, transform+serialize {:.2} us/row, gzip {:.2} us/row, {} bytes/log",
         parse * 1e6 / rows as f64,
         build * 1e6 / rows as f64,
+        compress * 1e6 / rows as f64,
         bytes / rows
     );
 }
