@@ -82,8 +82,13 @@ def main():
 
     with HuntressSimulator() as huntress, IntakeSink(api_key='dd-demo-key') as sink:
         end = datetime.now(timezone.utc) - timedelta(minutes=6)
-        huntress.add_events(fixtures.siem_events(args.events, end - timedelta(minutes=15), end, seed=42))
-        print(f'Huntress simulator at {huntress.url} with {args.events} events; intake sink at {sink.url}\n')
+        orgs = fixtures.organizations(25, seed=42)
+        huntress.set_account(fixtures.account())
+        huntress.set_organizations(orgs)
+        org_ids = [org['id'] for org in orgs]
+        huntress.add_events(fixtures.siem_events(args.events, end - timedelta(minutes=15), end, seed=42, org_ids=org_ids))
+        print(f'Huntress simulator at {huntress.url} with {args.events} events from {len(orgs)} organizations;')
+        print(f'intake sink at {sink.url}\n')
         datadog_agent.reset()
         check = HuntressCheck('huntress', {}, [demo_instance(huntress, sink)])
         for run in range(1, args.runs + 1):
@@ -98,7 +103,8 @@ def main():
         print(f'  accepted: {len(sink.logs)} logs in {len(sink.requests)} requests; '
               f'distinct uuids: {len(counts)}; duplicates: {sum(c - 1 for c in counts.values())}')
         for log in sink.logs[:3]:
-            sample = {k: log[k] for k in ('date', 'hostname', 'service', 'ddsource', 'ddtags', 'event.provider', 'uuid') if k in log}
+            keys = ('date', 'hostname', 'service', 'ddsource', 'ddtags', 'event.provider', 'huntress_org_name', 'uuid')
+            sample = {k: log[k] for k in keys if k in log}
             sample['message'] = str(log.get('message', ''))[:80]
             print('  ' + json.dumps(sample))
     return 1 if error else 0
