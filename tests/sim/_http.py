@@ -34,6 +34,24 @@ def parse_fault(kind: str):
     return name, arg
 
 
+def validate_fault(kind: str, known):
+    """Raise ValueError unless `kind` is one of `known` with a valid argument."""
+    name, arg = parse_fault(kind)
+    if name not in known:
+        raise ValueError(f"unknown fault kind {kind!r}; known: {known}")
+    if name == "status":
+        if not 100 <= int(arg) <= 599:
+            raise ValueError(f"bad status code in {kind!r}")
+    elif name == "slow":
+        if float(arg) < 0:
+            raise ValueError(f"bad delay in {kind!r}")
+    elif name == "redirect":
+        if not arg:
+            raise ValueError("redirect needs a target, e.g. 'redirect:http://127.0.0.1:1/x'")
+    elif arg:
+        raise ValueError(f"fault {name!r} takes no argument")
+
+
 class FaultQueue:
     """FIFO of injected faults. Each entry is [kind, path_pattern, remaining]."""
 

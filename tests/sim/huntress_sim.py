@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import esql as _esql
-from ._http import FaultQueue, ServerBase, monotonic, parse_fault
+from ._http import FaultQueue, ServerBase, monotonic, parse_fault, validate_fault
 from .timeutil import iso_seconds, parse_iso_ns
 
 SIEM_PATH = "/v1/siem/query"
@@ -139,7 +139,7 @@ class HuntressSimulator(ServerBase):
         self._secret = os.urandom(16)
         self._token_generation = 0
         self._windows: dict[str, deque] = {}
-        self._faults = FaultQueue(self._validate_fault)
+        self._faults = FaultQueue(lambda kind: validate_fault(kind, FAULT_KINDS))
         # SIEM store
         self._events: list[_Event] = []      # sorted by key (sha256(uuid), seq)
         self._keys: list = []
@@ -189,21 +189,6 @@ class HuntressSimulator(ServerBase):
             return max(0, self.rate_limit - len(win))
 
     # faults ----------------------------------------------------------------
-    @staticmethod
-    def _validate_fault(kind: str):
-        name, arg = parse_fault(kind)
-        if name not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
-        if name == "status":
-            code = int(arg)
-            if not 100 <= code <= 599:
-                raise ValueError(f"bad status code in {kind!r}")
-        elif name == "slow":
-            if float(arg) < 0:
-                raise ValueError(f"bad delay in {kind!r}")
-        elif arg:
-            raise ValueError(f"fault {name!r} takes no argument")
-
     def inject(self, kind: str, count: int = 1, path: str | None = SIEM_PATH):
         """Queue `count` faults of `kind` for the next requests whose path matches
         `path` (exact or fnmatch pattern; None or "*" = any path)."""

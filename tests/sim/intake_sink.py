@@ -12,7 +12,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from ._http import FaultQueue, Headers, ServerBase, monotonic, parse_fault
+from ._http import FaultQueue, Headers, ServerBase, monotonic, parse_fault, validate_fault
 from .timeutil import parse_iso_ns
 
 LOGS_PATH = "/api/v2/logs"
@@ -74,7 +74,7 @@ class IntakeSink(ServerBase):
         self.clock = clock
         self.date_attributes = tuple(date_attributes)
         self._lock = threading.RLock()
-        self._faults = FaultQueue(self._validate_fault)
+        self._faults = FaultQueue(lambda kind: validate_fault(kind, SINK_FAULT_KINDS))
         self.logs: list = []
         self.requests: list = []
         self.dropped_stale = 0
@@ -93,23 +93,6 @@ class IntakeSink(ServerBase):
         """Counter of the top-level "uuid" of every stored log (logs without one are skipped)."""
         with self._lock:
             return Counter(log["uuid"] for log in self.logs if isinstance(log, dict) and "uuid" in log)
-
-    @staticmethod
-    def _validate_fault(kind: str):
-        name, arg = parse_fault(kind)
-        if name not in SINK_FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; known: {SINK_FAULT_KINDS}")
-        if name == "status":
-            if not 100 <= int(arg) <= 599:
-                raise ValueError(f"bad status code in {kind!r}")
-        elif name == "slow":
-            if float(arg) < 0:
-                raise ValueError(f"bad delay in {kind!r}")
-        elif name == "redirect":
-            if not arg:
-                raise ValueError("redirect needs a target, e.g. 'redirect:http://127.0.0.1:1/x'")
-        elif arg:
-            raise ValueError(f"fault {name!r} takes no argument")
 
     def inject(self, kind: str, count: int = 1):
         """Queue `count` faults for the next POSTs to /api/v2/logs (FIFO)."""
