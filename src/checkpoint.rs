@@ -83,6 +83,23 @@ fn short_hash(parts: &[&str]) -> String {
     hasher.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An in-memory `Cache`, for unit tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct MemoryCache(pub std::collections::HashMap<String, String>);
+
+#[cfg(test)]
+impl Cache for MemoryCache {
+    fn read(&mut self, key: &str) -> std::result::Result<String, String> {
+        Ok(self.0.get(key).cloned().unwrap_or_default())
+    }
+
+    fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        self.0.insert(key.into(), value.into());
+        Ok(())
+    }
+}
+
 /// A SIEM query window in progress: the range and the token of its next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cursor {

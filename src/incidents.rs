@@ -556,7 +556,7 @@ mod tests {
     use crate::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
-    use std::collections::HashMap as StdMap;
+    use crate::checkpoint::MemoryCache;
 
     const NOW: i64 = 1_780_000_000;
 
@@ -706,19 +706,7 @@ mod tests {
         }
     }
 
-    struct MemCache(StdMap<String, String>);
-
-    impl Cache for MemCache {
-        fn read(&mut self, key: &str) -> Result<String, String> {
-            Ok(self.0.get(key).cloned().unwrap_or_default())
-        }
-        fn write(&mut self, key: &str, value: &str) -> Result<(), String> {
-            self.0.insert(key.into(), value.into());
-            Ok(())
-        }
-    }
-
-    fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut FakeSink, cache: &mut MemCache) -> (Report, Health) {
+    fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut FakeSink, cache: &mut MemoryCache) -> (Report, Health) {
         let mut source = FakeSource::new(vec![page(reports, None), page(open, None)]);
         let mut report = Report::default();
         let mut run = IncidentRun {
@@ -737,7 +725,7 @@ mod tests {
 
     #[test]
     fn the_checkpoint_moves_only_after_the_intake_accepted() {
-        let mut cache = MemCache(StdMap::new());
+        let mut cache = MemoryCache::default();
         let reports = vec![incident(2, NOW - 60, "sent", "critical"), incident(1, NOW - 120, "sent", "low")];
         let (report, health) = run_once(&reports, &reports[..1], &mut FakeSink { accept: false, sent: 0 }, &mut cache);
         assert_eq!(health.status, Status::Warning);

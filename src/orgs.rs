@@ -393,6 +393,7 @@ mod tests {
     use crate::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
+    use crate::checkpoint::MemoryCache;
     use std::collections::HashMap as Map2;
 
     fn at(secs: i64) -> DateTime<Utc> {
@@ -508,21 +509,9 @@ mod tests {
         assert_eq!(source.requests.len(), 3);
     }
 
-    struct MemCache(Map2<String, String>);
-
-    impl Cache for MemCache {
-        fn read(&mut self, key: &str) -> Result<String, String> {
-            Ok(self.0.get(key).cloned().unwrap_or_default())
-        }
-        fn write(&mut self, key: &str, value: &str) -> Result<(), String> {
-            self.0.insert(key.into(), value.into());
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_failed_refresh_keeps_the_cached_directory() {
-        let mut cache = MemCache(Map2::new());
+        let mut cache = MemoryCache::default();
         cache.0.insert(ORGS_KEY.into(), directory().encode());
         let mut orgs = Orgs::new(Duration::from_secs(3600));
         assert!(orgs.load(&mut cache).is_none());
@@ -537,7 +526,7 @@ mod tests {
 
         let mut empty = Orgs::new(Duration::from_secs(3600));
         let mut source = FakeSource::new(vec![Err(HuntressError::api(ErrorKind::Forbidden, "403"))]);
-        assert_eq!(empty.refresh(&mut source, &mut MemCache(Map2::new()), at(0)).unwrap().status, Status::Critical);
+        assert_eq!(empty.refresh(&mut source, &mut MemoryCache::default(), at(0)).unwrap().status, Status::Critical);
         assert!(empty.directory().is_none());
     }
 
@@ -551,7 +540,7 @@ mod tests {
             Ok(json!({"organizations": [{"id": 101, "name": "Acme Dental Group", "key": "acme"}], "pagination": {"next_page_token": "x"}})),
         ]);
         source.budget = 2;
-        let health = orgs.refresh(&mut source, &mut MemCache(Map2::new()), at(2_000)).unwrap();
+        let health = orgs.refresh(&mut source, &mut MemoryCache::default(), at(2_000)).unwrap();
         assert_eq!(health.status, Status::Warning);
         let d = orgs.directory().unwrap();
         assert_eq!(d.len(), 4, "organizations the cut listing did not reach are kept");
