@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use _core::config::StalePolicy;
 use _core::siem::parse_page;
-use _core::transform::{now_ms, prepare, Enrichment, LogTemplate, Prepared};
+use _core::transform::{event_id, now_ms, prepare, Enrichment, LogTemplate, Prepared};
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: pipeline_cost PAGE.json");
@@ -21,7 +21,7 @@ fn main() {
         rows += parsed.rows.len();
         let mut batch = Vec::new();
         for row in &parsed.rows {
-            if let Prepared::Log(log) = prepare(row, &template, &Enrichment::default(), now_ms()) {
+            if let Prepared::Log(log) = prepare(row, event_id(row), &template, &Enrichment::default(), now_ms()) {
                 bytes += log.json.len();
                 batch.extend_from_slice(&log.json);
             }

@@ -283,12 +283,13 @@ impl QueryRun<'_> {
         let now_ms = transform::now_ms();
         let mut logs = Vec::with_capacity(rows.len());
         for row in rows {
-            if state.seen.contains(transform::event_id(&row)) {
+            let id = transform::event_id(&row);
+            if state.seen.contains(id) {
                 outcome.deduplicated += 1;
                 continue;
             }
             let enrichment = (self.enrich)(&row);
-            match transform::prepare(&row, self.template, &enrichment, now_ms) {
+            match transform::prepare(&row, id, self.template, &enrichment, now_ms) {
                 Prepared::Log(log) => {
                     outcome.stale += u64::from(log.stale);
                     outcome.truncated += u64::from(log.truncated);

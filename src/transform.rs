@@ -130,8 +130,8 @@ fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
 /// Attributes the log sets itself; a row field of the same name gives way.
 const RESERVED: [&str; 6] = ["message", "date", "ddsource", "service", "ddtags", "hostname"];
 
-pub fn prepare(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
-    let id = event_id(row);
+/// `id` is the row's `event_id`, which the caller has already computed for dedup.
+pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
     let event_ms = row.get("@timestamp").and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()).and_then(|v| parse_timestamp_ms(&v));
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
     let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
@@ -191,7 +191,7 @@ pub fn prepare(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_m
 pub fn prepare_value(record: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
     let text = serde_json::to_string(&record).expect("a JSON map serializes");
     let row: Row = serde_json::from_str(&text).expect("a serialized map is an object");
-    prepare(&row, template, enrichment, now_ms)
+    prepare(&row, event_id(&row), template, enrichment, now_ms)
 }
 
 fn json_string(text: &str) -> Vec<u8> {
