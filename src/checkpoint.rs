@@ -139,24 +139,22 @@ impl QueryState {
         QueryState { checkpoint, cursor: None, seen: DedupSet::new(capacity), chunk: 0, open_chunk: Vec::new() }
     }
 
-    /// The state from a stored position and the stored id chunks, indexed by
-    /// chunk number (an empty string for a missing or unreadable chunk).
-    pub fn restore(position: Position, chunks: &[String], dedup_capacity: usize) -> Result<QueryState> {
+    /// The state from a stored position and the decoded id chunks, indexed by
+    /// chunk number (empty for a missing or unreadable chunk).
+    pub fn restore(position: Position, mut chunks: Vec<Vec<u64>>, dedup_capacity: usize) -> QueryState {
         let mut state = QueryState::new(position.checkpoint, dedup_capacity);
         state.cursor = position.cursor;
         state.chunk = if position.chunk < chunks.len() { position.chunk } else { 0 };
         // Oldest chunk first, so that eviction order survives a restart.
         for offset in 1..=chunks.len() {
-            let index = (state.chunk + offset) % chunks.len();
-            let ids = DedupSet::decode_ids(&chunks[index])?;
-            for id in &ids {
+            for id in &chunks[(state.chunk + offset) % chunks.len()] {
                 state.seen.insert(*id);
             }
-            if index == state.chunk {
-                state.open_chunk = ids;
-            }
         }
-        Ok(state)
+        if let Some(open) = chunks.get_mut(state.chunk) {
+            state.open_chunk = std::mem::take(open);
+        }
+        state
     }
 
     pub fn position(&self) -> Position {
@@ -296,6 +294,10 @@ mod tests {
         Utc.timestamp_opt(secs, 123_456_789).unwrap()
     }
 
+    fn decoded(chunks: &[String]) -> Vec<Vec<u64>> {
+        chunks.iter().map(|c| DedupSet::decode_ids(c).unwrap()).collect()
+    }
+
     fn save(state: &mut QueryState, chunks: &mut [String]) -> String {
         chunks[state.chunk] = state.encode_open_chunk();
         state.rotate_full_chunk(chunks.len());
@@ -315,7 +317,7 @@ mod tests {
             }
         }
         position = if state.open_chunk.is_empty() { position } else { save(&mut state, &mut chunks) };
-        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), &chunks, 3_000).unwrap();
+        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), decoded(&chunks), 3_000);
         assert_eq!(restored.checkpoint.timestamp_subsec_nanos(), 123_456_789);
         assert_eq!(restored.cursor, state.cursor);
         assert_eq!(restored.seen.len(), 2_500);
@@ -344,7 +346,7 @@ mod tests {
             state.remember(id);
             position = save(&mut state, &mut chunks);
         }
-        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), &chunks, capacity).unwrap();
+        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), decoded(&chunks), capacity);
         assert!(!restored.seen.contains(0), "the oldest chunk was reused");
         assert!(restored.seen.contains(3 * IDS_PER_CHUNK as u64 - 1));
         assert_eq!(restored.seen.len(), 2 * IDS_PER_CHUNK);
@@ -359,7 +361,7 @@ mod tests {
             state.remember(id);
         }
         let _lost_position = save(&mut state, &mut chunks);
-        let restored = QueryState::restore(QueryState::decode_position(&old_position).unwrap().unwrap(), &chunks, 5_000).unwrap();
+        let restored = QueryState::restore(QueryState::decode_position(&old_position).unwrap().unwrap(), decoded(&chunks), 5_000);
         assert!(restored.seen.contains(199));
     }
 
@@ -376,7 +378,7 @@ mod tests {
     fn a_smaller_capacity_restarts_the_chunk_index() {
         let mut position = QueryState::new(at(0), 10_000).position();
         position.chunk = 7;
-        let restored = QueryState::restore(position, &vec![String::new(); 2], 2_000).unwrap();
+        let restored = QueryState::restore(position, vec![Vec::new(); 2], 2_000);
         assert_eq!(restored.chunk, 0);
     }
 

@@ -166,19 +166,16 @@ impl Collector {
         let capacity = self.config.dedup_cache_size;
         let mut chunks = Vec::with_capacity(chunk_keys.len());
         for chunk_key in chunk_keys {
-            let text = read(cache, chunk_key)?;
-            match DedupSet::decode_ids(&text) {
-                Ok(_) => chunks.push(text),
-                Err(error) => {
-                    report.log(Level::Warning, format!("{error}; continuing without these ids of recently forwarded events"));
-                    chunks.push(String::new());
-                }
-            }
+            let ids = DedupSet::decode_ids(&read(cache, chunk_key)?).unwrap_or_else(|error| {
+                report.log(Level::Warning, format!("{error}; continuing without these ids of recently forwarded events"));
+                Vec::new()
+            });
+            chunks.push(ids);
         }
         let fresh = QueryState::new(now - to_chrono(self.config.initial_lookback), capacity);
         match QueryState::decode_position(&read(cache, key)?) {
-            Ok(Some(position)) => QueryState::restore(position, &chunks, capacity),
-            Ok(None) => QueryState::restore(fresh.position(), &chunks, capacity),
+            Ok(Some(position)) => Ok(QueryState::restore(position, chunks, capacity)),
+            Ok(None) => Ok(QueryState::restore(fresh.position(), chunks, capacity)),
             Err(error) => {
                 cache.write(key, &fresh.encode_position()).map_err(HuntressError::Cache)?;
                 Err(HuntressError::Cache(format!("{error}; starting again from initial_lookback_seconds")))
