@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::blocking::{Client, RequestBuilder, Response};
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::RequestBuilder;
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, build_client, excerpt, Deadline};
+use crate::http::{backoff, excerpt, Answer, Deadline, HttpClient, HttpFailure};
 use crate::ratelimit::RateBudget;
 
 const MAX_ATTEMPTS: u32 = 4;
@@ -50,7 +51,7 @@ pub struct ApiStats {
 }
 
 pub struct HuntressClient {
-    http: Client,
+    http: HttpClient,
     base_url: String,
     auth: HeaderValue,
     budget: RateBudget,
@@ -66,7 +67,7 @@ impl HuntressClient {
         ))
         .map_err(|_| HuntressError::config("huntress_api_key", "contains characters that cannot go in an HTTP header"))?;
         auth.set_sensitive(true);
-        Ok(HuntressClient { http: build_client(config)?, base_url: config.base_url.clone(), auth, budget, stats: ApiStats::default() })
+        Ok(HuntressClient { http: HttpClient::new(config)?, base_url: config.base_url.clone(), auth, budget, stats: ApiStats::default() })
     }
 
     pub fn reset_stats(&mut self) {
@@ -85,11 +86,11 @@ impl HuntressClient {
 
     /// POSTs JSON and returns the raw body of a 2xx answer; the caller parses it
     /// (SIEM pages are parsed without building a tree, see `row`).
-    pub fn post_for_bytes(&mut self, feature: Feature, path: &str, body: &Value, deadline: &Deadline) -> Result<Vec<u8>> {
+    pub fn post_for_bytes(&mut self, feature: Feature, path: &str, body: &Value, deadline: &Deadline) -> Result<Bytes> {
         let url = format!("{}{}", self.base_url, path);
-        let payload = serde_json::to_vec(body).expect("a JSON value serializes");
-        let build = |http: &Client| http.post(&url).header("content-type", "application/json").body(payload.clone());
-        self.send(feature, path, deadline, build, |bytes| Ok(bytes.to_vec()))
+        let payload = Bytes::from(serde_json::to_vec(body).expect("a JSON value serializes"));
+        let build = |http: &HttpClient| http.post(&url).header("content-type", "application/json").body(payload.clone());
+        self.send(feature, path, deadline, build, |bytes| Ok(bytes.clone()))
     }
 
     pub fn get_json(&mut self, feature: Feature, path: &str, query: &[(&str, String)], deadline: &Deadline) -> Result<Value> {
@@ -102,8 +103,8 @@ impl HuntressClient {
         feature: Feature,
         path: &str,
         deadline: &Deadline,
-        build: impl Fn(&Client) -> RequestBuilder,
-        parse: impl Fn(&[u8]) -> serde_json::Result<T>,
+        build: impl Fn(&HttpClient) -> RequestBuilder,
+        parse: impl Fn(&Bytes) -> serde_json::Result<T>,
     ) -> Result<T> {
         let mut attempt = 0;
         loop {
@@ -116,22 +117,24 @@ impl HuntressClient {
             self.stats.throttle_wait += waited;
             *self.stats.requests.entry(feature).or_default() += 1;
             let timeout = deadline.remaining().max(Duration::from_millis(100));
-            let outcome = build(&self.http)
+            let request = build(&self.http)
                 .header(AUTHORIZATION, self.auth.clone())
                 .header("accept", "application/json")
-                .timeout(timeout)
-                .send();
-            let (error, wait) = match outcome {
-                Ok(response) => match self.read(response, path, attempt, &parse) {
+                .timeout(timeout);
+            let (error, wait) = match self.http.execute(request) {
+                Ok(answer) => match self.read(answer, path, attempt, &parse) {
                     Ok(value) => return Ok(value),
                     Err(Failure::Fatal(error)) => return Err(error),
                     Err(Failure::Retry(error, wait)) => (error, wait),
                 },
                 // A request cut short by the run's own deadline is not a Huntress fault.
-                Err(e) if e.is_timeout() && deadline.expired() => {
+                Err(HttpFailure::Send(e) | HttpFailure::Body(e)) if e.is_timeout() && deadline.expired() => {
                     return Err(HuntressError::Deadline(format!("{path}: the run deadline ended a request in flight")))
                 }
-                Err(e) => (transport_error(&e, path), None),
+                Err(HttpFailure::Send(e)) => (transport_error(&e, path), None),
+                Err(HttpFailure::Body(e)) => {
+                    (HuntressError::api(ErrorKind::Network, format!("{path}: the response body was cut off ({})", short_reqwest(&e))), None)
+                }
             };
             attempt += 1;
             if attempt >= MAX_ATTEMPTS {
@@ -146,16 +149,13 @@ impl HuntressClient {
 
     fn read<T>(
         &mut self,
-        response: Response,
+        answer: Answer,
         path: &str,
         attempt: u32,
-        parse: &impl Fn(&[u8]) -> serde_json::Result<T>,
+        parse: &impl Fn(&Bytes) -> serde_json::Result<T>,
     ) -> std::result::Result<T, Failure> {
-        self.observe_headers(response.headers());
-        let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .map_err(|e| Failure::Retry(HuntressError::api(ErrorKind::Network, format!("{path}: the response body was cut off ({})", short_reqwest(&e))), None))?;
+        self.observe_headers(&answer.headers);
+        let Answer { status, body, .. } = answer;
         if (200..300).contains(&status) {
             return parse(&body).map_err(|e| {
                 Failure::Retry(

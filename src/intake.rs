@@ -7,12 +7,12 @@ use std::ops::Range;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use reqwest::blocking::Client;
+use bytes::Bytes;
 use reqwest::header::HeaderValue;
 
 use crate::config::Config;
 use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, build_client, excerpt, Deadline};
+use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure};
 use crate::huntress::short_reqwest;
 use crate::transform::PreparedLog;
 
@@ -39,7 +39,7 @@ pub struct Delivery {
 }
 
 pub struct IntakeClient {
-    http: Client,
+    http: HttpClient,
     url: String,
     api_key: HeaderValue,
     pub stats: IntakeStats,
@@ -56,7 +56,7 @@ impl IntakeClient {
         let mut api_key = HeaderValue::from_str(&config.dd_api_key)
             .map_err(|_| HuntressError::config("dd_api_key", "contains characters that cannot go in an HTTP header"))?;
         api_key.set_sensitive(true);
-        Ok(IntakeClient { http: build_client(config)?, url: config.intake_url.clone(), api_key, stats: IntakeStats::default() })
+        Ok(IntakeClient { http: HttpClient::new(config)?, url: config.intake_url.clone(), api_key, stats: IntakeStats::default() })
     }
 
     pub fn reset_stats(&mut self) {
@@ -95,11 +95,11 @@ impl IntakeClient {
     }
 
     fn post_batch(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Result<BatchOutcome> {
-        let body = gzip(&json_array(logs));
+        let body = Bytes::from(gzip(&json_array(logs)));
         let mut attempt = 0;
         loop {
             self.stats.requests += 1;
-            let outcome = self
+            let request = self
                 .http
                 .post(&self.url)
                 .header("DD-API-KEY", self.api_key.clone())
@@ -107,19 +107,19 @@ impl IntakeClient {
                 .header("content-encoding", "gzip")
                 // No deadline clamp here: a send cut short cannot tell whether the
                 // intake kept the batch, and a resend could duplicate it.
-                .body(body.clone())
-                .send();
-            let error = match outcome {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let detail = response.bytes().map(|b| excerpt(&b, 200)).unwrap_or_default();
-                    match classify(status, logs.len(), &detail) {
+                .body(body.clone());
+            let error = match self.http.execute(request) {
+                Ok(answer) => {
+                    let detail = excerpt(&answer.body, 200);
+                    match classify(answer.status, logs.len(), &detail) {
                         Verdict::Done(outcome) => return Ok(outcome),
                         Verdict::Fatal(error) => return Err(error),
                         Verdict::Retry(error) => error,
                     }
                 }
-                Err(e) => HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot reach the intake ({})", short_reqwest(&e))),
+                Err(HttpFailure::Send(e) | HttpFailure::Body(e)) => {
+                    HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot reach the intake ({})", short_reqwest(&e)))
+                }
             };
             attempt += 1;
             if attempt >= MAX_ATTEMPTS || !deadline.sleep(backoff(attempt - 1)) {

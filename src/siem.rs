@@ -231,7 +231,7 @@ impl QueryRun<'_> {
         Step::Stop
     }
 
-    fn fetch(&mut self, cursor: &Cursor) -> Result<Vec<u8>> {
+    fn fetch(&mut self, cursor: &Cursor) -> Result<bytes::Bytes> {
         let mut body = json!({
             "esql": self.esql,
             "range_start": format_time(cursor.range_start),
