@@ -132,7 +132,7 @@ const RESERVED: [&str; 6] = ["message", "date", "ddsource", "service", "ddtags",
 
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
 pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
-    let event_ms = row.get("@timestamp").and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok()).and_then(|v| parse_timestamp_ms(&v));
+    let event_ms = row.get("@timestamp").and_then(raw_timestamp_ms);
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
     let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
     let out_of_window = too_old || too_new;
@@ -157,34 +157,81 @@ pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichme
         let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
         write_member(&mut out, &mut first, name, plain, raw.get().as_bytes());
     }
-    let mut extra = |name: &str, value: &[u8]| write_member(&mut out, &mut first, name, true, value);
+    // Values below are written in place: no allocation per log.
     for (key, value) in &enrichment.attributes {
-        extra(key, &serde_json::to_vec(value).expect("a JSON value serializes"));
+        write_key(&mut out, &mut first, key);
+        serde_json::to_writer(&mut out, value).expect("writing to a Vec cannot fail");
     }
+    write_key(&mut out, &mut first, "message");
     match &message {
-        MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => extra("message", raw.get().as_bytes()),
-        MessageSource::Text(text) => extra("message", &json_string(text)),
+        MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        MessageSource::Text(text) => write_string(&mut out, text),
     }
     let date_ms = match event_ms {
         Some(ms) if !out_of_window => ms,
         _ => now_ms,
     };
-    extra("date", date_ms.to_string().as_bytes());
-    extra("ddsource", b"\"huntress\"");
-    extra("service", &json_string(&template.service));
-    extra("ddtags", &json_string(&join_tags(&template.ddtags, &enrichment.tags)));
-    if let Some(host) = row.non_null("host.hostname").as_ref().and_then(as_text) {
-        extra("hostname", &json_string(&host));
-    }
+    write_key(&mut out, &mut first, "date");
+    serde_json::to_writer(&mut out, &date_ms).expect("writing to a Vec cannot fail");
+    write_member(&mut out, &mut first, "ddsource", true, b"\"huntress\"");
+    write_key(&mut out, &mut first, "service");
+    write_string(&mut out, &template.service);
+    write_key(&mut out, &mut first, "ddtags");
+    write_joined_tags(&mut out, &template.ddtags, &enrichment.tags);
+    write_hostname(&mut out, &mut first, row);
     if out_of_window {
-        extra("huntress.date_rewritten", b"true");
+        write_member(&mut out, &mut first, "huntress.date_rewritten", true, b"true");
     } else if event_ms.is_none() {
-        extra("huntress.timestamp_missing", b"true");
+        write_member(&mut out, &mut first, "huntress.timestamp_missing", true, b"true");
     }
     out.push(b'}');
 
     let (json, truncated) = if out.len() <= MAX_LOG_BYTES { (out, false) } else { cut_to_limit(&out) };
     Prepared::Log(PreparedLog { id, json, stale: out_of_window, truncated })
+}
+
+/// `@timestamp` straight from the raw value when it is a plain string.
+fn raw_timestamp_ms(raw: &RawValue) -> Option<i64> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => parse_iso_ms(inner.trim()),
+        _ => serde_json::from_str::<Value>(text).ok().and_then(|v| parse_timestamp_ms(&v)),
+    }
+}
+
+fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
+    write_member(out, first, name, true, b"");
+}
+
+fn write_string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
+}
+
+/// `base` and `extra` comma-joined as one JSON string; escaping works per
+/// character, so the two escaped halves are joined without a new string.
+fn write_joined_tags(out: &mut Vec<u8>, base: &str, extra: &str) {
+    match (base.is_empty(), extra.is_empty()) {
+        (_, true) => write_string(out, base),
+        (true, false) => write_string(out, extra),
+        (false, false) => {
+            write_string(out, base);
+            out.pop();
+            out.push(b',');
+            let second = out.len();
+            write_string(out, extra);
+            out.remove(second);
+        }
+    }
+}
+
+/// `hostname` from `host.hostname`: copied as is when it is a non-empty string.
+fn write_hostname(out: &mut Vec<u8>, first: &mut bool, row: &Row) {
+    if let Some(raw) = row.get("host.hostname").map(RawValue::get).filter(|raw| raw.starts_with('"') && *raw != "\"\"") {
+        write_member(out, first, "hostname", true, raw.as_bytes());
+    } else if let Some(host) = row.non_null("host.hostname").as_ref().and_then(as_text) {
+        write_key(out, first, "hostname");
+        write_string(out, &host);
+    }
 }
 
 /// Prepares an already parsed record (incident reports) the same way.
@@ -194,23 +241,11 @@ pub fn prepare_value(record: Map<String, Value>, template: &LogTemplate, enrichm
     prepare(&row, event_id(&row), template, enrichment, now_ms)
 }
 
-fn json_string(text: &str) -> Vec<u8> {
-    serde_json::to_vec(text).expect("a string serializes")
-}
-
 /// The rare log over the limit: parsed and cut by `serialize_within_limit`.
 fn cut_to_limit(json: &[u8]) -> (Vec<u8>, bool) {
     match serde_json::from_slice::<Map<String, Value>>(json) {
         Ok(log) => serialize_within_limit(log),
         Err(_) => (json.to_vec(), false),
-    }
-}
-
-fn join_tags(base: &str, extra: &str) -> String {
-    match (base.is_empty(), extra.is_empty()) {
-        (_, true) => base.to_string(),
-        (true, false) => extra.to_string(),
-        (false, false) => format!("{base},{extra}"),
     }
 }
 
@@ -390,6 +425,15 @@ mod tests {
         assert!(lacks_keep(&parse(&json!({"uuid": "a", "organization_id": 1}).to_string())));
         assert!(lacks_keep(&parse(&json!({"uuid": "a", "organization.id": 1}).to_string())));
         assert!(!lacks_keep(&parse(&json!({"uuid": "a", "message": "m"}).to_string())));
+    }
+
+    #[test]
+    fn joined_tags_are_one_escaped_string() {
+        for (base, extra, joined) in [("a\"b", "c\\d", "a\"b,c\\d"), ("", "x", "x"), ("y", "", "y"), ("", "", "")] {
+            let mut out = Vec::new();
+            write_joined_tags(&mut out, base, extra);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), joined);
+        }
     }
 
     #[test]
