@@ -22,13 +22,12 @@ use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
 use crate::incidents::IncidentRun;
 use crate::intake::IntakeClient;
-use crate::orgs::{self, Orgs};
+use crate::orgs::{Enricher, Orgs};
 use crate::ratelimit::RateBudget;
 use crate::report::{with_tag, Level, Report, Status};
-use crate::row::Row;
 use crate::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
 use crate::siem::{QueryOutcome, QueryRun};
-use crate::transform::{Enrichment, LogTemplate};
+use crate::transform::LogTemplate;
 
 pub const SIEM_SERVICE_CHECK: &str = "huntress.siem.can_connect";
 pub const API_SERVICE_CHECK: &str = "huntress.api.can_connect";
@@ -124,9 +123,6 @@ impl Collector {
             }
         };
         let template = self.template(query);
-        let enabled = self.config.enrich_with_org_tags;
-        let directory = self.orgs.directory();
-        let enrich = move |row: &Row| if enabled { orgs::enrich_row(directory, row) } else { Enrichment::default() };
         let mut run = QueryRun {
             huntress: &mut self.huntress,
             intake: &mut self.intake,
@@ -137,7 +133,7 @@ impl Collector {
             cache_key: &key,
             chunk_keys: &chunk_keys,
             template: &template,
-            enrich: &enrich,
+            enricher: Enricher::new(self.orgs.directory(), self.config.enrich_with_org_tags),
             max_pages: self.config.max_pages_per_run,
             delay: to_chrono(self.config.collection_delay),
             max_window: to_chrono(self.config.max_window),

@@ -413,7 +413,7 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     let message = [text(report, "subject"), text(report, "summary")].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("\n\n");
     row.insert("message".into(), Value::String(message));
     row.insert("huntress.incident_change".into(), Value::from(change.tag()));
-    let org = enrich_row(directory, report);
+    let org = enrich_row(directory, report).into_owned();
     let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
     extra.push(tags::tag("severity", &severity));
     extra.push(tags::tag("incident_status", &status));

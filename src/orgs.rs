@@ -8,6 +8,7 @@
 //! (and says so). Only an empty cache makes the first run fetch it before the
 //! SIEM queries; later refreshes come last, when the rate budget has room.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::huntress::Feature;
 use crate::report::Status;
 use crate::rest::{list_pages, End, Health, PageSource, PAGE_LIMIT};
 use crate::tags;
-use crate::row::Fields;
+use crate::row::{Fields, Row};
 use crate::transform::Enrichment;
 
 pub const ACCOUNT_PATH: &str = "/v1/account";
@@ -181,20 +182,21 @@ impl OrgDirectory {
 
     /// The attributes and tags for one row: matched by `organization_id` or
     /// `organization.id` (flat or nested), else by `organization.name`.
-    pub fn enrich(&self, row: &dyn Fields) -> Enrichment {
+    /// A known organization's enrichment is borrowed, not built per row.
+    pub fn enrich(&self, row: &dyn Fields) -> Cow<'_, Enrichment> {
         if let Some((raw, text)) = row_org_id(row) {
             return match self.by_id.get(&text) {
-                Some(&i) => self.enrichments[i].clone(),
-                None => enrichment(self.account_id.as_ref(), Some(&raw), None, None),
+                Some(&i) => Cow::Borrowed(&self.enrichments[i]),
+                None => Cow::Owned(enrichment(self.account_id.as_ref(), Some(&raw), None, None)),
             };
         }
         if let Some(name) = row_org_name(row) {
             return match self.by_name.get(&name_key(&name)) {
-                Some(Some(i)) => self.enrichments[*i].clone(),
-                _ => enrichment(self.account_id.as_ref(), None, Some(&name), None),
+                Some(Some(i)) => Cow::Borrowed(&self.enrichments[*i]),
+                _ => Cow::Owned(enrichment(self.account_id.as_ref(), None, Some(&name), None)),
             };
         }
-        enrichment(self.account_id.as_ref(), None, None, None)
+        Cow::Owned(enrichment(self.account_id.as_ref(), None, None, None))
     }
 
     pub fn encode(&self) -> String {
@@ -252,14 +254,55 @@ fn enrichment(account: Option<&Value>, id: Option<&Value>, name: Option<&str>, k
 
 /// Enrichment for a row with or without a directory: without one, the row's
 /// own organization id (or name) still becomes a tag.
-pub fn enrich_row(directory: Option<&OrgDirectory>, row: &dyn Fields) -> Enrichment {
+pub fn enrich_row<'d>(directory: Option<&'d OrgDirectory>, row: &dyn Fields) -> Cow<'d, Enrichment> {
     match directory {
         Some(directory) => directory.enrich(row),
-        None => match row_org_id(row) {
+        None => Cow::Owned(match row_org_id(row) {
             Some((raw, _)) => enrichment(None, Some(&raw), None, None),
             None => enrichment(None, None, row_org_name(row).as_deref(), None),
-        },
+        }),
     }
+}
+
+/// Enrichment for the rows of one query run, built once per organization.
+pub struct Enricher<'d> {
+    directory: Option<&'d OrgDirectory>,
+    enabled: bool,
+    by_id: HashMap<String, Enrichment>,
+    other: Enrichment,
+}
+
+impl<'d> Enricher<'d> {
+    pub fn new(directory: Option<&'d OrgDirectory>, enabled: bool) -> Self {
+        Enricher { directory, enabled, by_id: HashMap::new(), other: Enrichment::default() }
+    }
+
+    pub fn enrich(&mut self, row: &Row) -> &Enrichment {
+        if !self.enabled {
+            return &self.other;
+        }
+        let Some(id) = plain_org_id(row) else {
+            // String ids, nested objects and names: rare enough to build each time.
+            self.other = enrich_row(self.directory, row).into_owned();
+            return &self.other;
+        };
+        if !self.by_id.contains_key(id) {
+            self.by_id.insert(id.to_string(), enrich_row(self.directory, row).into_owned());
+        }
+        &self.by_id[id]
+    }
+}
+
+/// The organization id when the row gives it flat as a plain integer: the
+/// common case, read without parsing. `row_org_id` would return the same text.
+fn plain_org_id<'r>(row: &Row<'r>) -> Option<&'r str> {
+    let is_plain = |raw: &str| (1..=18).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit());
+    ["organization_id", "organization.id"]
+        .iter()
+        .map(|key| row.get(key).map(|raw| raw.get()))
+        .find(|raw| raw.is_some_and(|r| r != "null"))
+        .flatten()
+        .filter(|raw| is_plain(raw))
 }
 
 /// What a refresh produced.
@@ -416,6 +459,32 @@ mod tests {
 
     fn attrs(e: &Enrichment) -> Map2<String, Value> {
         e.attributes.iter().cloned().collect()
+    }
+
+    #[test]
+    fn the_run_enricher_agrees_with_enrich_row() {
+        let d = directory();
+        let mut enricher = Enricher::new(Some(&d), true);
+        let rows = [
+            json!({"organization_id": 102}),
+            json!({"organization_id": 999}),
+            json!({"organization_id": null, "organization.id": 101}),
+            json!({"organization_id": "102"}),
+            json!({"organization": {"id": 103}}),
+            json!({"organization.name": "Acme Dental"}),
+            json!({"uuid": "x"}),
+            json!({"organization_id": 102}),
+            json!({"organization_id": 12345678901234567890u64}),
+        ];
+        for value in rows {
+            let text = value.to_string();
+            let raw: Row = serde_json::from_str(&text).unwrap();
+            let expected = enrich_row(Some(&d), &row(value.clone()));
+            let got = enricher.enrich(&raw);
+            assert_eq!((&got.tags, attrs(got)), (&expected.tags, attrs(&expected)), "{value}");
+        }
+        let raw: Row = serde_json::from_str(r#"{"organization_id": 102}"#).unwrap();
+        assert_eq!(Enricher::new(Some(&d), false).enrich(&raw).tags, "");
     }
 
     #[test]

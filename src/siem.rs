@@ -15,7 +15,8 @@ use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
 use crate::intake::IntakeClient;
 use crate::row::Row;
-use crate::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::orgs::Enricher;
+use crate::transform::{self, LogTemplate, Prepared, PreparedLog};
 
 pub const QUERY_PATH: &str = "/v1/siem/query";
 /// A window that times out or exhausts Huntress's memory is halved, down to this.
@@ -140,7 +141,7 @@ pub struct QueryRun<'a> {
     /// The keys of the id chunks, by chunk number.
     pub chunk_keys: &'a [String],
     pub template: &'a LogTemplate,
-    pub enrich: &'a dyn Fn(&Row) -> Enrichment,
+    pub enricher: Enricher<'a>,
     pub max_pages: u32,
     pub delay: ChronoDuration,
     pub max_window: ChronoDuration,
@@ -279,7 +280,7 @@ impl QueryRun<'_> {
         }
     }
 
-    fn prepare(&self, rows: Vec<Row>, state: &mut QueryState, outcome: &mut QueryOutcome) -> Vec<PreparedLog> {
+    fn prepare(&mut self, rows: Vec<Row>, state: &mut QueryState, outcome: &mut QueryOutcome) -> Vec<PreparedLog> {
         let now_ms = transform::now_ms();
         let mut logs = Vec::with_capacity(rows.len());
         for row in rows {
@@ -288,8 +289,8 @@ impl QueryRun<'_> {
                 outcome.deduplicated += 1;
                 continue;
             }
-            let enrichment = (self.enrich)(&row);
-            match transform::prepare(&row, id, self.template, &enrichment, now_ms) {
+            let enrichment = self.enricher.enrich(&row);
+            match transform::prepare(&row, id, self.template, enrichment, now_ms) {
                 Prepared::Log(log) => {
                     outcome.stale += u64::from(log.stale);
                     outcome.truncated += u64::from(log.truncated);
