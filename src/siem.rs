@@ -1,19 +1,20 @@
 //! Collects one SIEM query: plans windows, pages through `POST /v1/siem/query`
-//! one page at a time, forwards each page, and saves the state after every page
-//! the intake accepted.
+//! one page at a time, forwards the logs of consecutive pages together (up to
+//! one intake batch), and saves the state after each batch the intake accepted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::checkpoint::{Cache, Cursor, QueryState};
+use crate::checkpoint::{Cache, Cursor, IdHasher, QueryState};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
-use crate::intake::IntakeClient;
+use crate::intake::{IntakeClient, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
 use crate::row::Row;
 use crate::orgs::Enricher;
 use crate::transform::{self, LogTemplate, Prepared, PreparedLog};
@@ -25,6 +26,8 @@ const MIN_WINDOW_SECONDS: i64 = 10;
 const MAX_RESTARTS_PER_RUN: u32 = 3;
 /// A 200 whose body has the wrong shape is fetched again this often.
 const MAX_SHAPE_RETRIES: u32 = 2;
+/// Huntress returns at most this many rows per page.
+const MAX_PAGE_ROWS: usize = 200;
 
 pub struct SiemPage<'a> {
     pub rows: Vec<Row<'a>>,
@@ -129,6 +132,48 @@ pub struct QueryOutcome {
     pub recovered: BTreeMap<ErrorKind, u64>,
 }
 
+/// Logs of fetched pages not yet sent: they go to the intake together, up to
+/// a full batch, instead of one request per page.
+#[derive(Default)]
+struct Pending {
+    logs: Vec<PreparedLog>,
+    /// Their ids, so that a row repeated on a later page is not sent twice.
+    ids: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    bytes: usize,
+    pages: Vec<PageMark>,
+}
+
+/// Where a page's logs end in `Pending::logs`, and the cursor after that page.
+struct PageMark {
+    end: usize,
+    cursor: Cursor,
+}
+
+impl Pending {
+    /// The cursor to fetch the next page with, while pages are pending.
+    fn cursor(&self) -> Option<&Cursor> {
+        self.pages.last().map(|mark| &mark.cursor)
+    }
+
+    fn push(&mut self, log: PreparedLog) {
+        self.ids.insert(log.id);
+        self.bytes += log.json.len() + 1;
+        self.logs.push(log);
+    }
+
+    /// Another full page might not fit in one intake batch.
+    fn is_full(&self) -> bool {
+        self.logs.len() + MAX_PAGE_ROWS > MAX_BATCH_LOGS || self.bytes >= MAX_BATCH_BYTES / 2
+    }
+
+    fn clear(&mut self) {
+        self.logs.clear();
+        self.ids.clear();
+        self.bytes = 0;
+        self.pages.clear();
+    }
+}
+
 /// Everything a query run needs besides its own state.
 pub struct QueryRun<'a> {
     pub huntress: &'a mut HuntressClient,
@@ -155,6 +200,7 @@ enum Step {
 impl QueryRun<'_> {
     pub fn collect(&mut self, state: &mut QueryState) -> QueryOutcome {
         let mut outcome = QueryOutcome::default();
+        let mut pending = Pending::default();
         while outcome.error.is_none() {
             if outcome.pages >= u64::from(self.max_pages) {
                 break;
@@ -171,19 +217,26 @@ impl QueryRun<'_> {
                     None => break,
                 }
             }
-            match self.step(state, &mut outcome) {
+            match self.step(state, &mut pending, &mut outcome) {
                 Step::Continue => {}
                 Step::Stop => break,
             }
         }
+        self.flush(state, &mut pending, &mut outcome);
         outcome
     }
 
-    fn step(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) -> Step {
-        let cursor = state.cursor.clone().expect("a window is planned before each step");
+    fn step(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> Step {
+        let cursor = pending.cursor().or(state.cursor.as_ref()).cloned().expect("a window is planned before each step");
         let body = match self.fetch(&cursor) {
             Ok(body) => body,
-            Err(error) => return self.recover(state, outcome, error),
+            Err(error) => {
+                // Deliver what is ready first: recovery works on the committed cursor.
+                if !self.flush(state, pending, outcome) {
+                    return Step::Stop;
+                }
+                return self.recover(state, outcome, error);
+            }
         };
         let page = match parse_page(&body) {
             Ok(page) => page,
@@ -195,27 +248,44 @@ impl QueryRun<'_> {
         if page.rows.first().is_some_and(transform::lacks_keep) {
             outcome.lacks_keep = true;
         }
-        let logs = self.prepare(page.rows, state, outcome);
-        let delivery = self.intake.send(&logs, &self.deadline);
-        for log in &logs[..delivery.accepted_prefix] {
+        self.prepare(page.rows, state, pending, outcome);
+        let after = Cursor { page_token: page.next_page_token, pages_done: cursor.pages_done + 1, ..cursor };
+        let closes_window = after.page_token.is_none();
+        pending.pages.push(PageMark { end: pending.logs.len(), cursor: after });
+        if (closes_window || pending.is_full()) && !self.flush(state, pending, outcome) {
+            return Step::Stop;
+        }
+        Step::Continue
+    }
+
+    /// Sends the pending logs, remembers the ids the intake accepted, and moves
+    /// the cursor past the last page whose logs were all accepted. False when
+    /// the intake failed: the pages after that one are fetched again later, and
+    /// the remembered ids keep their accepted logs from going out twice.
+    fn flush(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
+        if pending.pages.is_empty() {
+            return true;
+        }
+        let delivery = self.intake.send(&pending.logs, &self.deadline);
+        for log in &pending.logs[..delivery.accepted_prefix] {
             state.remember(log.id);
         }
         outcome.forwarded += delivery.accepted_prefix as u64;
-        if let Some(error) = delivery.error {
-            // The cursor stays; the ids of what did get through are kept, so the
-            // retry of this page sends only the rest.
-            outcome.error = Some(error);
-            self.save(state, outcome);
-            return Step::Stop;
+        if let Some(mark) = pending.pages.iter().rev().find(|mark| mark.end <= delivery.accepted_prefix) {
+            state.cursor = Some(mark.cursor.clone());
+            if mark.cursor.page_token.is_none() {
+                state.complete_window();
+            }
         }
-        let cursor = state.cursor.as_mut().expect("cursor present");
-        cursor.pages_done += 1;
-        cursor.page_token = page.next_page_token;
-        if cursor.page_token.is_none() {
-            state.complete_window();
-        }
+        pending.clear();
         self.save(state, outcome);
-        Step::Continue
+        match delivery.error {
+            Some(error) => {
+                outcome.error.get_or_insert(error);
+                false
+            }
+            None => true,
+        }
     }
 
     /// A page that is not JSON, or not shaped as promised, is fetched again
@@ -280,12 +350,11 @@ impl QueryRun<'_> {
         }
     }
 
-    fn prepare(&mut self, rows: Vec<Row>, state: &mut QueryState, outcome: &mut QueryOutcome) -> Vec<PreparedLog> {
+    fn prepare(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
         let now_ms = transform::now_ms();
-        let mut logs = Vec::with_capacity(rows.len());
         for row in rows {
             let id = transform::event_id(&row);
-            if state.seen.contains(id) {
+            if state.seen.contains(id) || pending.ids.contains(&id) {
                 outcome.deduplicated += 1;
                 continue;
             }
@@ -294,7 +363,7 @@ impl QueryRun<'_> {
                 Prepared::Log(log) => {
                     outcome.stale += u64::from(log.stale);
                     outcome.truncated += u64::from(log.truncated);
-                    logs.push(log);
+                    pending.push(log);
                 }
                 Prepared::SkippedStale { id } => {
                     outcome.stale += 1;
@@ -302,7 +371,6 @@ impl QueryRun<'_> {
                 }
             }
         }
-        logs
     }
 
     /// Ids first, position second: see `checkpoint`.

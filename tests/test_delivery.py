@@ -141,17 +141,18 @@ class CrashAfterIdsCheck(HuntressCheck):
 
 
 def test_crash_between_accept_and_checkpoint_does_not_resend(dd_run_check, datadog_agent, aggregator, huntress, sink, instance):
-    events = recent_events(600, seed=15)
+    events = recent_events(1600, seed=15)
     huntress.add_events(events)
     instance.update(max_window_seconds=3600)
     CrashAfterIdsCheck.crashed = False
     with pytest.raises(Exception, match='agent killed'):
         dd_run_check(CrashAfterIdsCheck('huntress', {}, [instance]))
-    assert len(sink.logs) == 200  # page 1 accepted, its checkpoint lost
+    accepted = len(sink.logs)  # the first batch: accepted, its checkpoint lost
+    assert 0 < accepted < len(events)
     restarted = HuntressCheck('huntress', {}, [instance])
     dd_run_check(restarted)
     assert_exactly_once(sink, events)
-    assert sum(m.value for m in aggregator.metrics('huntress.siem.logs_deduplicated')) == 200
+    assert sum(m.value for m in aggregator.metrics('huntress.siem.logs_deduplicated')) == accepted
 
 
 # 4. Rate limit: pacing, a shared budget per key, and a 429 that still arrives
@@ -227,6 +228,28 @@ def test_run_deadline_saves_cursor_and_next_run_continues(make_check, dd_run_che
     assert 0 < len(sink.logs) < 1000
     run_until_caught_up(dd_run_check, check, sink, len(events))
     assert_exactly_once(sink, events)
+
+
+def test_batch_of_several_pages_half_delivered_commits_the_pages_delivered(make_check, dd_run_check, aggregator, huntress, sink, instance):
+    """Pages go to the intake together. When only the first half of such a batch
+    gets through, the checkpoint moves past exactly the pages delivered in full:
+    the next run starts at the first page not fully delivered and sends each
+    event once."""
+    events = recent_events(1000, seed=41)  # five pages, one batch
+    huntress.add_events(events)
+    instance.update(max_window_seconds=3600)
+    sink.inject('status:413', count=1)  # the batch is split in two halves
+    sink.inject('slow:0', count=1)  # the first half is accepted
+    sink.inject('status:503', count=5)  # the second half fails every retry
+    check = make_check(instance)
+    with pytest.raises(Exception):
+        dd_run_check(check)
+    assert len(sink.logs) == 500
+    aggregator.reset()
+    dd_run_check(check)
+    assert_exactly_once(sink, events)
+    # Pages 1-2 were committed; page 3 is fetched again and its first 100 rows dropped.
+    assert sum(m.value for m in aggregator.metrics('huntress.siem.logs_deduplicated')) == 100
 
 
 # 6. Intake outage over several runs, and the 18 h rule
