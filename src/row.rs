@@ -12,11 +12,44 @@ use serde_json::{Map, Value};
 
 pub struct Row<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Where the fields the check reads on every row are, found while parsing,
+    /// so that reading them does not scan the row.
+    known: [Option<u16>; KNOWN_FIELDS.len()],
+}
+
+/// The fields read on every row: ids, time, message, host and organization.
+const KNOWN_FIELDS: [&str; 7] = ["uuid", "@timestamp", "message", "log.original", "host.hostname", "organization_id", "organization.id"];
+
+fn known_index(key: &str) -> Option<usize> {
+    match key {
+        "uuid" => Some(0),
+        "@timestamp" => Some(1),
+        "message" => Some(2),
+        "log.original" => Some(3),
+        "host.hostname" => Some(4),
+        "organization_id" => Some(5),
+        "organization.id" => Some(6),
+        _ => None,
+    }
 }
 
 impl<'a> Row<'a> {
+    fn new(fields: Vec<(Cow<'a, str>, &'a RawValue)>) -> Self {
+        let mut known = [None; KNOWN_FIELDS.len()];
+        for (index, (key, _)) in fields.iter().enumerate().take(usize::from(u16::MAX)) {
+            // The last of a repeated name wins, as when a JSON object is parsed to a map.
+            if let Some(slot) = known_index(key) {
+                known[slot] = Some(index as u16);
+            }
+        }
+        Row { fields, known }
+    }
+
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+        match known_index(key) {
+            Some(slot) => self.known[slot].map(|index| self.fields[usize::from(index)].1),
+            None => self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v),
+        }
     }
 
     /// Names and raw values; a name is `Cow::Borrowed` when the body spelled it
@@ -122,7 +155,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
                 while let Some(Name(name)) = map.next_key::<Name<'a>>()? {
                     fields.push((name, map.next_value::<&'a RawValue>()?));
                 }
-                Ok(Row { fields })
+                Ok(Row::new(fields))
             }
         }
         deserializer.deserialize_map(RowVisitor(std::marker::PhantomData))
@@ -172,6 +205,17 @@ mod tests {
             assert_eq!(fields.non_null("organization.name"), Some(json!("Acme")));
             assert_eq!(fields.non_null("host.hostname"), Some(json!("DC1")));
             assert_eq!(fields.non_null("user.name"), None);
+        }
+    }
+
+    #[test]
+    fn known_and_other_fields_read_the_same_way() {
+        let text = r#"{"a":1,"uuid":"u","message":"m1","b":2,"message":"m2","host.hostname":null}"#;
+        let row: Row = serde_json::from_str(text).unwrap();
+        let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+        for key in KNOWN_FIELDS.iter().chain(&["a", "b", "c"]) {
+            let expected = map.get(*key).map(|v| v.to_string());
+            assert_eq!(row.get(key).map(|raw| raw.get().to_string()), expected, "{key}");
         }
     }
 

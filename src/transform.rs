@@ -127,9 +127,6 @@ fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
     }
 }
 
-/// Attributes the log sets itself; a row field of the same name gives way.
-const RESERVED: [&str; 6] = ["message", "date", "ddsource", "service", "ddtags", "hostname"];
-
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
 pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
     let event_ms = row.get("@timestamp").and_then(raw_timestamp_ms);
@@ -145,13 +142,16 @@ pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichme
     let mut out = Vec::with_capacity(row.raw_len() + 256 + template.ddtags.len() + enrichment.tags.len());
     out.push(b'{');
     let mut first = true;
+    // A row field named like an attribute the log sets itself (`message`, `date`,
+    // `ddsource`, `service`, `ddtags`, `hostname`, the enrichment) gives way.
     for (key, raw) in row.fields() {
         let name: &str = match key.as_ref() {
             "log.original" if from_log_original => continue,
             "message" if from_log_original => "ecs.message",
             // `@timestamp` outranks `date` at the intake, so a re-dated log moves it aside.
             "@timestamp" if out_of_window => "huntress.original_timestamp",
-            k if RESERVED.contains(&k) || enrichment.attributes.iter().any(|(a, _)| a == k) => continue,
+            "message" | "date" | "ddsource" | "service" | "ddtags" | "hostname" => continue,
+            k if enrichment.attributes.iter().any(|(a, _)| a == k) => continue,
             k => k,
         };
         let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
