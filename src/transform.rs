@@ -145,6 +145,11 @@ pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichme
     // A row field named like an attribute the log sets itself (`message`, `date`,
     // `ddsource`, `service`, `ddtags`, `hostname`, the enrichment) gives way.
     for (key, raw) in row.fields() {
+        // ES|QL answers every `KEEP` column for every row, null where a row has no
+        // such field: nulls say nothing, and would be ingested (and billed) per log.
+        if raw.get() == "null" {
+            continue;
+        }
         let name: &str = match key.as_ref() {
             "log.original" if from_log_original => continue,
             "message" if from_log_original => "ecs.message",
@@ -363,6 +368,14 @@ mod tests {
         let (log, _) = prepared(json!({"uuid": "b", "event.code": 5}), NOW);
         let message: Value = serde_json::from_str(log["message"].as_str().unwrap()).unwrap();
         assert_eq!(message["event.code"], 5);
+    }
+
+    #[test]
+    fn null_columns_are_not_forwarded() {
+        let (log, _) = prepared(json!({"uuid": "n", "message": "m", "user.name": null, "source.ip": null, "event.code": 0}), NOW);
+        assert!(log.get("user.name").is_none() && log.get("source.ip").is_none());
+        assert_eq!(log["event.code"], 0);
+        assert_eq!(log["message"], "m");
     }
 
     #[test]
