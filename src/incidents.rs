@@ -29,7 +29,7 @@ use crate::checkpoint::{decode_entry, Cache, INCIDENTS_KEY};
 use crate::config::StalePolicy;
 use crate::http::Deadline;
 use crate::huntress::Feature;
-use crate::intake::{Delivery, IntakeClient};
+use crate::intake::{Delivery, IntakeClient, LogBuffer};
 use crate::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::report::{with_tag, Event, Report, Status};
 use crate::rest::{list_pages, End, Health, Listing, PageSource};
@@ -431,7 +431,9 @@ pub trait LogSink {
 
 impl LogSink for IntakeClient {
     fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery {
-        self.send(logs, deadline)
+        let mut buffer = LogBuffer::default();
+        logs.iter().for_each(|log| buffer.push(log));
+        self.send(&buffer, deadline)
     }
 }
 

@@ -69,7 +69,7 @@ impl IntakeClient {
     }
 
     /// Sends `logs` in order and stops at the first batch that cannot be delivered.
-    pub fn send(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery {
+    pub fn send(&mut self, logs: &LogBuffer, deadline: &Deadline) -> Delivery {
         for range in batches(logs) {
             if let Err((accepted_prefix, error)) = self.send_range(logs, range, deadline) {
                 return Delivery { accepted_prefix, error: Some(error) };
@@ -79,8 +79,8 @@ impl IntakeClient {
     }
 
     /// On failure, returns how many logs from the start of `logs` were delivered.
-    fn send_range(&mut self, logs: &[PreparedLog], range: Range<usize>, deadline: &Deadline) -> std::result::Result<(), (usize, HuntressError)> {
-        match self.post_batch(&logs[range.clone()], deadline) {
+    fn send_range(&mut self, logs: &LogBuffer, range: Range<usize>, deadline: &Deadline) -> std::result::Result<(), (usize, HuntressError)> {
+        match self.post_batch(logs, range.clone(), deadline) {
             Ok(BatchOutcome::Accepted) => {
                 self.stats.accepted += range.len() as u64;
                 Ok(())
@@ -99,8 +99,8 @@ impl IntakeClient {
         }
     }
 
-    fn post_batch(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Result<BatchOutcome> {
-        let body = Bytes::from(self.gzip.json_array(logs));
+    fn post_batch(&mut self, logs: &LogBuffer, range: Range<usize>, deadline: &Deadline) -> Result<BatchOutcome> {
+        let body = Bytes::from(self.gzip.json_array(logs.joined(range.clone())));
         let mut attempt = 0;
         loop {
             self.stats.requests += 1;
@@ -116,7 +116,7 @@ impl IntakeClient {
             let error = match self.http.execute(request) {
                 Ok(answer) => {
                     let detail = excerpt(&answer.body, 200);
-                    match classify(answer.status, logs.len(), &detail) {
+                    match classify(answer.status, range.len(), &detail) {
                         Verdict::Done(outcome) => return Ok(outcome),
                         Verdict::Fatal(error) => return Err(error),
                         Verdict::Retry(error) => error,
@@ -161,13 +161,89 @@ fn classify(status: u16, batch_len: usize, detail: &str) -> Verdict {
     }
 }
 
+/// Logs serialized back to back in one buffer, each followed by a comma, so
+/// that any run of consecutive logs is one slice: a batch body is that slice
+/// between brackets, with no copy.
+#[derive(Debug, Default)]
+pub struct LogBuffer {
+    bytes: Vec<u8>,
+    logs: Vec<LogEntry>,
+}
+
+#[derive(Debug)]
+struct LogEntry {
+    id: u64,
+    start: usize,
+}
+
+impl LogBuffer {
+    /// Appends one log that `write` serializes at the end of the given buffer;
+    /// `write` returns false (and may leave bytes) when there is no log after all.
+    pub fn push_with(&mut self, id: u64, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        let start = self.bytes.len();
+        if !write(&mut self.bytes) {
+            self.bytes.truncate(start);
+            return false;
+        }
+        self.bytes.push(b',');
+        self.logs.push(LogEntry { id, start });
+        true
+    }
+
+    pub fn push(&mut self, log: &PreparedLog) {
+        self.push_with(log.id, |out| {
+            out.extend_from_slice(&log.json);
+            true
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.logs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
+
+    /// All bytes held, the separators included.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.logs.iter().map(|log| log.id)
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.logs.clear();
+    }
+
+    fn end(&self, index: usize) -> usize {
+        self.logs.get(index + 1).map_or(self.bytes.len(), |next| next.start) - 1
+    }
+
+    /// The serialized size of one log.
+    fn size(&self, index: usize) -> usize {
+        self.end(index) - self.logs[index].start
+    }
+
+    /// The logs of `range`, comma-separated.
+    fn joined(&self, range: Range<usize>) -> &[u8] {
+        match range.is_empty() {
+            true => &[],
+            false => &self.bytes[self.logs[range.start].start..self.end(range.end - 1)],
+        }
+    }
+}
+
 /// Consecutive ranges of at most `MAX_BATCH_LOGS` logs and `MAX_BATCH_BYTES` bytes.
-pub fn batches(logs: &[PreparedLog]) -> Vec<Range<usize>> {
+pub fn batches(logs: &LogBuffer) -> Vec<Range<usize>> {
     let mut ranges = Vec::new();
     let mut start = 0;
     let mut bytes = 2;
-    for (index, log) in logs.iter().enumerate() {
-        let size = log.json.len() + 1;
+    for index in 0..logs.len() {
+        let size = logs.size(index) + 1;
         let count = index - start;
         if count > 0 && (count == MAX_BATCH_LOGS || bytes + size > MAX_BATCH_BYTES) {
             ranges.push(start..index);
@@ -182,67 +258,43 @@ pub fn batches(logs: &[PreparedLog]) -> Vec<Range<usize>> {
     ranges
 }
 
-/// Gzips batches as JSON arrays, with one deflate state reused across batches
-/// (a fresh state means allocating and zeroing some 300 KB per batch). Logs are
-/// gathered into a staging buffer and compressed 64 KB at a time: one deflate
-/// call per log costs more than the copy.
+/// Gzips batch bodies with one deflate state reused across batches: a fresh
+/// state means allocating and zeroing some 300 KB per batch.
 struct BatchGzip {
     deflate: Compress,
-    staging: Vec<u8>,
 }
-
-const STAGING_BYTES: usize = 64 * 1024;
 
 impl BatchGzip {
     fn new() -> Self {
         // Level 1: the intake cares about bytes on the wire far less than the Agent host cares about CPU.
-        BatchGzip { deflate: Compress::new_gzip(Compression::fast(), 15), staging: Vec::with_capacity(STAGING_BYTES) }
+        BatchGzip { deflate: Compress::new_gzip(Compression::fast(), 15) }
     }
 
-    fn json_array(&mut self, logs: &[PreparedLog]) -> Vec<u8> {
-        let raw_len: usize = logs.iter().map(|l| l.json.len() + 1).sum::<usize>() + 1;
-        let mut out = Vec::with_capacity(raw_len / 3 + 64);
+    /// `[`, the comma-separated logs, `]`, gzipped.
+    fn json_array(&mut self, joined: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(joined.len() / 3 + 64);
         self.deflate.reset();
-        self.staging.clear();
-        self.staging.push(b'[');
-        for (i, log) in logs.iter().enumerate() {
-            if i > 0 {
-                self.staging.push(b',');
-            }
-            if self.staging.len() + log.json.len() > STAGING_BYTES {
-                self.compress_staged(&mut out);
-            }
-            if log.json.len() > STAGING_BYTES {
-                feed(&mut self.deflate, &mut out, &log.json, FlushCompress::None);
-            } else {
-                self.staging.extend_from_slice(&log.json);
-            }
-        }
-        self.staging.push(b']');
-        feed(&mut self.deflate, &mut out, &self.staging, FlushCompress::Finish);
+        self.feed(&mut out, b"[", FlushCompress::None);
+        self.feed(&mut out, joined, FlushCompress::None);
+        self.feed(&mut out, b"]", FlushCompress::Finish);
         out
     }
 
-    fn compress_staged(&mut self, out: &mut Vec<u8>) {
-        feed(&mut self.deflate, out, &self.staging, FlushCompress::None);
-        self.staging.clear();
-    }
-}
-
-fn feed(deflate: &mut Compress, out: &mut Vec<u8>, mut input: &[u8], flush: FlushCompress) {
-    loop {
-        if out.capacity() - out.len() < 1024 {
-            out.reserve(out.capacity().max(16 * 1024));
-        }
-        let before = deflate.total_in();
-        let status = deflate.compress_vec(input, out, flush).expect("deflating into a Vec cannot fail");
-        input = &input[(deflate.total_in() - before) as usize..];
-        let done = match flush {
-            FlushCompress::Finish => status == Status::StreamEnd,
-            _ => input.is_empty(),
-        };
-        if done {
-            return;
+    fn feed(&mut self, out: &mut Vec<u8>, mut input: &[u8], flush: FlushCompress) {
+        loop {
+            if out.capacity() - out.len() < 1024 {
+                out.reserve(out.capacity().max(16 * 1024));
+            }
+            let before = self.deflate.total_in();
+            let status = self.deflate.compress_vec(input, out, flush).expect("deflating into a Vec cannot fail");
+            input = &input[(self.deflate.total_in() - before) as usize..];
+            let done = match flush {
+                FlushCompress::Finish => status == Status::StreamEnd,
+                _ => input.is_empty(),
+            };
+            if done {
+                return;
+            }
         }
     }
 }
@@ -254,22 +306,28 @@ mod tests {
 
     fn log(size: usize) -> PreparedLog {
         let json = format!("{{\"m\":\"{}\"}}", "a".repeat(size.saturating_sub(8)));
-        PreparedLog { id: 0, json: json.into_bytes(), stale: false, truncated: false }
+        PreparedLog { id: size as u64, json: json.into_bytes(), stale: false, truncated: false }
+    }
+
+    fn buffer(logs: &[PreparedLog]) -> LogBuffer {
+        let mut buffer = LogBuffer::default();
+        logs.iter().for_each(|log| buffer.push(log));
+        buffer
     }
 
     #[test]
     fn batches_respect_count_limit() {
-        let logs: Vec<_> = (0..2500).map(|_| log(100)).collect();
+        let logs = buffer(&(0..2500).map(|_| log(100)).collect::<Vec<_>>());
         let ranges = batches(&logs);
         assert_eq!(ranges, vec![0..1000, 1000..2000, 2000..2500]);
     }
 
     #[test]
     fn batches_respect_byte_limit() {
-        let logs: Vec<_> = (0..12).map(|_| log(900_000)).collect();
+        let logs = buffer(&(0..12).map(|_| log(900_000)).collect::<Vec<_>>());
         let ranges = batches(&logs);
         for range in &ranges {
-            let bytes: usize = logs[range.clone()].iter().map(|l| l.json.len() + 1).sum::<usize>() + 2;
+            let bytes = logs.joined(range.clone()).len() + 2;
             assert!(bytes <= MAX_BATCH_BYTES, "{bytes}");
         }
         assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 12);
@@ -278,7 +336,7 @@ mod tests {
 
     #[test]
     fn empty_input_has_no_batches() {
-        assert!(batches(&[]).is_empty());
+        assert!(batches(&LogBuffer::default()).is_empty());
     }
 
     fn gunzip(body: &[u8]) -> Vec<serde_json::Value> {
@@ -288,12 +346,30 @@ mod tests {
     }
 
     #[test]
+    fn any_range_of_the_buffer_is_a_json_array() {
+        let logs = buffer(&(0..10).map(|i| log(10 + i)).collect::<Vec<_>>());
+        for range in [0..10, 0..1, 3..7, 9..10, 4..4] {
+            let body = [b"[", logs.joined(range.clone()), b"]"].concat();
+            let parsed: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            let sizes: Vec<usize> = parsed.iter().map(|v| v["m"].as_str().unwrap().len() + 8).collect();
+            assert_eq!(sizes, range.clone().map(|i| 10 + i).collect::<Vec<_>>(), "{range:?}");
+        }
+        assert_eq!(logs.ids().collect::<Vec<_>>(), (10..20).collect::<Vec<_>>());
+        let mut skipped = LogBuffer::default();
+        assert!(!skipped.push_with(1, |out| {
+            out.extend_from_slice(b"partial");
+            false
+        }));
+        assert!(skipped.is_empty() && skipped.bytes_len() == 0);
+    }
+
+    #[test]
     fn bodies_are_gzipped_json_arrays_across_reuses() {
         let mut gzip = BatchGzip::new();
-        let first = vec![log(20), log(30)];
-        let second: Vec<_> = (0..300).map(|i| log(100 + i)).collect();
-        assert_eq!(gunzip(&gzip.json_array(&first)).len(), 2);
-        let parsed = gunzip(&gzip.json_array(&second));
+        let first = buffer(&[log(20), log(30)]);
+        let second = buffer(&(0..300).map(|i| log(100 + i)).collect::<Vec<_>>());
+        assert_eq!(gunzip(&gzip.json_array(first.joined(0..2))).len(), 2);
+        let parsed = gunzip(&gzip.json_array(second.joined(0..300)));
         assert_eq!(parsed.len(), 300);
         assert_eq!(parsed[299]["m"].as_str().unwrap().len(), 399 - 8);
         assert_eq!(gunzip(&gzip.json_array(&[])).len(), 0);
@@ -306,7 +382,7 @@ mod tests {
             })
             .collect();
         let big = PreparedLog { id: 0, json: format!("{{\"m\":\"{noise}\"}}").into_bytes(), stale: false, truncated: false };
-        assert_eq!(gunzip(&gzip.json_array(&[big]))[0]["m"].as_str().unwrap(), noise);
+        assert_eq!(gunzip(&gzip.json_array(buffer(&[big]).joined(0..1)))[0]["m"].as_str().unwrap(), noise);
     }
 
     #[test]

@@ -14,10 +14,10 @@ use crate::checkpoint::{Cache, Cursor, IdHasher, QueryState};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
-use crate::intake::{IntakeClient, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
+use crate::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
 use crate::row::Row;
 use crate::orgs::Enricher;
-use crate::transform::{self, LogTemplate, Prepared, PreparedLog};
+use crate::transform::{self, LogTemplate, Written};
 
 pub const QUERY_PATH: &str = "/v1/siem/query";
 /// A window that times out or exhausts Huntress's memory is halved, down to this.
@@ -136,10 +136,9 @@ pub struct QueryOutcome {
 /// a full batch, instead of one request per page.
 #[derive(Default)]
 struct Pending {
-    logs: Vec<PreparedLog>,
+    logs: LogBuffer,
     /// Their ids, so that a row repeated on a later page is not sent twice.
     ids: HashSet<u64, BuildHasherDefault<IdHasher>>,
-    bytes: usize,
     pages: Vec<PageMark>,
 }
 
@@ -155,21 +154,14 @@ impl Pending {
         self.pages.last().map(|mark| &mark.cursor)
     }
 
-    fn push(&mut self, log: PreparedLog) {
-        self.ids.insert(log.id);
-        self.bytes += log.json.len() + 1;
-        self.logs.push(log);
-    }
-
     /// Another full page might not fit in one intake batch.
     fn is_full(&self) -> bool {
-        self.logs.len() + MAX_PAGE_ROWS > MAX_BATCH_LOGS || self.bytes >= MAX_BATCH_BYTES / 2
+        self.logs.len() + MAX_PAGE_ROWS > MAX_BATCH_LOGS || self.logs.bytes_len() >= MAX_BATCH_BYTES / 2
     }
 
     fn clear(&mut self) {
         self.logs.clear();
         self.ids.clear();
-        self.bytes = 0;
         self.pages.clear();
     }
 }
@@ -267,8 +259,8 @@ impl QueryRun<'_> {
             return true;
         }
         let delivery = self.intake.send(&pending.logs, &self.deadline);
-        for log in &pending.logs[..delivery.accepted_prefix] {
-            state.remember(log.id);
+        for id in pending.logs.ids().take(delivery.accepted_prefix) {
+            state.remember(id);
         }
         outcome.forwarded += delivery.accepted_prefix as u64;
         if let Some(mark) = pending.pages.iter().rev().find(|mark| mark.end <= delivery.accepted_prefix) {
@@ -359,13 +351,18 @@ impl QueryRun<'_> {
                 continue;
             }
             let enrichment = self.enricher.enrich(&row);
-            match transform::prepare(&row, id, self.template, enrichment, now_ms) {
-                Prepared::Log(log) => {
-                    outcome.stale += u64::from(log.stale);
-                    outcome.truncated += u64::from(log.truncated);
-                    pending.push(log);
+            let mut written = Written::SkippedStale;
+            pending.logs.push_with(id, |out| {
+                written = transform::prepare_into(&row, self.template, enrichment, now_ms, out);
+                matches!(written, Written::Log { .. })
+            });
+            match written {
+                Written::Log { stale, truncated } => {
+                    outcome.stale += u64::from(stale);
+                    outcome.truncated += u64::from(truncated);
+                    pending.ids.insert(id);
                 }
-                Prepared::SkippedStale { id } => {
+                Written::SkippedStale => {
                     outcome.stale += 1;
                     state.remember(id);
                 }

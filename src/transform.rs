@@ -129,17 +129,35 @@ fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
 
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
 pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
+    let mut json = Vec::new();
+    match prepare_into(row, template, enrichment, now_ms, &mut json) {
+        Written::Log { stale, truncated } => Prepared::Log(PreparedLog { id, json, stale, truncated }),
+        Written::SkippedStale => Prepared::SkippedStale { id },
+    }
+}
+
+/// What `prepare_into` did.
+pub enum Written {
+    Log { stale: bool, truncated: bool },
+    /// Older than the intake keeps, and the policy says skip: nothing written.
+    SkippedStale,
+}
+
+/// Serializes the log at the end of `out`, so that logs can be built back to
+/// back in one buffer.
+pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64, out: &mut Vec<u8>) -> Written {
     let event_ms = row.get("@timestamp").and_then(raw_timestamp_ms);
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
     let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
     let out_of_window = too_old || too_new;
     if out_of_window && template.stale_policy == StalePolicy::Skip {
-        return Prepared::SkippedStale { id };
+        return Written::SkippedStale;
     }
     let message = message_source(row);
     let from_log_original = matches!(message, MessageSource::LogOriginal(_));
 
-    let mut out = Vec::with_capacity(row.raw_len() + 256 + template.ddtags.len() + enrichment.tags.len());
+    let start = out.len();
+    out.reserve(row.raw_len() + 256 + template.ddtags.len() + enrichment.tags.len());
     out.push(b'{');
     let mut first = true;
     // A row field named like an attribute the log sets itself (`message`, `date`,
@@ -160,39 +178,45 @@ pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichme
             k => k,
         };
         let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
-        write_member(&mut out, &mut first, name, plain, raw.get().as_bytes());
+        write_member(out, &mut first, name, plain, raw.get().as_bytes());
     }
     // Values below are written in place: no allocation per log.
     for (key, value) in &enrichment.attributes {
-        write_key(&mut out, &mut first, key);
-        serde_json::to_writer(&mut out, value).expect("writing to a Vec cannot fail");
+        write_key(out, &mut first, key);
+        serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
     }
-    write_key(&mut out, &mut first, "message");
+    write_key(out, &mut first, "message");
     match &message {
         MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => out.extend_from_slice(raw.get().as_bytes()),
-        MessageSource::Text(text) => write_string(&mut out, text),
+        MessageSource::Text(text) => write_string(out, text),
     }
     let date_ms = match event_ms {
         Some(ms) if !out_of_window => ms,
         _ => now_ms,
     };
-    write_key(&mut out, &mut first, "date");
-    serde_json::to_writer(&mut out, &date_ms).expect("writing to a Vec cannot fail");
-    write_member(&mut out, &mut first, "ddsource", true, b"\"huntress\"");
-    write_key(&mut out, &mut first, "service");
-    write_string(&mut out, &template.service);
-    write_key(&mut out, &mut first, "ddtags");
-    write_joined_tags(&mut out, &template.ddtags, &enrichment.tags);
-    write_hostname(&mut out, &mut first, row);
+    write_key(out, &mut first, "date");
+    serde_json::to_writer(&mut *out, &date_ms).expect("writing to a Vec cannot fail");
+    write_member(out, &mut first, "ddsource", true, b"\"huntress\"");
+    write_key(out, &mut first, "service");
+    write_string(out, &template.service);
+    write_key(out, &mut first, "ddtags");
+    write_joined_tags(out, &template.ddtags, &enrichment.tags);
+    write_hostname(out, &mut first, row);
     if out_of_window {
-        write_member(&mut out, &mut first, "huntress.date_rewritten", true, b"true");
+        write_member(out, &mut first, "huntress.date_rewritten", true, b"true");
     } else if event_ms.is_none() {
-        write_member(&mut out, &mut first, "huntress.timestamp_missing", true, b"true");
+        write_member(out, &mut first, "huntress.timestamp_missing", true, b"true");
     }
     out.push(b'}');
 
-    let (json, truncated) = if out.len() <= MAX_LOG_BYTES { (out, false) } else { cut_to_limit(&out) };
-    Prepared::Log(PreparedLog { id, json, stale: out_of_window, truncated })
+    let mut truncated = false;
+    if out.len() - start > MAX_LOG_BYTES {
+        let cut;
+        (cut, truncated) = cut_to_limit(&out[start..]);
+        out.truncate(start);
+        out.extend_from_slice(&cut);
+    }
+    Written::Log { stale: out_of_window, truncated }
 }
 
 /// `@timestamp` straight from the raw value when it is a plain string.
