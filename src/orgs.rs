@@ -269,17 +269,24 @@ pub struct Enricher<'d> {
     directory: Option<&'d OrgDirectory>,
     enabled: bool,
     by_id: HashMap<String, Enrichment>,
+    without_org: Option<Enrichment>,
     other: Enrichment,
 }
 
+/// The fields an organization can be read from (see `row_org_id`, `row_org_name`).
+const ORG_FIELDS: [&str; 5] = ["organization_id", "organization.id", "organization", "organization.name", "organization_name"];
+
 impl<'d> Enricher<'d> {
     pub fn new(directory: Option<&'d OrgDirectory>, enabled: bool) -> Self {
-        Enricher { directory, enabled, by_id: HashMap::new(), other: Enrichment::default() }
+        Enricher { directory, enabled, by_id: HashMap::new(), without_org: None, other: Enrichment::default() }
     }
 
     pub fn enrich(&mut self, row: &Row) -> &Enrichment {
         if !self.enabled {
             return &self.other;
+        }
+        if ORG_FIELDS.iter().all(|key| row.get(key).is_none_or(|raw| raw.get() == "null")) {
+            return self.without_org.get_or_insert_with(|| enrich_row(self.directory, row).into_owned());
         }
         let Some(id) = plain_org_id(row) else {
             // String ids, nested objects and names: rare enough to build each time.
@@ -473,6 +480,7 @@ mod tests {
             json!({"organization": {"id": 103}}),
             json!({"organization.name": "Acme Dental"}),
             json!({"uuid": "x"}),
+            json!({"uuid": "y", "organization_id": null}),
             json!({"organization_id": 102}),
             json!({"organization_id": 12345678901234567890u64}),
         ];

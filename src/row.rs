@@ -18,7 +18,18 @@ pub struct Row<'a> {
 }
 
 /// The fields read on every row: ids, time, message, host and organization.
-const KNOWN_FIELDS: [&str; 7] = ["uuid", "@timestamp", "message", "log.original", "host.hostname", "organization_id", "organization.id"];
+const KNOWN_FIELDS: [&str; 10] = [
+    "uuid",
+    "@timestamp",
+    "message",
+    "log.original",
+    "host.hostname",
+    "organization_id",
+    "organization.id",
+    "organization",
+    "organization.name",
+    "organization_name",
+];
 
 fn known_index(key: &str) -> Option<usize> {
     match key {
@@ -29,6 +40,9 @@ fn known_index(key: &str) -> Option<usize> {
         "host.hostname" => Some(4),
         "organization_id" => Some(5),
         "organization.id" => Some(6),
+        "organization" => Some(7),
+        "organization.name" => Some(8),
+        "organization_name" => Some(9),
         _ => None,
     }
 }
