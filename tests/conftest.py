@@ -6,6 +6,11 @@ import pytest
 from datadog_checks.huntress import HuntressCheck
 from tests.sim import HuntressSimulator, IntakeSink, fixtures
 
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: takes about a minute (a real rate-limit window)')
+
+
 DD_API_KEY = 'dd-test-api-key-0123456789'
 HUNTRESS_KEY = 'hk-public-key-abcdef'
 HUNTRESS_SECRET = 'hs-private-secret-0987654321'
