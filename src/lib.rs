@@ -15,6 +15,7 @@ pub mod orgs;
 pub mod ratelimit;
 pub mod report;
 pub mod rest;
+pub mod scan;
 pub mod row;
 pub mod siem;
 pub mod tags;

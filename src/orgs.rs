@@ -285,7 +285,7 @@ impl<'d> Enricher<'d> {
         if !self.enabled {
             return &self.other;
         }
-        if ORG_FIELDS.iter().all(|key| row.get(key).is_none_or(|raw| raw.get() == "null")) {
+        if ORG_FIELDS.iter().all(|key| row.get(key).is_none_or(|raw| raw == "null")) {
             return self.without_org.get_or_insert_with(|| enrich_row(self.directory, row).into_owned());
         }
         let Some(id) = plain_org_id(row) else {
@@ -306,7 +306,7 @@ fn plain_org_id<'r>(row: &Row<'r>) -> Option<&'r str> {
     let is_plain = |raw: &str| (1..=18).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit());
     ["organization_id", "organization.id"]
         .iter()
-        .map(|key| row.get(key).map(|raw| raw.get()))
+        .map(|key| row.get(key))
         .find(|raw| raw.is_some_and(|r| r != "null"))
         .flatten()
         .filter(|raw| is_plain(raw))
@@ -486,12 +486,12 @@ mod tests {
         ];
         for value in rows {
             let text = value.to_string();
-            let raw: Row = serde_json::from_str(&text).unwrap();
+            let raw = Row::parse(&text).unwrap();
             let expected = enrich_row(Some(&d), &row(value.clone()));
             let got = enricher.enrich(&raw);
             assert_eq!((&got.tags, attrs(got)), (&expected.tags, attrs(&expected)), "{value}");
         }
-        let raw: Row = serde_json::from_str(r#"{"organization_id": 102}"#).unwrap();
+        let raw = Row::parse(r#"{"organization_id": 102}"#).unwrap();
         assert_eq!(Enricher::new(Some(&d), false).enrich(&raw).tags, "");
     }
 

@@ -4,14 +4,14 @@
 //! the forwarded log verbatim, which spares building and re-serializing a tree.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::scan::{ScanResult, Scanner};
+
 pub struct Row<'a> {
-    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    /// Names, and values as the JSON text they arrived as (checked, not decoded).
+    fields: Vec<(Cow<'a, str>, &'a str)>,
     /// Where the fields the check reads on every row are, found while parsing,
     /// so that reading them does not scan the row.
     known: [Option<u16>; KNOWN_FIELDS.len()],
@@ -48,7 +48,25 @@ fn known_index(key: &str) -> Option<usize> {
 }
 
 impl<'a> Row<'a> {
-    fn new(fields: Vec<(Cow<'a, str>, &'a RawValue)>) -> Self {
+    /// A row from a whole JSON object.
+    pub fn parse(text: &'a str) -> ScanResult<Self> {
+        let mut scanner = Scanner::new(text);
+        let row = Row::scan(&mut scanner, 0)?;
+        scanner.finish()?;
+        Ok(row)
+    }
+
+    /// The object that comes next in `scanner`; `expected_fields` sizes its storage.
+    pub fn scan(scanner: &mut Scanner<'a>, expected_fields: usize) -> ScanResult<Self> {
+        let mut fields = Vec::with_capacity(expected_fields.max(8));
+        scanner.begin_object()?;
+        while let Some(name) = scanner.next_key(fields.is_empty())? {
+            fields.push((name.decode(), scanner.value()?));
+        }
+        Ok(Row::new(fields))
+    }
+
+    fn new(fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
         let mut known = [None; KNOWN_FIELDS.len()];
         for (index, (key, _)) in fields.iter().enumerate().take(usize::from(u16::MAX)) {
             // The last of a repeated name wins, as when a JSON object is parsed to a map.
@@ -59,7 +77,7 @@ impl<'a> Row<'a> {
         Row { fields, known }
     }
 
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<&'a str> {
         match known_index(key) {
             Some(slot) => self.known[slot].map(|index| self.fields[usize::from(index)].1),
             None => self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v),
@@ -68,7 +86,7 @@ impl<'a> Row<'a> {
 
     /// Names and raw values; a name is `Cow::Borrowed` when the body spelled it
     /// without escapes, so it can be written back as is.
-    pub fn fields(&self) -> &[(Cow<'a, str>, &'a RawValue)] {
+    pub fn fields(&self) -> &[(Cow<'a, str>, &'a str)] {
         &self.fields
     }
 
@@ -82,19 +100,19 @@ impl<'a> Row<'a> {
 
     /// The bytes of all raw values: a size hint for the log built from the row.
     pub fn raw_len(&self) -> usize {
-        self.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum()
+        self.fields.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
     }
 
     /// The parsed row, sorted by key (for the rare paths that need a tree).
     pub fn to_map(&self) -> Map<String, Value> {
         self.fields
             .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::from_str(v.get()).unwrap_or(Value::Null)))
+            .map(|(k, v)| (k.to_string(), serde_json::from_str(v).unwrap_or(Value::Null)))
             .collect()
     }
 
     fn parsed(&self, key: &str) -> Option<Value> {
-        self.get(key).and_then(|raw| serde_json::from_str(raw.get()).ok())
+        self.get(key).and_then(|raw| serde_json::from_str(raw).ok())
     }
 }
 
@@ -134,48 +152,6 @@ impl Fields for Map<String, Value> {
     }
 }
 
-/// A field name, borrowed from the body when it holds no escapes.
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct NameVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
-            type Value = Name<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'a>, E> {
-                Ok(Name(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Name<'a>, E> {
-                Ok(Name(Cow::Owned(v.to_string())))
-            }
-        }
-        deserializer.deserialize_str(NameVisitor(std::marker::PhantomData))
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Row<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RowVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for RowVisitor<'a> {
-            type Value = Row<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a log row (an object)")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Row<'a>, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(32));
-                while let Some(Name(name)) = map.next_key::<Name<'a>>()? {
-                    fields.push((name, map.next_value::<&'a RawValue>()?));
-                }
-                Ok(Row::new(fields))
-            }
-        }
-        deserializer.deserialize_map(RowVisitor(std::marker::PhantomData))
-    }
-}
-
 /// Writes a JSON object member, with a comma before all but the first.
 pub fn write_member(out: &mut Vec<u8>, first: &mut bool, name: &str, name_is_plain: bool, raw_value: &[u8]) {
     if !std::mem::take(first) {
@@ -200,9 +176,9 @@ mod tests {
     #[test]
     fn rows_keep_raw_values_and_borrow_plain_names() {
         let text = r#"{"uuid":"a","event.code":4625,"nested":{"x":[1,2]},"esc\"aped":"v\n"}"#;
-        let row: Row = serde_json::from_str(text).unwrap();
-        assert_eq!(row.get("event.code").unwrap().get(), "4625");
-        assert_eq!(row.get("nested").unwrap().get(), r#"{"x":[1,2]}"#);
+        let row = Row::parse(text).unwrap();
+        assert_eq!(row.get("event.code").unwrap(), "4625");
+        assert_eq!(row.get("nested").unwrap(), r#"{"x":[1,2]}"#);
         assert!(matches!(row.fields()[0].0, Cow::Borrowed(_)));
         assert!(matches!(row.fields()[3].0, Cow::Owned(_)));
         assert_eq!(row.keys().collect::<Vec<_>>(), ["uuid", "event.code", "nested", "esc\"aped"]);
@@ -212,7 +188,7 @@ mod tests {
     fn non_null_reads_flat_then_nested_for_rows_and_maps() {
         let value = json!({"organization.id": null, "organization": {"id": 7, "name": "Acme"}, "host.hostname": "DC1"});
         let text = value.to_string();
-        let row: Row = serde_json::from_str(&text).unwrap();
+        let row = Row::parse(&text).unwrap();
         let map = value.as_object().unwrap().clone();
         for fields in [&row as &dyn Fields, &map as &dyn Fields] {
             assert_eq!(fields.non_null("organization.id"), Some(json!(7)));
@@ -225,18 +201,19 @@ mod tests {
     #[test]
     fn known_and_other_fields_read_the_same_way() {
         let text = r#"{"a":1,"uuid":"u","message":"m1","b":2,"message":"m2","host.hostname":null}"#;
-        let row: Row = serde_json::from_str(text).unwrap();
+        let row = Row::parse(text).unwrap();
         let map: Map<String, Value> = serde_json::from_str(text).unwrap();
         for key in KNOWN_FIELDS.iter().chain(&["a", "b", "c"]) {
             let expected = map.get(*key).map(|v| v.to_string());
-            assert_eq!(row.get(key).map(|raw| raw.get().to_string()), expected, "{key}");
+            assert_eq!(row.get(key).map(|raw| raw.to_string()), expected, "{key}");
         }
     }
 
     #[test]
     fn non_objects_are_refused() {
-        assert!(serde_json::from_str::<Row>("[1]").is_err());
-        assert!(serde_json::from_str::<Row>("\"x\"").is_err());
+        assert!(Row::parse("[1]").is_err());
+        assert!(Row::parse("\"x\"").is_err());
+        assert!(Row::parse("{\"a\":1} {}").is_err());
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::hash::BuildHasherDefault;
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Cache, Cursor, IdHasher, QueryState};
@@ -15,8 +14,9 @@ use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
 use crate::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
-use crate::row::Row;
 use crate::orgs::Enricher;
+use crate::row::Row;
+use crate::scan::{Kind, ScanError, Scanner};
 use crate::transform::{self, LogTemplate, Written};
 
 pub const QUERY_PATH: &str = "/v1/siem/query";
@@ -35,14 +35,6 @@ pub struct SiemPage<'a> {
 }
 
 #[derive(Deserialize)]
-struct RawPage<'a> {
-    #[serde(borrow, default)]
-    logs: Option<Vec<Row<'a>>>,
-    #[serde(borrow, default)]
-    pagination: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
 struct Pagination {
     #[serde(default)]
     next_page_token: Option<String>,
@@ -52,30 +44,77 @@ struct Pagination {
 /// promises instead of trusting it.
 pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
     let malformed = |what: String| HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"));
-    let shape_error = |e: serde_json::Error| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "the page does not have the expected shape",
-            _ => "the response is not valid JSON",
-        };
-        malformed(format!("{what} ({e})"))
-    };
+    let invalid = |e: ScanError| malformed(format!("the response is not valid JSON ({e})"));
+    let shape = |what: &str| malformed(format!("the page does not have the expected shape ({what})"));
     // UTF-8 is checked once for the whole body, not string by string.
     let text = std::str::from_utf8(body).map_err(|e| malformed(format!("the response is not UTF-8 ({e})")))?;
-    // Derived structs also accept arrays; the API answers objects.
-    if !is_object(text) {
+    let mut scanner = Scanner::new(text);
+    if scanner.peek_kind() != Some(Kind::Object) {
         return Err(malformed("the response is not a JSON object".into()));
     }
-    let page: RawPage = serde_json::from_str(text).map_err(shape_error)?;
-    let next_page_token = match page.pagination.map(RawValue::get).filter(|raw| *raw != "null") {
+    let (mut rows, mut pagination) = (None, None);
+    scanner.begin_object().map_err(invalid)?;
+    let mut first = true;
+    while let Some(name) = scanner.next_key(first).map_err(invalid)? {
+        first = false;
+        match name.decode().as_ref() {
+            "logs" if rows.is_some() => return Err(shape("`logs` appears twice")),
+            "logs" => rows = Some(scan_rows(&mut scanner).map_err(|e| e.into_error(invalid, shape))?),
+            "pagination" if pagination.is_some() => return Err(shape("`pagination` appears twice")),
+            "pagination" => pagination = Some(scanner.value().map_err(invalid)?),
+            _ => drop(scanner.value().map_err(invalid)?),
+        }
+    }
+    scanner.finish().map_err(invalid)?;
+    let next_page_token = match pagination.filter(|raw| *raw != "null") {
         None => None,
-        Some(raw) if is_object(raw) => serde_json::from_str::<Pagination>(raw).map_err(shape_error)?.next_page_token,
+        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Pagination>(raw)
+            .map_err(|e| shape(&format!("`pagination`: {e}")))?
+            .next_page_token,
         Some(_) => return Err(malformed("`pagination` is not an object".into())),
     };
-    Ok(SiemPage { rows: page.logs.unwrap_or_default(), next_page_token: next_page_token.filter(|t| !t.is_empty()) })
+    Ok(SiemPage { rows: rows.flatten().unwrap_or_default(), next_page_token: next_page_token.filter(|t| !t.is_empty()) })
 }
 
-fn is_object(json: &str) -> bool {
-    json.trim_start().starts_with('{')
+/// Why `logs` could not be read: bad JSON, or JSON of the wrong shape.
+enum RowsError {
+    Invalid(ScanError),
+    Shape(String),
+}
+
+impl From<ScanError> for RowsError {
+    fn from(error: ScanError) -> Self {
+        RowsError::Invalid(error)
+    }
+}
+
+impl RowsError {
+    fn into_error(self, invalid: impl Fn(ScanError) -> HuntressError, shape: impl Fn(&str) -> HuntressError) -> HuntressError {
+        match self {
+            RowsError::Invalid(error) => invalid(error),
+            RowsError::Shape(what) => shape(&what),
+        }
+    }
+}
+
+/// `logs`: null, or an array of objects.
+fn scan_rows<'a>(scanner: &mut Scanner<'a>) -> std::result::Result<Option<Vec<Row<'a>>>, RowsError> {
+    match scanner.peek_kind() {
+        Some(Kind::Array) => {}
+        // Not a value at all: `value` says where the JSON breaks.
+        Some(Kind::Null) | None => return Ok(scanner.value().map(|_| None)?),
+        Some(kind) => return Err(RowsError::Shape(format!("`logs` is {}, not an array", kind.name()))),
+    }
+    let mut rows: Vec<Row> = Vec::with_capacity(MAX_PAGE_ROWS);
+    scanner.begin_array()?;
+    while scanner.next_element(rows.is_empty())? {
+        match scanner.peek_kind() {
+            // Rows of one query have the same columns: the last row sizes the next.
+            Some(Kind::Object) | None => rows.push(Row::scan(scanner, rows.last().map_or(0, |row| row.fields().len()))?),
+            Some(kind) => return Err(RowsError::Shape(format!("`logs[{}]` is {}, not an object", rows.len(), kind.name()))),
+        }
+    }
+    Ok(Some(rows))
 }
 
 /// The next range to query: from the checkpoint to `now - delay`, at most

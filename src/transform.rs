@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -53,7 +52,7 @@ pub enum Prepared {
 /// A stable identity for dedup: the row's `uuid`, else a hash of the whole row.
 pub fn event_id(row: &Row) -> u64 {
     let mut hasher = Sha256::new();
-    match row.get("uuid").and_then(|raw| serde_json::from_str::<Cow<str>>(raw.get()).ok()) {
+    match row.get("uuid").and_then(|raw| serde_json::from_str::<Cow<str>>(raw).ok()) {
         Some(uuid) if !uuid.is_empty() => {
             hasher.update(b"uuid:");
             hasher.update(uuid.as_bytes());
@@ -104,21 +103,21 @@ fn as_text(value: &Value) -> Option<String> {
 /// Where the log's `message` comes from.
 enum MessageSource<'a> {
     /// `log.original`, a non-empty string; the ECS `message` moves to `ecs.message`.
-    LogOriginal(&'a RawValue),
+    LogOriginal(&'a str),
     /// `message`, a string.
-    Message(&'a RawValue),
+    Message(&'a str),
     /// Anything else, as text.
     Text(String),
 }
 
 fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
-    let is_text = |raw: &RawValue| raw.get().starts_with('"') && raw.get() != "\"\"";
+    let is_text = |raw: &str| raw.starts_with('"') && raw != "\"\"";
     if let Some(original) = row.get("log.original").filter(|raw| is_text(raw)) {
         return MessageSource::LogOriginal(original);
     }
     match row.get("message") {
-        Some(raw) if raw.get().starts_with('"') => MessageSource::Message(raw),
-        Some(raw) if raw.get() != "null" => MessageSource::Text(raw.get().to_string()),
+        Some(raw) if raw.starts_with('"') => MessageSource::Message(raw),
+        Some(raw) if raw != "null" => MessageSource::Text(raw.to_string()),
         _ => {
             let mut map = row.to_map();
             map.remove("message");
@@ -165,7 +164,7 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
     for (key, raw) in row.fields() {
         // ES|QL answers every `KEEP` column for every row, null where a row has no
         // such field: nulls say nothing, and would be ingested (and billed) per log.
-        if raw.get() == "null" {
+        if *raw == "null" {
             continue;
         }
         let name: &str = match key.as_ref() {
@@ -178,7 +177,7 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
             k => k,
         };
         let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
-        write_member(out, &mut first, name, plain, raw.get().as_bytes());
+        write_member(out, &mut first, name, plain, raw.as_bytes());
     }
     // Values below are written in place: no allocation per log.
     for (key, value) in &enrichment.attributes {
@@ -187,7 +186,7 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
     }
     write_key(out, &mut first, "message");
     match &message {
-        MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => out.extend_from_slice(raw.as_bytes()),
         MessageSource::Text(text) => write_string(out, text),
     }
     let date_ms = match event_ms {
@@ -220,8 +219,7 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
 }
 
 /// `@timestamp` straight from the raw value when it is a plain string.
-fn raw_timestamp_ms(raw: &RawValue) -> Option<i64> {
-    let text = raw.get();
+fn raw_timestamp_ms(text: &str) -> Option<i64> {
     match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         Some(inner) if !inner.contains('\\') => parse_iso_ms(inner.trim()),
         _ => serde_json::from_str::<Value>(text).ok().and_then(|v| parse_timestamp_ms(&v)),
@@ -255,7 +253,7 @@ fn write_joined_tags(out: &mut Vec<u8>, base: &str, extra: &str) {
 
 /// `hostname` from `host.hostname`: copied as is when it is a non-empty string.
 fn write_hostname(out: &mut Vec<u8>, first: &mut bool, row: &Row) {
-    if let Some(raw) = row.get("host.hostname").map(RawValue::get).filter(|raw| raw.starts_with('"') && *raw != "\"\"") {
+    if let Some(raw) = row.get("host.hostname").filter(|raw| raw.starts_with('"') && *raw != "\"\"") {
         write_member(out, first, "hostname", true, raw.as_bytes());
     } else if let Some(host) = row.non_null("host.hostname").as_ref().and_then(as_text) {
         write_key(out, first, "hostname");
@@ -266,7 +264,7 @@ fn write_hostname(out: &mut Vec<u8>, first: &mut bool, row: &Row) {
 /// Prepares an already parsed record (incident reports) the same way.
 pub fn prepare_value(record: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
     let text = serde_json::to_string(&record).expect("a JSON map serializes");
-    let row: Row = serde_json::from_str(&text).expect("a serialized map is an object");
+    let row = Row::parse(&text).expect("a serialized map is an object");
     prepare(&row, event_id(&row), template, enrichment, now_ms)
 }
 
@@ -337,7 +335,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Row<'_> {
-        serde_json::from_str(text).unwrap()
+        Row::parse(text).unwrap()
     }
 
     fn row(value: Value) -> Map<String, Value> {
