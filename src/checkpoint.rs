@@ -145,6 +145,7 @@ impl QueryState {
         let mut state = QueryState::new(position.checkpoint, dedup_capacity);
         state.cursor = position.cursor;
         state.chunk = if position.chunk < chunks.len() { position.chunk } else { 0 };
+        state.seen.reserve(chunks.iter().map(Vec::len).sum());
         // Oldest chunk first, so that eviction order survives a restart.
         for offset in 1..=chunks.len() {
             for id in &chunks[(state.chunk + offset) % chunks.len()] {
@@ -250,6 +251,13 @@ impl DedupSet {
 
     pub fn len(&self) -> usize {
         self.order.len()
+    }
+
+    /// Room for `additional` more ids (up to the capacity) without rehashing.
+    pub fn reserve(&mut self, additional: usize) {
+        let room = additional.min(self.capacity.saturating_sub(self.order.len()));
+        self.members.reserve(room);
+        self.order.reserve(room);
     }
 
     pub fn is_empty(&self) -> bool {

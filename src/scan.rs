@@ -317,9 +317,9 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// Where the first `"`, `\\` or control character is, from `at` on (the
-/// length when there is none). Eight bytes at a time, in plain integer
+/// length when there is none): the bytes a JSON string must escape. Eight bytes at a time, in plain integer
 /// arithmetic: portable, and without `unsafe`.
-fn next_special(bytes: &[u8], mut at: usize) -> usize {
+pub fn next_special(bytes: &[u8], mut at: usize) -> usize {
     while let Some(word) = bytes.get(at..at + 8) {
         let mask = special_bytes(u64::from_le_bytes(word.try_into().expect("eight bytes")));
         if mask != 0 {

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::StalePolicy;
 use crate::row::{write_member, Fields, Row};
+use crate::scan::next_special;
 
 /// The intake truncates a log over 1 MB; we cut before it does, and say so.
 pub const MAX_LOG_BYTES: usize = 1_000_000;
@@ -52,7 +53,7 @@ pub enum Prepared {
 /// A stable identity for dedup: the row's `uuid`, else a hash of the whole row.
 pub fn event_id(row: &Row) -> u64 {
     let mut hasher = Sha256::new();
-    match row.get("uuid").and_then(|raw| serde_json::from_str::<Cow<str>>(raw).ok()) {
+    match row.get("uuid").and_then(plain_or_decoded_string) {
         Some(uuid) if !uuid.is_empty() => {
             hasher.update(b"uuid:");
             hasher.update(uuid.as_bytes());
@@ -65,6 +66,14 @@ pub fn event_id(row: &Row) -> u64 {
     }
     let digest = hasher.finalize();
     u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
+}
+
+/// A JSON string's value, read in place when it holds no escapes.
+fn plain_or_decoded_string(raw: &str) -> Option<Cow<'_, str>> {
+    match raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<Cow<str>>(raw).ok(),
+    }
 }
 
 /// True when the row looks like a query without `KEEP`: only ids, no content.
@@ -231,6 +240,13 @@ fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
 }
 
 fn write_string(out: &mut Vec<u8>, text: &str) {
+    // Tags and service names rarely hold anything to escape: copied as they are.
+    if next_special(text.as_bytes(), 0) == text.len() {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return;
+    }
     serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
 }
 
@@ -448,6 +464,9 @@ mod tests {
         let a = json!({"uuid": "same", "x": 1}).to_string();
         let b = json!({"uuid": "same", "x": 2}).to_string();
         assert_eq!(event_id(&parse(&a)), event_id(&parse(&b)));
+        // The same uuid spelled with an escape is the same event.
+        assert_eq!(event_id(&parse(r#"{"uuid": "s\u0061me"}"#)), event_id(&parse(&a)));
+        assert_ne!(event_id(&parse(r#"{"uuid": "other"}"#)), event_id(&parse(&a)));
         let c = json!({"x": 1, "y": 2}).to_string();
         let d = json!({"y": 2, "x": 1}).to_string();
         let e = json!({"x": 1, "y": 3}).to_string();
@@ -464,7 +483,15 @@ mod tests {
 
     #[test]
     fn joined_tags_are_one_escaped_string() {
-        for (base, extra, joined) in [("a\"b", "c\\d", "a\"b,c\\d"), ("", "x", "x"), ("y", "", "y"), ("", "", "")] {
+        let cases = [
+            ("a\"b", "c\\d", "a\"b,c\\d"),
+            ("plain", "c\\d", "plain,c\\d"),
+            ("a\nb", "plain", "a\nb,plain"),
+            ("", "x", "x"),
+            ("y", "", "y"),
+            ("", "", ""),
+        ];
+        for (base, extra, joined) in cases {
             let mut out = Vec::new();
             write_joined_tags(&mut out, base, extra);
             assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), joined);
