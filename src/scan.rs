@@ -317,8 +317,8 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// Where the first `"`, `\\` or control character is, from `at` on (the
-/// length when there is none): the bytes a JSON string must escape. Eight bytes at a time, in plain integer
-/// arithmetic: portable, and without `unsafe`.
+/// length when there is none): the bytes a JSON string must escape. Eight
+/// bytes at a time, in plain integer arithmetic: portable, and no `unsafe`.
 pub fn next_special(bytes: &[u8], mut at: usize) -> usize {
     while let Some(word) = bytes.get(at..at + 8) {
         let mask = special_bytes(u64::from_le_bytes(word.try_into().expect("eight bytes")));
@@ -421,6 +421,25 @@ mod tests {
         assert_eq!(quoted.decode(), "q\"uote");
         assert_eq!(scanner.value(), Ok("2"));
         assert_eq!(scanner.next_key(false), Ok(None));
+    }
+
+    #[test]
+    fn special_bytes_are_found_like_a_byte_by_byte_search() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..5_000 {
+            let bytes: Vec<u8> = (0..round % 40)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let byte = (state >> 56) as u8;
+                    // Mostly ordinary bytes (high ones included), so that runs are long.
+                    if byte < 16 { [0x00, 0x1f, b'"', b'\\'][usize::from(byte % 4)] } else { byte.max(0x20) }
+                })
+                .collect();
+            for at in 0..=bytes.len() {
+                let expected = at + bytes[at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(bytes.len() - at);
+                assert_eq!(next_special(&bytes, at), expected, "{bytes:?} from {at}");
+            }
+        }
     }
 
     /// The scanner accepts exactly what serde_json accepts, on many mutations
