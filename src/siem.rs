@@ -43,9 +43,6 @@ struct Pagination {
 /// Parses a page body into rows that borrow it, checking the shape the spec
 /// promises instead of trusting it.
 pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
-    let malformed = |what: String| HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"));
-    let invalid = |e: ScanError| malformed(format!("the response is not valid JSON ({e})"));
-    let shape = |what: &str| malformed(format!("the page does not have the expected shape ({what})"));
     // UTF-8 is checked once for the whole body, not string by string.
     let text = std::str::from_utf8(body).map_err(|e| malformed(format!("the response is not UTF-8 ({e})")))?;
     let mut scanner = Scanner::new(text);
@@ -53,65 +50,59 @@ pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
         return Err(malformed("the response is not a JSON object".into()));
     }
     let (mut rows, mut pagination) = (None, None);
-    scanner.begin_object().map_err(invalid)?;
+    scanner.begin_object().map_err(not_json)?;
     let mut first = true;
-    while let Some(name) = scanner.next_key(first).map_err(invalid)? {
+    while let Some(name) = scanner.next_key(first).map_err(not_json)? {
         first = false;
         match name.decode().as_ref() {
-            "logs" if rows.is_some() => return Err(shape("`logs` appears twice")),
-            "logs" => rows = Some(scan_rows(&mut scanner).map_err(|e| e.into_error(invalid, shape))?),
-            "pagination" if pagination.is_some() => return Err(shape("`pagination` appears twice")),
-            "pagination" => pagination = Some(scanner.value().map_err(invalid)?),
-            _ => drop(scanner.value().map_err(invalid)?),
+            "logs" if rows.is_some() => return Err(bad_shape("`logs` appears twice")),
+            "logs" => rows = Some(scan_rows(&mut scanner)?),
+            "pagination" if pagination.is_some() => return Err(bad_shape("`pagination` appears twice")),
+            "pagination" => pagination = Some(scanner.value().map_err(not_json)?),
+            _ => drop(scanner.value().map_err(not_json)?),
         }
     }
-    scanner.finish().map_err(invalid)?;
+    scanner.finish().map_err(not_json)?;
     let next_page_token = match pagination.filter(|raw| *raw != "null") {
         None => None,
         Some(raw) if raw.starts_with('{') => serde_json::from_str::<Pagination>(raw)
-            .map_err(|e| shape(&format!("`pagination`: {e}")))?
+            .map_err(|e| bad_shape(&format!("`pagination`: {e}")))?
             .next_page_token,
         Some(_) => return Err(malformed("`pagination` is not an object".into())),
     };
     Ok(SiemPage { rows: rows.flatten().unwrap_or_default(), next_page_token: next_page_token.filter(|t| !t.is_empty()) })
 }
 
-/// Why `logs` could not be read: bad JSON, or JSON of the wrong shape.
-enum RowsError {
-    Invalid(ScanError),
-    Shape(String),
+fn malformed(what: String) -> HuntressError {
+    HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"))
 }
 
-impl From<ScanError> for RowsError {
-    fn from(error: ScanError) -> Self {
-        RowsError::Invalid(error)
-    }
+fn not_json(error: ScanError) -> HuntressError {
+    malformed(format!("the response is not valid JSON ({error})"))
 }
 
-impl RowsError {
-    fn into_error(self, invalid: impl Fn(ScanError) -> HuntressError, shape: impl Fn(&str) -> HuntressError) -> HuntressError {
-        match self {
-            RowsError::Invalid(error) => invalid(error),
-            RowsError::Shape(what) => shape(&what),
-        }
-    }
+fn bad_shape(what: &str) -> HuntressError {
+    malformed(format!("the page does not have the expected shape ({what})"))
 }
 
 /// `logs`: null, or an array of objects.
-fn scan_rows<'a>(scanner: &mut Scanner<'a>) -> std::result::Result<Option<Vec<Row<'a>>>, RowsError> {
+fn scan_rows<'a>(scanner: &mut Scanner<'a>) -> Result<Option<Vec<Row<'a>>>> {
     match scanner.peek_kind() {
         Some(Kind::Array) => {}
         // Not a value at all: `value` says where the JSON breaks.
-        Some(Kind::Null) | None => return Ok(scanner.value().map(|_| None)?),
-        Some(kind) => return Err(RowsError::Shape(format!("`logs` is {}, not an array", kind.name()))),
+        Some(Kind::Null) | None => return scanner.value().map(|_| None).map_err(not_json),
+        Some(kind) => return Err(bad_shape(&format!("`logs` is {}, not an array", kind.name()))),
     }
     let mut rows: Vec<Row> = Vec::with_capacity(MAX_PAGE_ROWS);
-    scanner.begin_array()?;
-    while scanner.next_element(rows.is_empty())? {
+    scanner.begin_array().map_err(not_json)?;
+    while scanner.next_element(rows.is_empty()).map_err(not_json)? {
         match scanner.peek_kind() {
             // Rows of one query have the same columns: the last row sizes the next.
-            Some(Kind::Object) | None => rows.push(Row::scan(scanner, rows.last().map_or(0, |row| row.fields().len()))?),
-            Some(kind) => return Err(RowsError::Shape(format!("`logs[{}]` is {}, not an object", rows.len(), kind.name()))),
+            Some(Kind::Object) | None => {
+                let expected_fields = rows.last().map_or(0, |row| row.fields().len());
+                rows.push(Row::scan(scanner, expected_fields).map_err(not_json)?);
+            }
+            Some(kind) => return Err(bad_shape(&format!("`logs[{}]` is {}, not an object", rows.len(), kind.name()))),
         }
     }
     Ok(Some(rows))

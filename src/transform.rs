@@ -68,11 +68,16 @@ pub fn event_id(row: &Row) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("sha256 has 32 bytes"))
 }
 
+/// The text of a raw JSON string that holds no escapes: its value, read in place.
+fn plain_string(raw: &str) -> Option<&str> {
+    raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')).filter(|inner| !inner.contains('\\'))
+}
+
 /// A JSON string's value, read in place when it holds no escapes.
 fn plain_or_decoded_string(raw: &str) -> Option<Cow<'_, str>> {
-    match raw.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
-        _ => serde_json::from_str::<Cow<str>>(raw).ok(),
+    match plain_string(raw) {
+        Some(inner) => Some(Cow::Borrowed(inner)),
+        None => serde_json::from_str::<Cow<str>>(raw).ok(),
     }
 }
 
@@ -229,9 +234,9 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
 
 /// `@timestamp` straight from the raw value when it is a plain string.
 fn raw_timestamp_ms(text: &str) -> Option<i64> {
-    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) if !inner.contains('\\') => parse_iso_ms(inner.trim()),
-        _ => serde_json::from_str::<Value>(text).ok().and_then(|v| parse_timestamp_ms(&v)),
+    match plain_string(text) {
+        Some(inner) => parse_iso_ms(inner.trim()),
+        None => serde_json::from_str::<Value>(text).ok().and_then(|v| parse_timestamp_ms(&v)),
     }
 }
 
