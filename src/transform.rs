@@ -120,8 +120,10 @@ enum MessageSource<'a> {
     LogOriginal(&'a str),
     /// `message`, a string.
     Message(&'a str),
-    /// Anything else, as text.
-    Text(String),
+    /// `message` that is not a string (a number, an object): its JSON text.
+    NotString(&'a str),
+    /// No `message`: the row's other fields stand in, as the text of a JSON object.
+    Row,
 }
 
 fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
@@ -131,13 +133,24 @@ fn message_source<'a>(row: &Row<'a>) -> MessageSource<'a> {
     }
     match row.get("message") {
         Some(raw) if raw.starts_with('"') => MessageSource::Message(raw),
-        Some(raw) if raw != "null" => MessageSource::Text(raw.to_string()),
-        _ => {
-            let mut map = row.to_map();
-            map.remove("message");
-            MessageSource::Text(serde_json::to_string(&map).unwrap_or_default())
+        Some(raw) if raw != "null" => MessageSource::NotString(raw),
+        _ => MessageSource::Row,
+    }
+}
+
+/// The row's non-null fields, in the order they came, as one JSON object
+/// written as a JSON string: built from the raw values, never parsed.
+fn write_row_as_message(out: &mut Vec<u8>, row: &Row) {
+    let mut text = Vec::with_capacity(row.raw_len() + 2);
+    text.push(b'{');
+    let mut first = true;
+    for (key, raw) in row.fields() {
+        if *raw != "null" && key != "message" {
+            write_member(&mut text, &mut first, key, matches!(key, Cow::Borrowed(_)), raw.as_bytes());
         }
     }
+    text.push(b'}');
+    write_string(out, std::str::from_utf8(&text).expect("names and raw values are UTF-8"));
 }
 
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
@@ -201,7 +214,8 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
     write_key(out, &mut first, "message");
     match &message {
         MessageSource::LogOriginal(raw) | MessageSource::Message(raw) => out.extend_from_slice(raw.as_bytes()),
-        MessageSource::Text(text) => write_string(out, text),
+        MessageSource::NotString(raw) => write_string(out, raw),
+        MessageSource::Row => write_row_as_message(out, row),
     }
     let date_ms = match event_ms {
         Some(ms) if !out_of_window => ms,
@@ -244,15 +258,35 @@ fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
     write_member(out, first, name, true, b"");
 }
 
+/// `text` as a JSON string: runs without anything to escape are copied whole.
 fn write_string(out: &mut Vec<u8>, text: &str) {
-    // Tags and service names rarely hold anything to escape: copied as they are.
-    if next_special(text.as_bytes(), 0) == text.len() {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-        return;
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut at = 0;
+    loop {
+        let special = next_special(bytes, at);
+        out.extend_from_slice(&bytes[at..special]);
+        let Some(&byte) = bytes.get(special) else { break };
+        write_escape(out, byte);
+        at = special + 1;
     }
-    serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
+    out.push(b'"');
+}
+
+/// The JSON escape of `"`, `\\` or a control character.
+fn write_escape(out: &mut Vec<u8>, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match byte {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]),
+    }
 }
 
 /// `base` and `extra` comma-joined as one JSON string; escaping works per
@@ -411,6 +445,40 @@ mod tests {
         let (log, _) = prepared(json!({"uuid": "b", "event.code": 5}), NOW);
         let message: Value = serde_json::from_str(log["message"].as_str().unwrap()).unwrap();
         assert_eq!(message["event.code"], 5);
+    }
+
+    #[test]
+    fn rows_without_message_stand_in_as_their_json_text() {
+        let text = r#"{"uuid":"r","message":null,"event.code":4625,"user.name":null,"q\"name":"v\n","nested":{ "a" : [1, "x"] }}"#;
+        let row = parse(text);
+        let Prepared::Log(log) = prepare(&row, 1, &template(StalePolicy::RewriteDate), &Enrichment::default(), NOW) else {
+            panic!("a log")
+        };
+        let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
+        let message = log["message"].as_str().unwrap();
+        // Arrival order, nulls and `message` left out, values as they were written.
+        assert_eq!(message, r#"{"uuid":"r","event.code":4625,"q\"name":"v\n","nested":{ "a" : [1, "x"] }}"#);
+        let parsed: Value = serde_json::from_str(message).unwrap();
+        assert_eq!(parsed["q\"name"], "v\n");
+        let (log, _) = prepared(json!({"uuid": "m", "message": {"k": [true]}}), NOW);
+        assert_eq!(log["message"], r#"{"k":[true]}"#);
+    }
+
+    #[test]
+    fn strings_escape_as_serde_json_does() {
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let alphabet = ['a', ' ', '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{1}', '\u{1f}', '\u{7f}', '/', 'é', '😀'];
+        for _ in 0..2_000 {
+            let len = next() as usize % 40;
+            let text: String = (0..len).map(|_| alphabet[next() as usize % alphabet.len()]).collect();
+            let mut out = Vec::new();
+            write_string(&mut out, &text);
+            assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]
