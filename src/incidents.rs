@@ -417,7 +417,7 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
     extra.push(tags::tag("severity", &severity));
     extra.push(tags::tag("incident_status", &status));
-    let enrichment = Enrichment { attributes: org.attributes, tags: extra.join(",") };
+    let enrichment = Enrichment::new(org.attributes, extra.join(","));
     match transform::prepare_value(row, template, &enrichment, now_ms) {
         Prepared::Log(log) => Some(log),
         Prepared::SkippedStale { .. } => None,

@@ -249,7 +249,7 @@ fn enrichment(account: Option<&Value>, id: Option<&Value>, name: Option<&str>, k
     if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
         add("huntress_org_key", Value::String(key.to_string()), key.to_string());
     }
-    Enrichment { attributes, tags: tag_list.join(",") }
+    Enrichment::new(attributes, tag_list.join(","))
 }
 
 /// Enrichment for a row with or without a directory: without one, the row's

@@ -111,8 +111,9 @@ impl<'a> Row<'a> {
             .collect()
     }
 
+    /// The parsed value; a null is absent (no parse needed).
     fn parsed(&self, key: &str) -> Option<Value> {
-        self.get(key).and_then(|raw| serde_json::from_str(raw).ok())
+        self.get(key).filter(|raw| *raw != "null").and_then(|raw| serde_json::from_str(raw).ok())
     }
 }
 

@@ -34,6 +34,20 @@ pub struct LogTemplate {
 pub struct Enrichment {
     pub attributes: Vec<(String, Value)>,
     pub tags: String,
+    /// `attributes` as JSON object members: written once, copied into each log.
+    members: Vec<u8>,
+}
+
+impl Enrichment {
+    pub fn new(attributes: Vec<(String, Value)>, tags: String) -> Self {
+        let mut members = Vec::new();
+        let mut first = true;
+        for (key, value) in &attributes {
+            write_key(&mut members, &mut first, key);
+            serde_json::to_writer(&mut members, value).expect("writing to a Vec cannot fail");
+        }
+        Enrichment { attributes, tags, members }
+    }
 }
 
 #[derive(Debug)]
@@ -268,9 +282,11 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
         write_member(out, &mut first, name, plain, raw.as_bytes());
     }
     // Values below are written in place: no allocation per log.
-    for (key, value) in &enrichment.attributes {
-        write_key(out, &mut first, key);
-        serde_json::to_writer(&mut *out, value).expect("writing to a Vec cannot fail");
+    if !enrichment.members.is_empty() {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(&enrichment.members);
     }
     write_key(out, &mut first, "message");
     match &message {
@@ -661,10 +677,18 @@ mod tests {
 
     #[test]
     fn enrichment_adds_attributes_and_tags() {
-        let enrichment = Enrichment { attributes: vec![("huntress_org_name".into(), json!("Acme"))], tags: "huntress_org_name:acme".into() };
+        let enrichment = Enrichment::new(vec![("huntress_org_name".into(), json!("Acme"))], "huntress_org_name:acme".into());
         let Prepared::Log(log) = prepare_value(row(json!({"uuid": "g"})), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
         let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
         assert_eq!(log["huntress_org_name"], "Acme");
         assert_eq!(log["ddtags"], "team:sec,query_name:win,huntress_org_name:acme");
+        // Several attributes, one of them also a row field (the enrichment wins), and a row with no other field.
+        let attributes = vec![("huntress_org_id".into(), json!(42)), ("huntress_org_name".into(), json!("A \"q\""))];
+        let enrichment = Enrichment::new(attributes, String::new());
+        for record in [json!({"uuid": "h", "huntress_org_id": 7}), json!({"x": null})] {
+            let Prepared::Log(log) = prepare_value(row(record), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
+            let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
+            assert_eq!((&log["huntress_org_id"], &log["huntress_org_name"]), (&json!(42), &json!("A \"q\"")));
+        }
     }
 }
