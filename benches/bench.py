@@ -15,7 +15,8 @@ process is measured:
   peak RSS          the check process's maximum resident set size
   requests          Huntress requests (pages) and intake requests
   wire B/log        gzip bytes sent to the intake per log
-It also verifies delivery: lost and duplicated events, from the sink's uuids.
+It also verifies delivery: lost and duplicated events, counted by the sink's
+uuids (or by whole logs, for a query that does not keep `uuid`).
 """
 
 import argparse

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use crate::scan::{ScanResult, Scanner};
+use crate::scan::{next_special, ScanResult, Scanner};
 
 pub struct Row<'a> {
     /// Names, and values as the JSON text they arrived as (checked, not decoded).
@@ -163,10 +163,41 @@ pub fn write_member(out: &mut Vec<u8>, first: &mut bool, name: &str, name_is_pla
         out.extend_from_slice(name.as_bytes());
         out.push(b'"');
     } else {
-        serde_json::to_writer(&mut *out, name).expect("writing to a Vec cannot fail");
+        write_string(out, name);
     }
     out.push(b':');
     out.extend_from_slice(raw_value);
+}
+
+/// `text` as a JSON string: runs without anything to escape are copied whole.
+pub fn write_string(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut at = 0;
+    loop {
+        let special = next_special(bytes, at);
+        out.extend_from_slice(&bytes[at..special]);
+        let Some(&byte) = bytes.get(special) else { break };
+        write_escape(out, byte);
+        at = special + 1;
+    }
+    out.push(b'"');
+}
+
+/// The JSON escape of `"`, `\\` or a control character.
+fn write_escape(out: &mut Vec<u8>, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match byte {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]),
+    }
 }
 
 #[cfg(test)]
@@ -226,5 +257,22 @@ mod tests {
         out.push(b'}');
         let parsed: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed, json!({"a": 1, "q\"uote": "x"}));
+    }
+
+    #[test]
+    fn strings_escape_as_serde_json_does() {
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        let alphabet = ['a', ' ', '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{1}', '\u{1f}', '\u{7f}', '/', 'é', '😀'];
+        for _ in 0..2_000 {
+            let len = next() as usize % 40;
+            let text: String = (0..len).map(|_| alphabet[next() as usize % alphabet.len()]).collect();
+            let mut out = Vec::new();
+            write_string(&mut out, &text);
+            assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
     }
 }

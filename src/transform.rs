@@ -7,8 +7,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::StalePolicy;
-use crate::row::{write_member, Fields, Row};
-use crate::scan::next_special;
+use crate::row::{write_member, write_string, Fields, Row};
 
 /// The intake truncates a log over 1 MB; we cut before it does, and say so.
 pub const MAX_LOG_BYTES: usize = 1_000_000;
@@ -335,37 +334,6 @@ fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
     write_member(out, first, name, true, b"");
 }
 
-/// `text` as a JSON string: runs without anything to escape are copied whole.
-fn write_string(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut at = 0;
-    loop {
-        let special = next_special(bytes, at);
-        out.extend_from_slice(&bytes[at..special]);
-        let Some(&byte) = bytes.get(special) else { break };
-        write_escape(out, byte);
-        at = special + 1;
-    }
-    out.push(b'"');
-}
-
-/// The JSON escape of `"`, `\\` or a control character.
-fn write_escape(out: &mut Vec<u8>, byte: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    match byte {
-        b'"' => out.extend_from_slice(b"\\\""),
-        b'\\' => out.extend_from_slice(b"\\\\"),
-        b'\n' => out.extend_from_slice(b"\\n"),
-        b'\r' => out.extend_from_slice(b"\\r"),
-        b'\t' => out.extend_from_slice(b"\\t"),
-        0x08 => out.extend_from_slice(b"\\b"),
-        0x0c => out.extend_from_slice(b"\\f"),
-        _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]),
-    }
-}
-
 /// `base` and `extra` comma-joined as one JSON string; escaping works per
 /// character, so the two escaped halves are joined without a new string.
 fn write_joined_tags(out: &mut Vec<u8>, base: &str, extra: &str) {
@@ -562,23 +530,6 @@ mod tests {
             let row = parse(&text);
             let expected = serde_json::to_vec(&row.to_map()).unwrap();
             assert_eq!(String::from_utf8(canonical_row(&row)).unwrap(), String::from_utf8(expected).unwrap(), "{text}");
-        }
-    }
-
-    #[test]
-    fn strings_escape_as_serde_json_does() {
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as u32
-        };
-        let alphabet = ['a', ' ', '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{1}', '\u{1f}', '\u{7f}', '/', 'é', '😀'];
-        for _ in 0..2_000 {
-            let len = next() as usize % 40;
-            let text: String = (0..len).map(|_| alphabet[next() as usize % alphabet.len()]).collect();
-            let mut out = Vec::new();
-            write_string(&mut out, &text);
-            assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
         }
     }
 
