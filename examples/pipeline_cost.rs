@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use _core::config::StalePolicy;
-use _core::intake::gzip_json_array;
-use _core::siem::parse_page;
-use _core::transform::{event_id, now_ms, prepare, Enrichment, LogTemplate, Prepared};
+use _core::datadog::intake::gzip_json_array;
+use _core::feeds::siem::parse_page;
+use _core::datadog::transform::{event_id, now_ms, prepare, Enrichment, LogTemplate, Prepared};
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: pipeline_cost PAGE.json");

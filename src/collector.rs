@@ -20,14 +20,14 @@ use crate::config::{AgentContext, Config, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
-use crate::incidents::IncidentRun;
-use crate::intake::IntakeClient;
-use crate::orgs::{Enricher, Orgs};
+use crate::feeds::incidents::IncidentRun;
+use crate::datadog::intake::IntakeClient;
+use crate::feeds::orgs::{Enricher, Orgs};
 use crate::ratelimit::RateBudget;
-use crate::report::{with_tag, Level, Report, Status};
-use crate::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
-use crate::siem::{QueryOutcome, QueryRun};
-use crate::transform::LogTemplate;
+use crate::datadog::report::{with_tag, Level, Report, Status};
+use crate::feeds::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
+use crate::feeds::siem::{QueryOutcome, QueryRun};
+use crate::datadog::transform::LogTemplate;
 
 pub const SIEM_SERVICE_CHECK: &str = "huntress.siem.can_connect";
 pub const API_SERVICE_CHECK: &str = "huntress.api.can_connect";
@@ -365,7 +365,7 @@ impl Collector {
             let need = self.estimate(Feature::Agents, first_guess).min(self.config.agents.max_pages);
             if let Some(pacing) = self.pacing_for(Feature::Agents, need, deadline, rest, report) {
                 let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Agents, deadline, pacing };
-                let (health, pages) = crate::agents::run(&mut source, &self.config.agents, Utc::now(), self.orgs.directory(), &self.config.tags, report);
+                let (health, pages) = crate::feeds::agents::run(&mut source, &self.config.agents, Utc::now(), self.orgs.directory(), &self.config.tags, report);
                 self.record(Feature::Agents, health, pages, rest);
             }
         }

@@ -1,25 +1,26 @@
 //! Rust core of the Huntress check for the Datadog Agent. The Python module
 //! `datadog_checks.huntress._core` is registered here; the work lives in the
-//! modules below, one concern each.
+//! modules below, one concern each:
+//!
+//! - `feeds`: one module per Huntress feed (SIEM queries, organizations,
+//!   agents, incident reports) and the REST paging they share;
+//! - `datadog`: what goes to Datadog (log transform, logs intake, the report of
+//!   metrics, service checks, events and log lines handed to Python);
+//! - the Huntress API client, its rate budget, the page scanner, checkpoints,
+//!   configuration and errors at the top level.
 
-pub mod agents;
 pub mod checkpoint;
 pub mod collector;
 pub mod config;
+pub mod datadog;
 pub mod error;
+pub mod feeds;
 pub mod http;
 pub mod huntress;
-pub mod incidents;
-pub mod intake;
-pub mod orgs;
 pub mod ratelimit;
-pub mod report;
-pub mod rest;
-pub mod scan;
 pub mod row;
-pub mod siem;
+pub mod scan;
 pub mod tags;
-pub mod transform;
 
 #[cfg(feature = "python")]
 mod python;

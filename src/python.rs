@@ -10,7 +10,7 @@ use crate::checkpoint::Cache;
 use crate::collector::Collector;
 use crate::config::{AgentContext, ProxyConfig};
 use crate::error::HuntressError;
-use crate::report::Report;
+use crate::datadog::report::Report;
 
 create_exception!(_core, HuntressCoreError, PyException, "Base class of the core's errors.");
 create_exception!(_core, ConfigError, HuntressCoreError, "The instance configuration is invalid; the message names the key.");

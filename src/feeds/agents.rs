@@ -28,11 +28,11 @@ use serde_json::{Map, Value};
 
 use crate::config::AgentsConfig;
 use crate::huntress::Feature;
-use crate::orgs::{id_text, OrgDirectory};
-use crate::report::{with_tag, Report, Status};
-use crate::rest::{list_pages, End, Health, Listing, PageSource};
+use crate::feeds::orgs::{id_text, OrgDirectory};
+use crate::datadog::report::{with_tag, Report, Status};
+use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
 use crate::tags::{self, cap_values, MAX_TAG_VALUES, OTHER};
-use crate::transform::parse_timestamp_ms;
+use crate::datadog::transform::parse_timestamp_ms;
 
 pub const AGENTS_PATH: &str = "/v1/agents";
 /// `huntress.agents.by_organization` tags at most this many organizations.
@@ -199,8 +199,8 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::MetricKind;
-    use crate::rest::tests::FakeSource;
+    use crate::datadog::report::MetricKind;
+    use crate::feeds::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
 

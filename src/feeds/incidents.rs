@@ -29,12 +29,12 @@ use crate::checkpoint::{decode_entry, Cache, INCIDENTS_KEY};
 use crate::config::StalePolicy;
 use crate::http::Deadline;
 use crate::huntress::Feature;
-use crate::intake::{Delivery, IntakeClient, LogBuffer};
-use crate::orgs::{enrich_row, id_text, OrgDirectory};
-use crate::report::{with_tag, Event, Report, Status};
-use crate::rest::{list_pages, End, Health, Listing, PageSource};
+use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
+use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
+use crate::datadog::report::{with_tag, Event, Report, Status};
+use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
 use crate::tags::{self, cap_values, MAX_TAG_VALUES};
-use crate::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
 
 pub const INCIDENTS_PATH: &str = "/v1/incident_reports";
 pub const SERVICE: &str = "huntress-incidents";
@@ -555,7 +555,7 @@ impl IncidentRun<'_> {
 mod tests {
     use super::*;
     use crate::error::{ErrorKind, HuntressError};
-    use crate::rest::tests::FakeSource;
+    use crate::feeds::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
     use crate::checkpoint::MemoryCache;

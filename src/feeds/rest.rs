@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
-use crate::report::Status;
+use crate::datadog::report::Status;
 
 /// The largest `limit` the API accepts.
 pub const PAGE_LIMIT: u32 = 500;

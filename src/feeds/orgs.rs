@@ -19,11 +19,11 @@ use serde_json::{Map, Value};
 use crate::checkpoint::{decode_entry, Cache, ORGS_KEY};
 use crate::error::{ErrorKind, HuntressError};
 use crate::huntress::Feature;
-use crate::report::Status;
-use crate::rest::{list_pages, End, Health, PageSource, PAGE_LIMIT};
+use crate::datadog::report::Status;
+use crate::feeds::rest::{list_pages, End, Health, PageSource, PAGE_LIMIT};
 use crate::tags;
 use crate::row::{Fields, Row};
-use crate::transform::Enrichment;
+use crate::datadog::transform::Enrichment;
 
 pub const ACCOUNT_PATH: &str = "/v1/account";
 pub const ORGS_PATH: &str = "/v1/organizations";
@@ -440,7 +440,7 @@ impl Orgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rest::tests::FakeSource;
+    use crate::feeds::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
     use crate::checkpoint::MemoryCache;

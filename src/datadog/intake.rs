@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure};
 use crate::huntress::short_reqwest;
-use crate::transform::PreparedLog;
+use crate::datadog::transform::PreparedLog;
 
 pub const MAX_BATCH_LOGS: usize = 1000;
 /// The intake takes 5 MB uncompressed per request; stay clear of the edge.

@@ -13,11 +13,11 @@ use crate::checkpoint::{Cache, Cursor, IdHasher, QueryState};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
-use crate::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
-use crate::orgs::Enricher;
+use crate::datadog::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
+use crate::feeds::orgs::Enricher;
 use crate::row::Row;
 use crate::scan::{Kind, ScanError, Scanner};
-use crate::transform::{self, LogTemplate, Written};
+use crate::datadog::transform::{self, LogTemplate, Written};
 
 pub const QUERY_PATH: &str = "/v1/siem/query";
 /// A window that times out or exhausts Huntress's memory is halved, down to this.
