@@ -21,18 +21,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "bootstrap: cargo (Rust ≥ 1.85) is required" >&2; exit 2; }
-# ISA-L (gzip for intake bodies) is built from source: C, nasm and autotools.
-build_tools=(cc:gcc make:make nasm:nasm autoreconf:autoconf aclocal:automake libtoolize:libtool)
-missing=()
-for pair in "${build_tools[@]}"; do
-    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "bootstrap: installing ${missing[*]}"
-    sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-    "${sudo_cmd[@]}" apt-get update -qq && "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
 if [ ! -x .venv/bin/python ]; then
     "$(find_python)" -m venv .venv
 fi

@@ -9,7 +9,5 @@ scripts/bootstrap.sh >/dev/null
 # maturin finds zig through the Python on PATH (python -m ziglang).
 export VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH"
 rm -rf dist
-# cc-rs reads the dashed variable before the one maturin sets, so C code goes through zig-cc.sh.
-env "CC_x86_64-unknown-linux-gnu=$PWD/scripts/zig-cc.sh" \
-    .venv/bin/maturin build --release --zig --compatibility manylinux2014 --out dist --quiet
+.venv/bin/maturin build --release --zig --compatibility manylinux2014 --out dist --quiet
 ls dist/*.whl
