@@ -15,6 +15,7 @@ use std::time::Instant;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Value;
 
+use crate::boundary::PanicPoint;
 use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
 use crate::config::{AgentContext, Config, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
@@ -24,6 +25,7 @@ use crate::feeds::incidents::IncidentRun;
 use crate::datadog::intake::IntakeClient;
 use crate::feeds::orgs::{Enricher, Orgs};
 use crate::ratelimit::RateBudget;
+use crate::redact::Redactor;
 use crate::datadog::report::{with_tag, Level, Report, Status};
 use crate::feeds::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
 use crate::feeds::siem::{QueryOutcome, QueryRun};
@@ -50,10 +52,12 @@ pub struct Collector {
     orgs: Orgs,
     /// Pages each REST feature read when it last ran: its next budget estimate.
     last_pages: BTreeMap<Feature, u32>,
+    redactor: Redactor,
 }
 
 impl Collector {
     pub fn new(instance: &Value, agent: &AgentContext) -> Result<Self> {
+        crate::boundary::panic_if_injected(PanicPoint::New);
         let config = Config::parse(instance, agent)?;
         let cache_id = cache_id(&config.base_url, &config.api_key);
         let budget = RateBudget::shared(&cache_id);
@@ -61,6 +65,7 @@ impl Collector {
             huntress: HuntressClient::new(&config, budget)?,
             intake: IntakeClient::new(&config)?,
             cache_id,
+            redactor: Redactor::for_config(&config),
             orgs: Orgs::new(config.org_cache_ttl),
             config,
             warned_keep: HashSet::new(),
@@ -80,6 +85,7 @@ impl Collector {
     pub fn run(&mut self, cache: &mut dyn Cache) -> Report {
         let started = Instant::now();
         let deadline = Deadline::after(self.config.run_deadline);
+        crate::boundary::panic_if_injected(PanicPoint::Run);
         let mut report = Report::default();
         let mut errors: BTreeMap<(ErrorKind, Option<String>), u64> = BTreeMap::new();
         self.huntress.reset_stats();
@@ -107,7 +113,23 @@ impl Collector {
         self.run_rest_features(cache, deadline, &mut rest, &mut report);
         self.report_rest(&rest, &mut errors, &mut report);
         self.report_run(started, &errors, &rest, &mut report);
-        report.redact(&[self.config.api_key.clone(), self.config.secret_key.clone(), self.config.dd_api_key.clone()]);
+        report.redact(&self.redactor);
+        report
+    }
+
+    /// The report of a run that panicked (see `boundary`): CRITICAL on every
+    /// query, an `internal` error, and the message, raised by the check.
+    pub fn internal_error_report(&self, panic_message: &str) -> Report {
+        let message = format!("internal error in the check, the run was stopped: {panic_message}");
+        let mut report = Report::default();
+        for query in &self.config.queries {
+            report.service_check(SIEM_SERVICE_CHECK, Status::Critical, &self.query_tags(query), Some(message.clone()));
+        }
+        let error_tags = with_tag(&self.config.tags, format!("error_type:{}", ErrorKind::Internal.tag()));
+        report.count("huntress.siem.errors", 1.0, &error_tags);
+        report.log(Level::Error, message.clone());
+        report.fatal = Some(message);
+        report.redact(&self.redactor);
         report
     }
 
@@ -196,6 +218,7 @@ impl Collector {
         let tags = self.query_tags(query);
         report.count("huntress.siem.logs_collected", outcome.collected as f64, &tags);
         report.count("huntress.siem.logs_forwarded", outcome.forwarded as f64, &tags);
+        report.count("huntress.siem.logs_refused", outcome.rejected as f64, &tags);
         report.count("huntress.siem.logs_deduplicated", outcome.deduplicated as f64, &tags);
         report.count("huntress.siem.logs_truncated", outcome.truncated as f64, &tags);
         report.count("huntress.siem.pages_fetched", outcome.pages as f64, &tags);

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Cache,
     Deadline,
     Config,
+    /// A bug in the check itself (a panic caught at the Python boundary).
+    Internal,
 }
 
 impl ErrorKind {
@@ -47,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Cache => "cache",
             ErrorKind::Deadline => "deadline",
             ErrorKind::Config => "config",
+            ErrorKind::Internal => "internal",
         }
     }
 }

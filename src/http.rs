@@ -10,6 +10,7 @@ use tokio::runtime::Runtime;
 
 use crate::config::{Config, ProxyConfig};
 use crate::error::{HuntressError, Result};
+use crate::redact::Redactor;
 
 pub const USER_AGENT: &str = concat!("datadog-huntress/", env!("CARGO_PKG_VERSION"));
 
@@ -58,17 +59,30 @@ pub struct HttpClient {
     runtime: Runtime,
 }
 
-/// A complete answer: status, headers and the whole body.
+/// Largest Huntress response body read. A SIEM page holds at most 200 rows;
+/// 32 MiB leaves about 160 KB per row, far above real events (the intake takes
+/// at most 1 MB per log anyway), while the peak memory of reading one body
+/// stays well under 100 MB.
+pub const MAX_HUNTRESS_BODY: usize = 32 * 1024 * 1024;
+/// Largest intake answer read: the intake answers `{}` or a short error.
+pub const MAX_INTAKE_BODY: usize = 1024 * 1024;
+
+/// An answer: status, headers and the body, read up to a maximum.
 pub struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: bytes::Bytes,
+    /// The body was longer than the maximum (declared or sent): `body` holds at
+    /// most its first bytes and the connection was dropped.
+    pub oversized: bool,
 }
 
-/// Where a request failed: before an answer came, or while reading its body.
+/// Where a request failed: before an answer came, while reading its body, or
+/// because the whole exchange outlasted its time limit.
 pub enum HttpFailure {
     Send(reqwest::Error),
     Body(reqwest::Error),
+    TimedOut,
 }
 
 impl HttpClient {
@@ -93,16 +107,41 @@ impl HttpClient {
         self.client.post(url)
     }
 
-    /// Sends the request and reads the whole answer.
-    pub fn execute(&self, request: RequestBuilder) -> std::result::Result<Answer, HttpFailure> {
+    /// Sends the request and reads the answer, its body as a stream of at most
+    /// `max_body` bytes. `timeout` bounds the whole exchange, body included.
+    pub fn execute(&self, request: RequestBuilder, timeout: Duration, max_body: usize) -> std::result::Result<Answer, HttpFailure> {
         self.runtime.block_on(async {
-            let response = request.send().await.map_err(HttpFailure::Send)?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(HttpFailure::Body)?;
-            Ok(Answer { status, headers, body })
+            let exchange = async {
+                let response = request.send().await.map_err(HttpFailure::Send)?;
+                read_capped(response, max_body).await
+            };
+            tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(HttpFailure::TimedOut))
         })
     }
+}
+
+/// Reads a body chunk by chunk and stops at `max_body` bytes: a declared length
+/// over it is refused before reading, and an endless body stops at the cap. The
+/// buffer never grows past the cap.
+async fn read_capped(mut response: reqwest::Response, max_body: usize) -> std::result::Result<Answer, HttpFailure> {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let declared = response.content_length();
+    let mut answer = Answer { status, headers, body: bytes::Bytes::new(), oversized: false };
+    if declared.is_some_and(|length| length > max_body as u64) {
+        answer.oversized = true;
+        return Ok(answer);
+    }
+    let mut body = bytes::BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(chunk) = response.chunk().await.map_err(HttpFailure::Body)? {
+        if body.len() + chunk.len() > max_body {
+            answer.oversized = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    answer.body = body.freeze();
+    Ok(answer)
 }
 
 /// A client that never follows redirects: a redirect would carry `DD-API-KEY`
@@ -146,11 +185,15 @@ fn apply_proxy(
     Ok(builder)
 }
 
-/// At most `max` characters of a response body, for error messages.
-pub fn excerpt(body: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(body);
+/// At most `max` characters of a response body, for error messages, with
+/// secrets and credential headers scrubbed (see `redact`) before it is cut, so
+/// that no cut leaves part of a secret behind.
+pub fn excerpt(body: &[u8], max: usize, redactor: &Redactor) -> String {
+    // Room past `max` for a secret or header value that starts before the cut.
+    let window = &body[..body.len().min(max * 4 + 4096)];
+    let text = redactor.scrub(&String::from_utf8_lossy(window));
     let mut short: String = text.chars().take(max).collect();
-    if text.chars().count() > max {
+    if text.chars().count() > max || window.len() < body.len() {
         short.push('…');
     }
     short.replace(['\n', '\r'], " ")
@@ -177,7 +220,98 @@ mod tests {
 
     #[test]
     fn excerpt_is_short_and_single_line() {
-        assert_eq!(excerpt(b"line1\nline2", 100), "line1 line2");
-        assert_eq!(excerpt(b"abcdef", 3), "abc…");
+        let none = Redactor::default();
+        assert_eq!(excerpt(b"line1\nline2", 100, &none), "line1 line2");
+        assert_eq!(excerpt(b"abcdef", 3, &none), "abc…");
+    }
+
+    #[test]
+    fn excerpt_scrubs_before_it_cuts() {
+        let redactor = Redactor::new(&["supersecretvalue42"]);
+        let body = format!("{}supersecretvalue42", "x".repeat(190));
+        let short = excerpt(body.as_bytes(), 200, &redactor);
+        assert!(!short.contains("supersecr"), "{short}");
+        let echoed = b"{\"headers\": {\"Authorization\": \"Basic aGs6aHM=\"}}";
+        assert!(!excerpt(echoed, 200, &none_but_headers()).contains("aGs6aHM"));
+    }
+
+    fn none_but_headers() -> Redactor {
+        Redactor::default()
+    }
+
+    /// A local server that answers with the given head, then streams `body_chunks`
+    /// chunks of 64 KiB (forever when `None`).
+    fn serve(head: &'static str, body_chunks: Option<usize>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request);
+            if socket.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 65536, "a".repeat(65536));
+            let mut sent = 0;
+            while body_chunks.is_none_or(|n| sent < n) {
+                if socket.write_all(chunk.as_bytes()).is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+            if head.contains("chunked") {
+                let _ = socket.write_all(b"0\r\n\r\n");
+            }
+            // Hold the connection open: a declared body that never comes must time out.
+            std::thread::sleep(Duration::from_secs(10));
+        });
+        url
+    }
+
+    fn test_client() -> HttpClient {
+        let instance = serde_json::json!({
+            "huntress_api_key": "k", "huntress_secret_key": "s", "dd_api_key": "d",
+            "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
+        });
+        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, proxy: None };
+        HttpClient::new(&Config::parse(&instance, &agent).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_endless_chunked_body_stops_at_the_cap() {
+        let url = serve("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", None);
+        let client = test_client();
+        let answer = client.execute(client.get(&url), Duration::from_secs(20), 1024 * 1024).ok().unwrap();
+        assert!(answer.oversized);
+        assert!(answer.body.len() <= 1024 * 1024);
+    }
+
+    #[test]
+    fn a_declared_length_over_the_cap_is_not_read() {
+        let url = serve("HTTP/1.1 200 OK\r\ncontent-length: 1500000000\r\n\r\n", Some(0));
+        let client = test_client();
+        let answer = client.execute(client.get(&url), Duration::from_secs(20), 1024 * 1024).ok().unwrap();
+        assert!(answer.oversized && answer.body.is_empty());
+    }
+
+    #[test]
+    fn a_body_under_the_cap_is_read_whole() {
+        let url = serve("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", Some(3));
+        let client = test_client();
+        let answer = client.execute(client.get(&url), Duration::from_secs(20), 1024 * 1024).ok().unwrap();
+        assert!(!answer.oversized);
+        assert_eq!(answer.body.len(), 3 * 65536);
+    }
+
+    #[test]
+    fn the_timeout_covers_a_body_that_never_ends() {
+        // Headers at once, then a trickle: the time limit must cut the body read.
+        let url = serve("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc", Some(0));
+        let client = test_client();
+        let started = std::time::Instant::now();
+        let failure = client.execute(client.get(&url), Duration::from_millis(300), 1024).err();
+        assert!(matches!(failure, Some(HttpFailure::TimedOut)));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, excerpt, Answer, Deadline, HttpClient, HttpFailure};
-use crate::ratelimit::RateBudget;
+use crate::http::{backoff, excerpt, Answer, Deadline, HttpClient, HttpFailure, MAX_HUNTRESS_BODY};
+use crate::ratelimit::{RateBudget, MAX_LIMIT};
+use crate::redact::Redactor;
 
 const MAX_ATTEMPTS: u32 = 4;
 const LIMIT_HEADER: &str = "x-huntress-api-call-limit";
@@ -48,6 +49,8 @@ pub struct ApiStats {
     pub rate_limited: u64,
     /// Errors that a retry recovered from, by kind.
     pub retried: BTreeMap<ErrorKind, u64>,
+    /// Requests that got an answer (any status).
+    pub answered: u64,
 }
 
 pub struct HuntressClient {
@@ -55,6 +58,8 @@ pub struct HuntressClient {
     base_url: String,
     auth: HeaderValue,
     budget: RateBudget,
+    request_timeout: Duration,
+    redactor: Redactor,
     pub stats: ApiStats,
 }
 
@@ -67,7 +72,15 @@ impl HuntressClient {
         ))
         .map_err(|_| HuntressError::config("huntress_api_key", "contains characters that cannot go in an HTTP header"))?;
         auth.set_sensitive(true);
-        Ok(HuntressClient { http: HttpClient::new(config)?, base_url: config.base_url.clone(), auth, budget, stats: ApiStats::default() })
+        Ok(HuntressClient {
+            http: HttpClient::new(config)?,
+            base_url: config.base_url.clone(),
+            auth,
+            budget,
+            request_timeout: config.request_timeout,
+            redactor: Redactor::for_config(config),
+            stats: ApiStats::default(),
+        })
     }
 
     pub fn reset_stats(&mut self) {
@@ -107,29 +120,37 @@ impl HuntressClient {
         parse: impl Fn(&Bytes) -> serde_json::Result<T>,
     ) -> Result<T> {
         let mut attempt = 0;
+        // The error of the previous attempt: what to report when the deadline ends the retries.
+        let mut last_error: Option<HuntressError> = None;
         loop {
-            let waited = self.budget.acquire(deadline.0).map_err(|e| {
-                HuntressError::Deadline(format!(
-                    "the rate limit asks to wait {:.1}s, past the end of this run",
-                    e.wait.as_secs_f64()
-                ))
-            })?;
+            let waited = match self.budget.acquire(deadline.0) {
+                Ok(waited) => waited,
+                Err(e) => {
+                    return Err(last_error.unwrap_or_else(|| {
+                        HuntressError::Deadline(format!(
+                            "the rate limit asks to wait {:.1}s, past the end of this run",
+                            e.wait.as_secs_f64()
+                        ))
+                    }))
+                }
+            };
             self.stats.throttle_wait += waited;
             *self.stats.requests.entry(feature).or_default() += 1;
-            let timeout = deadline.remaining().max(Duration::from_millis(100));
-            let request = build(&self.http)
-                .header(AUTHORIZATION, self.auth.clone())
-                .header("accept", "application/json")
-                .timeout(timeout);
-            let (error, wait) = match self.http.execute(request) {
+            // request_timeout bounds each request, body included; near the end of
+            // the run, the deadline bounds it instead.
+            let timeout = self.request_timeout.min(deadline.remaining()).max(Duration::from_millis(100));
+            let request = build(&self.http).header(AUTHORIZATION, self.auth.clone()).header("accept", "application/json");
+            let (error, wait) = match self.http.execute(request, timeout, MAX_HUNTRESS_BODY) {
                 Ok(answer) => match self.read(answer, path, attempt, &parse) {
                     Ok(value) => return Ok(value),
                     Err(Failure::Fatal(error)) => return Err(error),
                     Err(Failure::Retry(error, wait)) => (error, wait),
                 },
-                // A request cut short by the run's own deadline is not a Huntress fault.
-                Err(HttpFailure::Send(e) | HttpFailure::Body(e)) if e.is_timeout() && deadline.expired() => {
-                    return Err(HuntressError::Deadline(format!("{path}: the run deadline ended a request in flight")))
+                Err(HttpFailure::TimedOut) => {
+                    if timeout < self.request_timeout && deadline.expired() {
+                        return Err(self.cut_by_deadline(path, last_error));
+                    }
+                    (no_answer(path, timeout), None)
                 }
                 Err(HttpFailure::Send(e)) => (transport_error(&e, path), None),
                 Err(HttpFailure::Body(e)) => {
@@ -144,7 +165,24 @@ impl HuntressClient {
             if !deadline.sleep(wait.unwrap_or_else(|| backoff(attempt - 1))) {
                 return Err(error);
             }
+            last_error = Some(error);
         }
+    }
+
+    /// A request the run deadline cut short. When Huntress answered nothing in
+    /// this whole run, or the attempt before failed, that is the fault to report;
+    /// otherwise the run simply ran out of time and the next one resumes.
+    fn cut_by_deadline(&self, path: &str, last_error: Option<HuntressError>) -> HuntressError {
+        if let Some(error) = last_error {
+            return error;
+        }
+        if self.stats.answered == 0 {
+            return HuntressError::api(
+                ErrorKind::Timeout,
+                format!("{path}: Huntress sent no answer in this run; the run deadline ended the request"),
+            );
+        }
+        HuntressError::Deadline(format!("{path}: the run deadline ended a request in flight"))
     }
 
     fn read<T>(
@@ -154,8 +192,15 @@ impl HuntressClient {
         attempt: u32,
         parse: &impl Fn(&Bytes) -> serde_json::Result<T>,
     ) -> std::result::Result<T, Failure> {
+        self.stats.answered += 1;
         self.observe_headers(&answer.headers);
-        let Answer { status, body, .. } = answer;
+        let Answer { status, body, oversized, .. } = answer;
+        if oversized && (200..300).contains(&status) {
+            return Err(Failure::Fatal(HuntressError::api(
+                ErrorKind::MalformedResponse,
+                format!("{path}: the response body is larger than {} MiB; it was not read", MAX_HUNTRESS_BODY >> 20),
+            )));
+        }
         if (200..300).contains(&status) {
             return parse(&body).map_err(|e| {
                 Failure::Retry(
@@ -168,7 +213,7 @@ impl HuntressClient {
     }
 
     fn classify(&mut self, status: u16, path: &str, body: &[u8], attempt: u32) -> Failure {
-        let detail = excerpt(body, 200);
+        let detail = excerpt(body, 200, &self.redactor);
         let error = |kind, what: &str| HuntressError::api(kind, format!("{path} returned {status}: {what} ({detail})"));
         match status {
             429 => {
@@ -191,9 +236,13 @@ impl HuntressClient {
         }
     }
 
+    /// Takes the rate headers as the server sends them, within reason: a value
+    /// that is not a whole number in `0..=u32::MAX` is ignored, and the limit is
+    /// clamped to `MAX_LIMIT` (Huntress documents 60), `remaining` to the limit.
     fn observe_headers(&mut self, headers: &HeaderMap) {
         let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u32>().ok());
-        let (limit, remaining) = (number(LIMIT_HEADER), number(REMAINING_HEADER));
+        let limit = number(LIMIT_HEADER).map(|l| l.min(MAX_LIMIT));
+        let remaining = number(REMAINING_HEADER).map(|r| r.min(limit.unwrap_or(MAX_LIMIT)));
         if limit.is_some() {
             self.stats.call_limit = limit;
         }
@@ -207,6 +256,10 @@ impl HuntressClient {
 enum Failure {
     Retry(HuntressError, Option<Duration>),
     Fatal(HuntressError),
+}
+
+fn no_answer(path: &str, timeout: Duration) -> HuntressError {
+    HuntressError::api(ErrorKind::Timeout, format!("{path}: no complete answer within {:.1}s (request_timeout)", timeout.as_secs_f64()))
 }
 
 fn transport_error(error: &reqwest::Error, path: &str) -> HuntressError {

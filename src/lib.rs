@@ -9,6 +9,7 @@
 //! - the Huntress API client, its rate budget, the page scanner, checkpoints,
 //!   configuration and errors at the top level.
 
+pub mod boundary;
 pub mod checkpoint;
 pub mod collector;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod feeds;
 pub mod http;
 pub mod huntress;
 pub mod ratelimit;
+pub mod redact;
 pub mod row;
 pub mod scan;
 pub mod tags;

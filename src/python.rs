@@ -2,15 +2,16 @@
 //! from `HuntressError`, and the persistent cache reached through callbacks.
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use crate::boundary;
 use crate::checkpoint::Cache;
-use crate::collector::Collector;
+use crate::collector::{Collector, SIEM_SERVICE_CHECK};
 use crate::config::{AgentContext, ProxyConfig};
-use crate::error::HuntressError;
-use crate::datadog::report::Report;
+use crate::datadog::report::{with_tag, Level, Report, Status};
+use crate::error::{ErrorKind, HuntressError};
 
 create_exception!(_core, HuntressCoreError, PyException, "Base class of the core's errors.");
 create_exception!(_core, ConfigError, HuntressCoreError, "The instance configuration is invalid; the message names the key.");
@@ -56,7 +57,31 @@ impl Cache for PyCache {
 
 #[pyclass(name = "Collector", module = "datadog_checks.huntress._core")]
 pub struct PyCollector {
-    inner: Collector,
+    inner: std::result::Result<Collector, Broken>,
+}
+
+/// A collector whose construction panicked: every run reports the panic.
+struct Broken {
+    message: String,
+    tags: Vec<String>,
+}
+
+impl Broken {
+    fn report(&self) -> Report {
+        let message = format!("internal error in the check, it could not start: {}", self.message);
+        let mut report = Report::default();
+        report.service_check(SIEM_SERVICE_CHECK, Status::Critical, &self.tags, Some(message.clone()));
+        report.count("huntress.siem.errors", 1.0, &with_tag(&self.tags, format!("error_type:{}", ErrorKind::Internal.tag())));
+        report.log(Level::Error, message.clone());
+        report.fatal = Some(message);
+        report
+    }
+}
+
+/// The instance's own `tags`, read without the configuration parser.
+fn raw_tags(instance: &serde_json::Value) -> Vec<String> {
+    let tags = instance.get("tags").and_then(|t| t.as_array());
+    tags.map(|tags| tags.iter().filter_map(|t| t.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 #[pymethods]
@@ -68,21 +93,44 @@ impl PyCollector {
         let instance: serde_json::Value = serde_json::from_str(instance_json)
             .map_err(|e| ConfigError::new_err(format!("configuration error in `instances`: not valid JSON ({e})")))?;
         let context = agent_context(agent)?;
-        Ok(PyCollector { inner: Collector::new(&instance, &context)? })
+        let inner = match boundary::catch(|| Collector::new(&instance, &context)) {
+            Ok(collector) => Ok(collector?),
+            Err(message) => Err(Broken { message, tags: raw_tags(&instance) }),
+        };
+        Ok(PyCollector { inner })
     }
 
     #[getter]
     fn cache_id(&self) -> String {
-        self.inner.cache_id().to_string()
+        match &self.inner {
+            Ok(inner) => boundary::catch(|| inner.cache_id().to_string()).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
-    /// Runs every query once, with the GIL released for all network work.
+    /// Runs every query once, with the GIL released for all network work. A
+    /// panic in the core ends the run with an `internal` error (see `boundary`).
     fn run(&mut self, py: Python<'_>, read_cache: Py<PyAny>, write_cache: Py<PyAny>) -> PyResult<Py<PyDict>> {
         let mut cache = PyCache { read: read_cache, write: write_cache };
-        let inner = &mut self.inner;
-        let report = py.detach(move || inner.run(&mut cache));
+        let report = match &mut self.inner {
+            Ok(inner) => py.detach(move || match boundary::catch(|| inner.run(&mut cache)) {
+                Ok(report) => report,
+                Err(message) => inner.internal_error_report(&message),
+            }),
+            Err(broken) => broken.report(),
+        };
         report_to_python(py, &report)
     }
+}
+
+/// Arms a one-shot panic at `point` (`"new"` or `"run"`) for the tests of the
+/// panic boundary. Not part of the check's interface.
+#[pyfunction]
+#[pyo3(name = "_inject_panic")]
+fn inject_panic(point: &str) -> PyResult<()> {
+    let point = boundary::PanicPoint::parse(point).ok_or_else(|| PyValueError::new_err(format!("unknown panic point {point:?}")))?;
+    boundary::inject_panic(point);
+    Ok(())
 }
 
 fn agent_context(agent: &Bound<'_, PyDict>) -> PyResult<AgentContext> {
@@ -150,6 +198,7 @@ fn report_to_python(py: Python<'_>, report: &Report) -> PyResult<Py<PyDict>> {
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
     module.add_class::<PyCollector>()?;
+    module.add_function(wrap_pyfunction!(inject_panic, module)?)?;
     module.add("HuntressCoreError", py.get_type::<HuntressCoreError>())?;
     module.add("ConfigError", py.get_type::<ConfigError>())?;
     module.add("ApiError", py.get_type::<ApiError>())?;

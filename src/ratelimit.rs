@@ -7,38 +7,66 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const DEFAULT_LIMIT: u32 = 60;
+/// The highest per-minute limit taken from a response header. Huntress documents
+/// 60; a larger value is clamped here, so no header can make the check send a
+/// flood of requests (the limiter's memory does not depend on it either).
+pub const MAX_LIMIT: u32 = 1000;
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Slack for clock skew and network latency between our send and the server's count.
 const MARGIN: Duration = Duration::from_millis(250);
+
+/// Requests sent at one instant: ours one by one, those of other clients of the
+/// key (revealed by the server's `remaining` header) as one entry however many.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    count: u32,
+}
 
 #[derive(Debug)]
 struct WindowState {
     limit: u32,
     window: Duration,
-    /// Send times of requests still inside the window (ours, plus requests by
-    /// other clients of the key that the server's `remaining` header revealed).
-    sent: VecDeque<Instant>,
+    /// Requests still inside the window, oldest first.
+    sent: VecDeque<Sent>,
+    /// The sum of their counts.
+    used: u32,
 }
 
 impl WindowState {
     fn prune(&mut self, now: Instant) {
         while let Some(&first) = self.sent.front() {
-            if now.duration_since(first) >= self.window + MARGIN {
+            if now.duration_since(first.at) >= self.window + MARGIN {
                 self.sent.pop_front();
+                self.used = self.used.saturating_sub(first.count);
             } else {
                 break;
             }
         }
     }
 
+    fn record(&mut self, at: Instant, count: u32) {
+        if count > 0 {
+            self.sent.push_back(Sent { at, count });
+            self.used = self.used.saturating_add(count);
+        }
+    }
+
     /// How long until a slot frees up; zero when one is free now.
     fn wait_for_slot(&mut self, now: Instant) -> Duration {
         self.prune(now);
-        if (self.sent.len() as u32) < self.limit {
+        if self.used < self.limit {
             return Duration::ZERO;
         }
-        let oldest = self.sent[self.sent.len() - self.limit as usize];
-        (oldest + self.window + MARGIN).saturating_duration_since(now)
+        // A slot frees when this many of the oldest requests have left the window.
+        let mut must_leave = self.used - self.limit + 1;
+        for sent in &self.sent {
+            if sent.count >= must_leave {
+                return (sent.at + self.window + MARGIN).saturating_duration_since(now);
+            }
+            must_leave -= sent.count;
+        }
+        Duration::ZERO
     }
 }
 
@@ -55,7 +83,7 @@ pub struct WouldExceedDeadline {
 
 impl RateBudget {
     pub fn new(limit: u32, window: Duration) -> Self {
-        let state = WindowState { limit: limit.max(1), window, sent: VecDeque::new() };
+        let state = WindowState { limit: limit.clamp(1, MAX_LIMIT), window, sent: VecDeque::new(), used: 0 };
         RateBudget { state: Arc::new(Mutex::new(state)) }
     }
 
@@ -80,7 +108,7 @@ impl RateBudget {
                 let mut state = self.lock();
                 let wait = state.wait_for_slot(now);
                 if wait.is_zero() {
-                    state.sent.push_back(now);
+                    state.record(now, 1);
                     return Ok(waited);
                 }
                 wait
@@ -93,21 +121,21 @@ impl RateBudget {
         }
     }
 
-    /// Reconciles with the server's view after a response.
+    /// Reconciles with the server's view after a response. A limit is clamped
+    /// to `1..=MAX_LIMIT`; the other clients' requests that `remaining` reveals
+    /// take one entry, whatever their number.
     pub fn observe(&self, limit: Option<u32>, remaining: Option<u32>) {
         let now = Instant::now();
         let mut state = self.lock();
         if let Some(limit) = limit.filter(|l| *l > 0) {
-            state.limit = limit;
+            state.limit = limit.min(MAX_LIMIT);
         }
         let Some(remaining) = remaining else { return };
         state.prune(now);
         let used_by_server = state.limit.saturating_sub(remaining);
         // Requests the server counted that we did not make: another client of the key.
-        let unseen = used_by_server.saturating_sub(state.sent.len() as u32);
-        for _ in 0..unseen {
-            state.sent.push_back(now);
-        }
+        let unseen = used_by_server.saturating_sub(state.used);
+        state.record(now, unseen);
     }
 
     /// After a 429: how long to wait. When our own requests fill the window, until
@@ -122,7 +150,7 @@ impl RateBudget {
         if !own_wait.is_zero() {
             return own_wait;
         }
-        let window_end = state.sent.front().map(|first| (*first + state.window + MARGIN).saturating_duration_since(now));
+        let window_end = state.sent.front().map(|first| (first.at + state.window + MARGIN).saturating_duration_since(now));
         let wait = match window_end {
             Some(end) if !end.is_zero() => probe.min(end),
             _ => probe,
@@ -139,7 +167,7 @@ impl RateBudget {
     pub fn free_slots(&self) -> u32 {
         let mut state = self.lock();
         state.prune(Instant::now());
-        state.limit.saturating_sub(state.sent.len() as u32)
+        state.limit.saturating_sub(state.used)
     }
 }
 
@@ -174,7 +202,22 @@ mod tests {
         // The server says only 9 remain: 50 requests came from elsewhere.
         budget.observe(Some(60), Some(9));
         let state = budget.lock();
-        assert_eq!(state.sent.len(), 51);
+        assert_eq!(state.used, 51);
+        assert_eq!(state.sent.len(), 2, "the other clients' 50 requests take one entry");
+    }
+
+    #[test]
+    fn header_limits_are_clamped_and_take_no_memory() {
+        let budget = RateBudget::new(60, WINDOW);
+        budget.observe(Some(u32::MAX), Some(0));
+        assert_eq!(budget.limit(), MAX_LIMIT);
+        assert_eq!(budget.free_slots(), 0);
+        assert!(budget.lock().sent.len() <= 1);
+        budget.observe(Some(0), None);
+        assert_eq!(budget.limit(), MAX_LIMIT, "a zero limit is ignored");
+        let wait = budget.lock().wait_for_slot(Instant::now());
+        assert!(wait > Duration::from_secs(59), "the window is full until the revealed requests leave it: {wait:?}");
+        assert_eq!(RateBudget::new(u32::MAX, WINDOW).limit(), MAX_LIMIT);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use reqwest::header::HeaderValue;
 
 use crate::config::Config;
 use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure};
+use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure, MAX_INTAKE_BODY};
 use crate::huntress::short_reqwest;
+use crate::redact::Redactor;
 use crate::datadog::transform::PreparedLog;
 
 pub const MAX_BATCH_LOGS: usize = 1000;
@@ -39,6 +40,8 @@ pub struct IntakeClient {
     http: HttpClient,
     url: String,
     api_key: HeaderValue,
+    request_timeout: std::time::Duration,
+    redactor: Redactor,
     pub stats: IntakeStats,
 }
 
@@ -57,6 +60,8 @@ impl IntakeClient {
             http: HttpClient::new(config)?,
             url: config.intake_url.clone(),
             api_key,
+            request_timeout: config.request_timeout,
+            redactor: Redactor::for_config(config),
             stats: IntakeStats::default(),
         })
     }
@@ -66,9 +71,14 @@ impl IntakeClient {
     }
 
     /// Sends `logs` in order and stops at the first batch that cannot be delivered.
+    /// The first request always goes (its logs were fetched already); every
+    /// later one (next batch, split half, retry) only before the run deadline, so
+    /// a send ends at most one `request_timeout` past it. What is not sent stays
+    /// for the next run.
     pub fn send(&mut self, logs: &LogBuffer, deadline: &Deadline) -> Delivery {
+        let first_request = self.stats.requests;
         for range in batches(logs) {
-            if let Err((accepted_prefix, error)) = self.send_range(logs, range, deadline) {
+            if let Err((accepted_prefix, error)) = self.send_range(logs, range, deadline, first_request) {
                 return Delivery { accepted_prefix, error: Some(error) };
             }
         }
@@ -76,7 +86,17 @@ impl IntakeClient {
     }
 
     /// On failure, returns how many logs from the start of `logs` were delivered.
-    fn send_range(&mut self, logs: &LogBuffer, range: Range<usize>, deadline: &Deadline) -> std::result::Result<(), (usize, HuntressError)> {
+    fn send_range(
+        &mut self,
+        logs: &LogBuffer,
+        range: Range<usize>,
+        deadline: &Deadline,
+        first_request: u64,
+    ) -> std::result::Result<(), (usize, HuntressError)> {
+        if self.stats.requests > first_request && deadline.expired() {
+            let error = HuntressError::Deadline(format!("{} logs not sent to the intake yet; the next run sends them", logs.len() - range.start));
+            return Err((range.start, error));
+        }
         match self.post_batch(logs, range.clone(), deadline) {
             Ok(BatchOutcome::Accepted) => {
                 self.stats.accepted += range.len() as u64;
@@ -89,8 +109,8 @@ impl IntakeClient {
             }
             Ok(BatchOutcome::Split) => {
                 let middle = range.start + range.len() / 2;
-                self.send_range(logs, range.start..middle, deadline)?;
-                self.send_range(logs, middle..range.end, deadline)
+                self.send_range(logs, range.start..middle, deadline, first_request)?;
+                self.send_range(logs, middle..range.end, deadline, first_request)
             }
             Err(error) => Err((range.start, error)),
         }
@@ -112,15 +132,21 @@ impl IntakeClient {
                 // No deadline clamp here: a send cut short cannot tell whether the
                 // intake kept the batch, and a resend could duplicate it.
                 .body(body.clone());
-            let error = match self.http.execute(request) {
+            // The answer is judged by its status: a body over MAX_INTAKE_BODY is
+            // cut (only its start is quoted), so an accepted batch stays accepted.
+            let error = match self.http.execute(request, self.request_timeout, MAX_INTAKE_BODY) {
                 Ok(answer) => {
-                    let detail = excerpt(&answer.body, 200);
+                    let detail = excerpt(&answer.body, 200, &self.redactor);
                     match classify(answer.status, range.len(), &detail) {
                         Verdict::Done(outcome) => return Ok(outcome),
                         Verdict::Fatal(error) => return Err(error),
                         Verdict::Retry(error) => error,
                     }
                 }
+                Err(HttpFailure::TimedOut) => HuntressError::intake(
+                    ErrorKind::IntakeUnavailable,
+                    format!("no complete answer within {:.1}s (request_timeout)", self.request_timeout.as_secs_f64()),
+                ),
                 Err(HttpFailure::Send(e) | HttpFailure::Body(e)) => {
                     HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot reach the intake ({})", short_reqwest(&e)))
                 }

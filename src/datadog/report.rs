@@ -1,6 +1,8 @@
 //! What one run hands back to the Python check: metrics, service checks,
 //! events and Agent log lines. Secrets are scrubbed from every message.
 
+use crate::redact::Redactor;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {
     Gauge,
@@ -98,19 +100,18 @@ impl Report {
         self.service_checks.push(ServiceCheck { name: name.into(), status, tags: tags.to_vec(), message });
     }
 
-    /// Replaces every occurrence of a secret in any text the report carries.
-    pub fn redact(&mut self, secrets: &[String]) {
-        let scrub = |text: &mut String| {
-            for secret in secrets.iter().filter(|s| s.len() >= 4) {
-                if text.contains(secret.as_str()) {
-                    *text = text.replace(secret.as_str(), "********");
-                }
-            }
-        };
+    /// Scrubs secrets (see `redact`) from every text the report carries: log
+    /// lines, messages, event texts, and the tags of metrics, checks and events.
+    pub fn redact(&mut self, redactor: &Redactor) {
+        let scrub = |text: &mut String| redactor.scrub_in_place(text);
         for (_, line) in &mut self.logs {
             scrub(line);
         }
+        for metric in &mut self.metrics {
+            metric.tags.iter_mut().for_each(scrub);
+        }
         for check in &mut self.service_checks {
+            check.tags.iter_mut().for_each(scrub);
             if let Some(message) = &mut check.message {
                 scrub(message);
             }
@@ -118,6 +119,7 @@ impl Report {
         for event in &mut self.events {
             scrub(&mut event.text);
             scrub(&mut event.title);
+            event.tags.iter_mut().for_each(scrub);
         }
         if let Some(fatal) = &mut self.fatal {
             scrub(fatal);
@@ -150,7 +152,10 @@ mod tests {
         report.log(Level::Error, "key SECRETKEY leaked");
         report.service_check("x", Status::Critical, &[], Some("auth SECRETKEY".into()));
         report.fatal = Some("SECRETKEY".into());
-        report.redact(&["SECRETKEY".into()]);
-        assert!(!format!("{report:?}").contains("SECRETKEY"));
+        report.count("m", 1.0, &["org:SECRETKEY".into()]);
+        report.log(Level::Error, "upstream said: Authorization: Basic b3RoZXI6Y3JlZHM=");
+        report.redact(&Redactor::new(&["SECRETKEY"]));
+        let text = format!("{report:?}");
+        assert!(!text.contains("SECRETKEY") && !text.contains("b3RoZXI6Y3JlZHM"), "{text}");
     }
 }

@@ -288,11 +288,15 @@ impl QueryRun<'_> {
         if pending.pages.is_empty() {
             return true;
         }
+        let refused_before = self.intake.stats.rejected;
         let delivery = self.intake.send(&pending.logs, &self.deadline);
         for id in pending.logs.ids().take(delivery.accepted_prefix) {
             state.remember(id);
         }
-        outcome.forwarded += delivery.accepted_prefix as u64;
+        // Logs the intake refused even alone are done with, but not forwarded.
+        let refused = self.intake.stats.rejected - refused_before;
+        outcome.rejected += refused;
+        outcome.forwarded += (delivery.accepted_prefix as u64).saturating_sub(refused);
         if let Some(mark) = pending.pages.iter().rev().find(|mark| mark.end <= delivery.accepted_prefix) {
             state.cursor = Some(mark.cursor.clone());
             if mark.cursor.page_token.is_none() {
@@ -302,6 +306,10 @@ impl QueryRun<'_> {
         pending.clear();
         self.save(state, outcome);
         match delivery.error {
+            Some(error) if error.kind() == ErrorKind::Deadline => {
+                outcome.stopped_by_deadline = true;
+                false
+            }
             Some(error) => {
                 outcome.error.get_or_insert(error);
                 false
