@@ -267,6 +267,9 @@ impl Collector {
         }
         if outcome.stopped_by_deadline {
             report.log(Level::Info, format!("query {name:?}: run deadline reached; the next run resumes from the saved cursor"));
+            if outcome.pages == 0 {
+                warnings.push(format!("query {name:?}: the run deadline was reached before a page could be read"));
+            }
         }
         for warning in &warnings {
             report.log(Level::Warning, warning.clone());

@@ -115,7 +115,12 @@ impl HttpClient {
                 let response = request.send().await.map_err(HttpFailure::Send)?;
                 read_capped(response, max_body).await
             };
-            tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(HttpFailure::TimedOut))
+            match tokio::time::timeout(timeout, exchange).await {
+                // reqwest's own timeout (the client's, equal to request_timeout) may fire first.
+                Ok(Err(HttpFailure::Send(e) | HttpFailure::Body(e))) if e.is_timeout() => Err(HttpFailure::TimedOut),
+                Ok(result) => result,
+                Err(_elapsed) => Err(HttpFailure::TimedOut),
+            }
         })
     }
 }

@@ -49,8 +49,9 @@ pub struct ApiStats {
     pub rate_limited: u64,
     /// Errors that a retry recovered from, by kind.
     pub retried: BTreeMap<ErrorKind, u64>,
-    /// Requests that got an answer (any status).
+    /// Requests that got an answer (any status), and requests that got none in time.
     pub answered: u64,
+    pub timed_out: u64,
 }
 
 pub struct HuntressClient {
@@ -126,12 +127,8 @@ impl HuntressClient {
             let waited = match self.budget.acquire(deadline.0) {
                 Ok(waited) => waited,
                 Err(e) => {
-                    return Err(last_error.unwrap_or_else(|| {
-                        HuntressError::Deadline(format!(
-                            "the rate limit asks to wait {:.1}s, past the end of this run",
-                            e.wait.as_secs_f64()
-                        ))
-                    }))
+                    let why = format!("the rate limit asks to wait {:.1}s, past the end of this run", e.wait.as_secs_f64());
+                    return Err(self.stopped_by_deadline(path, last_error, why));
                 }
             };
             self.stats.throttle_wait += waited;
@@ -147,8 +144,10 @@ impl HuntressClient {
                     Err(Failure::Retry(error, wait)) => (error, wait),
                 },
                 Err(HttpFailure::TimedOut) => {
+                    self.stats.timed_out += 1;
                     if timeout < self.request_timeout && deadline.expired() {
-                        return Err(self.cut_by_deadline(path, last_error));
+                        let why = format!("{path}: the run deadline ended a request in flight");
+                        return Err(self.stopped_by_deadline(path, last_error, why));
                     }
                     (no_answer(path, timeout), None)
                 }
@@ -169,20 +168,21 @@ impl HuntressClient {
         }
     }
 
-    /// A request the run deadline cut short. When Huntress answered nothing in
-    /// this whole run, or the attempt before failed, that is the fault to report;
-    /// otherwise the run simply ran out of time and the next one resumes.
-    fn cut_by_deadline(&self, path: &str, last_error: Option<HuntressError>) -> HuntressError {
+    /// The run deadline stopped a request (cut it, or kept it from starting).
+    /// When the attempt before failed, or Huntress answered nothing in this whole
+    /// run but let requests time out, that is the fault to report; otherwise the
+    /// run simply ran out of time and the next one resumes.
+    fn stopped_by_deadline(&self, path: &str, last_error: Option<HuntressError>, why: String) -> HuntressError {
         if let Some(error) = last_error {
             return error;
         }
-        if self.stats.answered == 0 {
+        if self.stats.answered == 0 && self.stats.timed_out > 0 {
             return HuntressError::api(
                 ErrorKind::Timeout,
-                format!("{path}: Huntress sent no answer in this run; the run deadline ended the request"),
+                format!("{path}: Huntress sent no answer in this run within request_timeout or the run deadline"),
             );
         }
-        HuntressError::Deadline(format!("{path}: the run deadline ended a request in flight"))
+        HuntressError::Deadline(why)
     }
 
     fn read<T>(

@@ -7,6 +7,7 @@ Only the Python standard library is used.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import socket
@@ -20,6 +21,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 # Largest request body either server will read (bytes). Bigger bodies get 413
 # without being read, and the connection is closed.
 MAX_READ_BYTES = 64 * 1024 * 1024
+
+# Declared Content-Length of a `huge_body` answer (1.5 GB); the bytes are
+# generated while they are sent, never held.
+HUGE_BODY_BYTES = 1_500_000_000
+
+# Faults whose optional argument is the answer's status code.
+STATUS_ARG_FAULTS = ("echo_headers", "huge_body", "endless_body")
 
 
 class BodyTooLarge(Exception):
@@ -48,6 +56,12 @@ def validate_fault(kind: str, known):
     elif name == "redirect":
         if not arg:
             raise ValueError("redirect needs a target, e.g. 'redirect:http://127.0.0.1:1/x'")
+    elif name in STATUS_ARG_FAULTS:
+        if arg and not 100 <= int(arg) <= 599:
+            raise ValueError(f"bad status code in {kind!r}")
+    elif name == "rate_headers":
+        if "," not in arg:
+            raise ValueError("rate_headers needs '<limit>,<remaining>' (any text), e.g. 'rate_headers:abc,-5'")
     elif arg:
         raise ValueError(f"fault {name!r} takes no argument")
 
@@ -224,6 +238,60 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def send_stream(self, status: int, headers=None, declared_length: int | None = None):
+        """Answer with filler bytes generated as they are sent, until the client
+        hangs up, the server stops, or `declared_length` bytes went out. Without
+        `declared_length` the body is chunked and endless."""
+        self._responded = True
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            self.send_header(k, str(v))
+        if declared_length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(declared_length))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        block = b'{"filler": "' + b"x" * (64 * 1024 - 16) + b'"},'
+        frame = block if declared_length is not None else b"%x\r\n%s\r\n" % (len(block), block)
+        stopping = self.server.owner._stopping
+        sent = 0
+        try:
+            while not stopping.is_set() and (declared_length is None or sent + len(block) <= declared_length):
+                self.wfile.write(frame)
+                sent += len(block)
+        except OSError:
+            pass
+
+    def hang(self):
+        """Read the request, then never answer (until the server stops)."""
+        self._responded = True
+        self.close_connection = True
+        self.server.owner._stopping.wait()
+
+    def echo_headers_body(self, status: int) -> bytes:
+        """An error body that quotes the request's headers, in the forms a broken
+        upstream or proxy might: a JSON object, raw header lines, the bare
+        Authorization value, and its decoded Basic credentials."""
+        auth = self.headers.get("Authorization") or ""
+        decoded = ""
+        if auth.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(auth[6:].strip()).decode("utf-8", "replace")
+            except ValueError:
+                decoded = ""
+        raw_lines = "\r\n".join(f"{k}: {v}" for k, v in self.headers.items())
+        return json.dumps({
+            "status": status,
+            "token": auth.partition(" ")[2],
+            "credentials": decoded,
+            "dd": self.headers.get("DD-API-KEY") or "",
+            "headers": dict(self.headers.items()),
+            "raw": raw_lines,
+        }).encode("utf-8")
 
     def reset_connection(self):
         """Close the socket without answering; SO_LINGER 0 makes it an RST."""

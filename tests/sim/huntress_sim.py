@@ -24,14 +24,15 @@ from collections import OrderedDict, deque
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import esql as _esql
-from ._http import FaultQueue, ServerBase, monotonic, parse_fault, validate_fault
+from ._http import HUGE_BODY_BYTES, FaultQueue, ServerBase, monotonic, parse_fault, validate_fault
 from .timeutil import iso_seconds, parse_iso_ns
 
 SIEM_PATH = "/v1/siem/query"
 HUGE_FIELD_BYTES = 2 * 1024 * 1024
 
 FAULT_KINDS = ("status", "malformed_json", "truncated_body", "reset", "slow",
-               "wrong_types", "huge_field")
+               "wrong_types", "huge_field", "hang", "huge_body", "endless_body",
+               "echo_headers", "rate_headers")
 
 # path -> (plural key, singular key, allowed sort fields, filters)
 # filter spec: name -> (kind, getter) where kind is "int", "str" or "csv"
@@ -340,6 +341,10 @@ class HuntressSimulator(ServerBase):
             "x-huntress-api-call-limit": str(self.rate_limit),
             "x-huntress-api-call-remaining": str(remaining),
         }
+        if fault and fault.startswith("rate_headers:"):
+            limit_text, _, remaining_text = parse_fault(fault)[1].partition(",")
+            headers = {"x-huntress-api-call-limit": limit_text, "x-huntress-api-call-remaining": remaining_text}
+            fault = None
         if status_hint == 401:
             reply = ("json", 401, {"status": 401, "error": "Unauthorized",
                                    "message": "invalid or missing API credentials"})
@@ -369,6 +374,10 @@ class HuntressSimulator(ServerBase):
             h.send_bytes(reply[1], reply[2], headers)
         elif mode == "truncated":
             h.send_truncated(reply[1], reply[2], headers)
+        elif mode == "stream":
+            h.send_stream(reply[1], headers, declared_length=reply[2])
+        elif mode == "hang":
+            h.hang()
 
     def _serve(self, h, path, body, fault):
         """Answer an authenticated, non-throttled request: returns
@@ -381,6 +390,13 @@ class HuntressSimulator(ServerBase):
                                        "message": f"simulated HTTP {code}"})
             if name == "reset":
                 return ("reset",)
+            if name == "hang":
+                return ("hang", 0)
+            if name in ("huge_body", "endless_body"):
+                declared = HUGE_BODY_BYTES if name == "huge_body" else None
+                return ("stream", int(arg or 200), declared)
+            if name == "echo_headers":
+                return ("raw", int(arg or 400), h.echo_headers_body(int(arg or 400)))
             if name == "slow":
                 self._sleep(float(arg))
                 fault = None

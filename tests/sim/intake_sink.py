@@ -12,11 +12,12 @@ from collections import Counter
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from ._http import FaultQueue, Headers, ServerBase, monotonic, parse_fault, validate_fault
+from ._http import HUGE_BODY_BYTES, FaultQueue, Headers, ServerBase, monotonic, parse_fault, validate_fault
 from .timeutil import parse_iso_ns
 
 LOGS_PATH = "/api/v2/logs"
-SINK_FAULT_KINDS = ("status", "accept_then_fail", "reset", "slow", "redirect")
+SINK_FAULT_KINDS = ("status", "accept_then_fail", "reset", "slow", "redirect",
+                    "hang", "huge_body", "endless_body", "echo_headers")
 
 # Attributes the intake reads a log's date from, first match wins. Datadog's
 # documented default date attributes are timestamp, date, _timestamp,
@@ -162,6 +163,21 @@ class IntakeSink(ServerBase):
                 rec["status"] = 0
                 self._commit(h)
                 h.reset_connection()
+                return
+            if name == "hang":
+                rec["status"] = 0
+                self._commit(h)
+                h.hang()
+                return
+            if name in ("huge_body", "endless_body"):
+                rec["status"] = int(arg or 202)
+                self._commit(h)
+                h.send_stream(int(arg or 202), declared_length=HUGE_BODY_BYTES if name == "huge_body" else None)
+                return
+            if name == "echo_headers":
+                rec["status"] = int(arg or 400)
+                self._commit(h)
+                h.send_bytes(int(arg or 400), h.echo_headers_body(int(arg or 400)))
                 return
             if name == "redirect":
                 rec["status"] = 307

@@ -40,7 +40,17 @@ class HuntressCheck(AgentCheck):
         return self._collector.cache_id
 
     def check(self, _):
-        report = self._collector.run(self.read_persistent_cache, self.write_persistent_cache)
+        try:
+            report = self._collector.run(self.read_persistent_cache, self.write_persistent_cache)
+        except Exception:
+            raise
+        except BaseException as e:
+            # pyo3's PanicException derives from BaseException, which the Agent does not
+            # handle. The core catches its panics itself; this is the last line.
+            if type(e).__name__ != 'PanicException':
+                raise
+            self._report_internal_error(str(e))
+            raise CheckException(f'internal error in the check: {e}') from None
         for kind, name, value, tags in report['metrics']:
             getattr(self, kind)(name, value, tags=tags)
         for name, status, tags, message in report['service_checks']:
@@ -51,3 +61,8 @@ class HuntressCheck(AgentCheck):
             getattr(self.log, level)(message)
         if report['fatal']:
             raise CheckException(report['fatal'])
+
+    def _report_internal_error(self, message):
+        tags = list(self.instance.get('tags') or [])
+        self.count('huntress.siem.errors', 1, tags=tags + ['error_type:internal'])
+        self.service_check('huntress.siem.can_connect', AgentCheck.CRITICAL, tags=tags, message=message)
