@@ -30,3 +30,7 @@ class Collector:
     def cache_id(self) -> str: ...
     def run(self, read_cache: Callable[[str], str], write_cache: Callable[[str, str], None]) -> Report:
         """Runs every query once, with the GIL released during network work."""
+
+def _inject_panic(point: Literal['new', 'run']) -> None:
+    """Test hook: the next `Collector()` ('new') or `run` ('run') panics once.
+    Not part of the check's interface; no option or environment variable arms it."""
