@@ -121,14 +121,14 @@ impl HuntressClient {
         parse: impl Fn(&Bytes) -> serde_json::Result<T>,
     ) -> Result<T> {
         let mut attempt = 0;
-        // The error of the previous attempt: what to report when the deadline ends the retries.
-        let mut last_error: Option<HuntressError> = None;
+        // A timeout of the previous attempt: what to report when the deadline ends the retries.
+        let mut last_timeout: Option<HuntressError> = None;
         loop {
             let waited = match self.budget.acquire(deadline.0) {
                 Ok(waited) => waited,
                 Err(e) => {
                     let why = format!("the rate limit asks to wait {:.1}s, past the end of this run", e.wait.as_secs_f64());
-                    return Err(self.stopped_by_deadline(path, last_error, why));
+                    return Err(self.stopped_by_deadline(path, last_timeout, why));
                 }
             };
             self.stats.throttle_wait += waited;
@@ -147,7 +147,7 @@ impl HuntressClient {
                     self.stats.timed_out += 1;
                     if timeout < self.request_timeout && deadline.expired() {
                         let why = format!("{path}: the run deadline ended a request in flight");
-                        return Err(self.stopped_by_deadline(path, last_error, why));
+                        return Err(self.stopped_by_deadline(path, last_timeout, why));
                     }
                     (no_answer(path, timeout), None)
                 }
@@ -164,16 +164,16 @@ impl HuntressClient {
             if !deadline.sleep(wait.unwrap_or_else(|| backoff(attempt - 1))) {
                 return Err(error);
             }
-            last_error = Some(error);
+            last_timeout = (error.kind() == ErrorKind::Timeout).then_some(error);
         }
     }
 
     /// The run deadline stopped a request (cut it, or kept it from starting).
-    /// When the attempt before failed, or Huntress answered nothing in this whole
-    /// run but let requests time out, that is the fault to report; otherwise the
-    /// run simply ran out of time and the next one resumes.
-    fn stopped_by_deadline(&self, path: &str, last_error: Option<HuntressError>, why: String) -> HuntressError {
-        if let Some(error) = last_error {
+    /// When the attempt before timed out, or Huntress answered nothing in this
+    /// whole run but let requests time out, that timeout is the fault to report;
+    /// otherwise the run simply ran out of time and the next one resumes.
+    fn stopped_by_deadline(&self, path: &str, last_timeout: Option<HuntressError>, why: String) -> HuntressError {
+        if let Some(error) = last_timeout {
             return error;
         }
         if self.stats.answered == 0 && self.stats.timed_out > 0 {
@@ -237,19 +237,20 @@ impl HuntressClient {
     }
 
     /// Takes the rate headers as the server sends them, within reason: a value
-    /// that is not a whole number in `0..=u32::MAX` is ignored, and the limit is
-    /// clamped to `MAX_LIMIT` (Huntress documents 60), `remaining` to the limit.
+    /// that is not a whole number in `0..=u32::MAX` is ignored. The gauges show
+    /// the values as sent; the pacing clamps the limit to `MAX_LIMIT` (Huntress
+    /// documents 60) and `remaining` to the limit.
     fn observe_headers(&mut self, headers: &HeaderMap) {
         let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u32>().ok());
-        let limit = number(LIMIT_HEADER).map(|l| l.min(MAX_LIMIT));
-        let remaining = number(REMAINING_HEADER).map(|r| r.min(limit.unwrap_or(MAX_LIMIT)));
+        let (limit, remaining) = (number(LIMIT_HEADER), number(REMAINING_HEADER));
         if limit.is_some() {
             self.stats.call_limit = limit;
         }
         if remaining.is_some() {
             self.stats.call_remaining = remaining;
         }
-        self.budget.observe(limit, remaining);
+        let limit = limit.map(|l| l.min(MAX_LIMIT));
+        self.budget.observe(limit, remaining.map(|r| r.min(limit.unwrap_or(MAX_LIMIT))));
     }
 }
 

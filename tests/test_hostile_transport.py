@@ -146,19 +146,20 @@ def test_garbage_rate_headers_are_ignored(make_check, dd_run_check, aggregator, 
 
 
 def test_a_huge_rate_limit_header_is_clamped_and_allocates_nothing(
-    make_check, dd_run_check, aggregator, huntress, sink, instance
+    make_check, dd_run_check, aggregator, huntress, sink, instance, caplog
 ):
     huntress.add_events(recent_events(50, seed=104))
     instance['run_deadline_seconds'] = 4
     # Thirty million requests "used" by someone else: one entry per request would take ~500 MB.
     huntress.inject('rate_headers:30000000,0', count=100, path='*')
+    caplog.set_level('INFO')
     started = time.monotonic()
     with PeakRss() as rss:
         run(dd_run_check, make_check(instance))
     assert rss.growth < 100 * MB, f'peak RSS grew by {rss.growth / MB:.0f} MB'
     assert time.monotonic() - started < 4 + 5
-    limits = [m.value for m in aggregator.metrics('huntress.siem.api_call_limit')]
-    assert limits == [1000]
+    assert [m.value for m in aggregator.metrics('huntress.siem.api_call_limit')] == [30_000_000]
+    assert '(of 1000 per minute)' in caplog.text, 'the pacing uses the clamped limit'
     assert len(statuses(aggregator)) == 1
 
 
