@@ -384,6 +384,74 @@ mod tests {
         assert_eq!(gunzip(&gzip_json_array_ok(buffer(&[big]).joined(0..1)))[0]["m"].as_str().unwrap(), noise);
     }
 
+    /// A local intake that refuses every batch with 400, over keep-alive
+    /// connections; returns its URL and the count of requests it answered.
+    fn refusing_intake() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v2/logs", listener.local_addr().unwrap());
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = answered.clone();
+        std::thread::spawn(move || {
+            for socket in listener.incoming().flatten() {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(socket.try_clone().unwrap());
+                    let mut socket = socket;
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                            line.clear();
+                        }
+                        let mut body = vec![0u8; length];
+                        if line != "\r\n" || reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if socket.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}").is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, answered)
+    }
+
+    fn client_for(url: &str) -> IntakeClient {
+        let instance = serde_json::json!({
+            "huntress_api_key": "k", "huntress_secret_key": "s", "dd_api_key": "d", "logs_intake_url": url,
+            "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
+        });
+        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, proxy: None };
+        IntakeClient::new(&Config::parse(&instance, &agent).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn splitting_a_refused_batch_stops_at_the_deadline() {
+        let (url, answered) = refusing_intake();
+        let mut client = client_for(&url);
+        let logs = buffer(&(0..64).map(|i| log(20 + i)).collect::<Vec<_>>());
+
+        // Before the deadline: every log is tried alone, 2n - 1 requests, all refused.
+        let delivery = client.send(&logs, &Deadline::after(std::time::Duration::from_secs(60)));
+        assert!(delivery.error.is_none());
+        assert_eq!(delivery.accepted_prefix, 64);
+        assert_eq!((client.stats.requests, client.stats.rejected, client.stats.accepted), (127, 64, 0));
+
+        // Past the deadline: the first request goes, no split follows, nothing is marked done.
+        client.reset_stats();
+        let delivery = client.send(&logs, &Deadline::after(std::time::Duration::ZERO));
+        assert_eq!(client.stats.requests, 1);
+        assert_eq!(delivery.accepted_prefix, 0);
+        assert_eq!(delivery.error.map(|e| e.kind()), Some(ErrorKind::Deadline));
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 128);
+    }
+
     #[test]
     fn retry_decisions_follow_the_intake_contract() {
         for status in [408, 429, 500, 502, 503] {
