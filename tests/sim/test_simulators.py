@@ -407,6 +407,67 @@ def test_truncated_body_reset_and_slow(sim, rows):
     assert siem(sim).status == 200  # server still healthy
 
 
+def read_head_and_some(base_url, path, body, headers, limit=1 << 20):
+    """Status, headers and at most `limit` body bytes; the connection is then dropped."""
+    u = urlsplit(base_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read(limit)
+    finally:
+        conn.close()
+
+
+def test_hostile_faults(sim, rows):
+    sim.add_events(rows[:10])
+    query = {"esql": "FROM logs", "range_start": RS, "range_end": RE}
+    sim.inject("huge_body")
+    status, headers, body = read_head_and_some(sim.url, "/v1/siem/query", query, basic())
+    assert status == 200 and headers["content-length"] == "1500000000" and len(body) == 1 << 20
+    sim.inject("endless_body:502")
+    status, headers, body = read_head_and_some(sim.url, "/v1/siem/query", query, basic())
+    assert status == 502 and headers["transfer-encoding"] == "chunked" and len(body) == 1 << 20
+    sim.inject("hang")
+    with pytest.raises((socket.timeout, TimeoutError)):
+        request(sim.url, "POST", "/v1/siem/query", query, basic(), timeout=0.3)
+    sim.inject("rate_headers:abc,-5")
+    r = siem(sim)
+    assert r.status == 200 and r.headers["x-huntress-api-call-limit"] == "abc"
+    assert r.headers["x-huntress-api-call-remaining"] == "-5"
+    sim.inject("echo_headers")
+    r = siem(sim)
+    assert r.status == 400
+    echoed = r.json()
+    assert echoed["credentials"] == "demo-key:demo-secret"
+    assert echoed["token"] == basic()["Authorization"][6:]
+    assert "Authorization: Basic " in echoed["raw"]
+    for bad in ("rate_headers:5", "echo_headers:99", "hang:1"):
+        with pytest.raises(ValueError):
+            sim.inject(bad)
+    assert siem(sim).status == 200  # server still healthy
+
+
+def test_sink_hostile_faults():
+    logs = [{"uuid": "a", "message": "m"}]
+    headers = {"Content-Type": "application/json", "DD-API-KEY": "dd-demo-key"}
+    with IntakeSink() as sink:
+        sink.inject("huge_body:503")
+        status, answer, body = read_head_and_some(sink.base_url, "/api/v2/logs", logs, headers)
+        assert status == 503 and answer["content-length"] == "1500000000"
+        sink.inject("endless_body")
+        status, answer, body = read_head_and_some(sink.base_url, "/api/v2/logs", logs, headers)
+        assert status == 202 and len(body) == 1 << 20
+        sink.inject("echo_headers:500")
+        r = post_logs(sink, logs)
+        assert r.status == 500 and r.json()["dd"] == "dd-demo-key"
+        sink.inject("hang")
+        with pytest.raises((socket.timeout, TimeoutError)):
+            request(sink.base_url, "POST", "/api/v2/logs", logs, headers, timeout=0.3)
+        assert sink.logs == []
+        assert [q["fault"] for q in sink.requests] == ["huge_body:503", "endless_body", "echo_headers:500", "hang"]
+
+
 # ---------------------------------------------------------------------------
 # REST endpoints
 # ---------------------------------------------------------------------------
