@@ -26,6 +26,8 @@ pub enum Feature {
     Incidents,
     Agents,
     Orgs,
+    Escalations,
+    Signals,
 }
 
 impl Feature {
@@ -35,6 +37,8 @@ impl Feature {
             Feature::Incidents => "incidents",
             Feature::Agents => "agents",
             Feature::Orgs => "orgs",
+            Feature::Escalations => "escalations",
+            Feature::Signals => "signals",
         }
     }
 }
