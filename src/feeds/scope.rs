@@ -12,8 +12,8 @@
 //! Each decision that drops an item, and each unknown organization, is counted
 //! by feed for `huntress.scope.filtered` and `huntress.scope.unknown_organization`.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
@@ -116,12 +116,12 @@ impl ScopeRules {
 #[derive(Debug, Default)]
 pub struct Scope {
     rules: ScopeRules,
-    counts: RefCell<BTreeMap<(&'static str, &'static str), u64>>,
+    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Scope {
     pub fn new(rules: ScopeRules) -> Self {
-        Scope { rules, counts: RefCell::new(BTreeMap::new()) }
+        Scope { rules, counts: Mutex::new(BTreeMap::new()) }
     }
 
     pub fn is_active(&self) -> bool {
@@ -133,7 +133,7 @@ impl Scope {
     }
 
     fn count(&self, feed: &'static str, what: &'static str) {
-        *self.counts.borrow_mut().entry((feed, what)).or_default() += 1;
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((feed, what)).or_default() += 1;
     }
 
     /// The name an item lacks, from the directory.
@@ -191,7 +191,7 @@ impl Scope {
 
     /// `huntress.scope.filtered` and `huntress.scope.unknown_organization`, by feed; then resets.
     pub fn report(&self, report: &mut Report, base: &[String]) {
-        for ((feed, what), count) in std::mem::take(&mut *self.counts.borrow_mut()) {
+        for ((feed, what), count) in std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner())) {
             let tags = with_tag(base, format!("feed:{feed}"));
             match what {
                 "filtered" => report.count("huntress.scope.filtered", count as f64, &tags),
