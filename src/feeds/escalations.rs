@@ -290,6 +290,9 @@ mod tests {
         assert_eq!(gauge("huntress.escalations.open", "critical"), Some(1.0));
         assert_eq!(gauge("huntress.escalations.open", "low"), Some(0.0), "organization 202 is out of scope");
         assert_eq!(gauge("huntress.escalations.overdue", "low"), Some(0.0));
+        let by_org: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.escalations.open_by_organization").map(|m| (m.tags.clone(), m.value)).collect();
+        assert_eq!(by_org.last(), Some(&(vec!["huntress_org_id:101".to_string(), "huntress_org_name:unknown".into(), "severity:critical".into()], 1.0)));
+        assert!(by_org.iter().all(|(tags, _)| !tags.contains(&"huntress_org_id:202".to_string())));
         let state = VersionedState::decode(&cache.0[ESCALATIONS_KEY], "escalation checkpoint").unwrap().unwrap();
         assert_eq!(state.checkpoint.timestamp(), NOW - 60);
     }

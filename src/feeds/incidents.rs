@@ -86,7 +86,8 @@ pub fn scan_changes(source: &mut dyn PageSource, checkpoint: DateTime<Utc>, max_
 
 /// Reports whose status is `sent`, by severity; `None` unless every page was read.
 pub fn count_open(source: &mut dyn PageSource, max_pages: u32) -> (Option<BTreeMap<String, u64>>, Listing) {
-    versioned::count_by_status(source, &Incidents, OPEN_STATUS, max_pages, &Scope::default(), None)
+    let (counts, listing) = versioned::count_by_status(source, &Incidents, OPEN_STATUS, max_pages, &Scope::default(), None);
+    (counts.map(|c| c.by_severity), listing)
 }
 
 fn is_final(status: &str) -> bool {

@@ -36,6 +36,7 @@ use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
 use crate::http::Deadline;
 use crate::huntress::Feature;
+use crate::feeds::agents::MAX_ORGS_TAGGED;
 use crate::tags::{self, cap_values, MAX_TAG_VALUES};
 
 pub const SEVERITIES: [&str; 3] = ["low", "high", "critical"];
@@ -362,7 +363,15 @@ pub trait VersionedFeed {
     fn status_gauges(&self) -> &'static [(&'static str, &'static str)];
 }
 
-/// Items of `status`, by severity, within the scope; `None` unless every page was read.
+/// Items of one status: by severity, and by organization and severity.
+#[derive(Debug, Default)]
+pub struct StatusCounts {
+    pub by_severity: BTreeMap<String, u64>,
+    /// `(organization id, severity)`; an item of several organizations counts for each.
+    pub by_org: BTreeMap<(String, String), u64>,
+}
+
+/// Items of `status` within the scope; `None` unless every page was read.
 pub fn count_by_status(
     source: &mut dyn PageSource,
     feed: &dyn VersionedFeed,
@@ -370,17 +379,48 @@ pub fn count_by_status(
     max_pages: u32,
     scope: &Scope,
     directory: Option<&OrgDirectory>,
-) -> (Option<BTreeMap<String, u64>>, Listing) {
-    let mut counts: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
+) -> (Option<StatusCounts>, Listing) {
+    let mut counts = StatusCounts { by_severity: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(), by_org: BTreeMap::new() };
     let filters = [("status", status.to_string())];
     let listing = list_pages(source, feed.path(), feed.plural(), &filters, max_pages, |page| {
         for item in page.iter().filter(|item| in_scope(feed, scope, item, directory, false)) {
-            *counts.entry(tags::value_or_unknown(Some(text(item, "severity")))).or_default() += 1;
+            let severity = tags::value_or_unknown(Some(text(item, "severity")));
+            for org in feed.organizations(item) {
+                let id = org.id.unwrap_or_else(|| tags::UNKNOWN.to_string());
+                *counts.by_org.entry((id, severity.clone())).or_default() += 1;
+            }
+            *counts.by_severity.entry(severity).or_default() += 1;
         }
         true
     });
-    let complete = listing.end.is_complete();
-    (complete.then(|| cap_values(counts, MAX_TAG_VALUES)), listing)
+    counts.by_severity = cap_values(counts.by_severity, MAX_TAG_VALUES);
+    (listing.end.is_complete().then_some(counts), listing)
+}
+
+/// `<prefix>.open_by_organization`: the organizations with most open items
+/// (500 at most, the rest as `other`), by severity.
+fn report_by_org(metric: &str, by_org: &BTreeMap<(String, String), u64>, directory: Option<&OrgDirectory>, base: &[String], report: &mut Report) {
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for ((org, _), count) in by_org {
+        *totals.entry(org.clone()).or_default() += count;
+    }
+    let kept = cap_values(totals, MAX_ORGS_TAGGED);
+    let mut folded: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for ((org, severity), count) in by_org {
+        let org = if kept.contains_key(org) { org.clone() } else { tags::OTHER.to_string() };
+        *folded.entry((org, severity.clone())).or_default() += count;
+    }
+    for ((org, severity), count) in folded {
+        let name = match directory.and_then(|d| d.get(&org)) {
+            Some(known) if !known.name.trim().is_empty() => known.name.clone(),
+            _ if org == tags::OTHER => tags::OTHER.to_string(),
+            _ => tags::UNKNOWN.to_string(),
+        };
+        let mut tags = with_tag(base, tags::tag("huntress_org_id", &org));
+        tags.push(tags::tag("huntress_org_name", &name));
+        tags.push(format!("severity:{severity}"));
+        report.gauge(metric, count as f64, &tags);
+    }
 }
 
 /// Whether an item is in scope; `counted` decides whether a drop is counted
@@ -488,8 +528,12 @@ impl VersionedRun<'_> {
         let (counts, listing) = count_by_status(source, self.feed, status, self.max_pages, self.scope, self.directory);
         match (counts, &listing.end) {
             (Some(counts), _) => {
-                for (severity, count) in counts {
+                for (severity, count) in counts.by_severity {
                     report.gauge(&metric, count as f64, &with_tag(self.base_tags, format!("severity:{severity}")));
+                }
+                if suffix == "open" {
+                    let by_org_metric = format!("{}.open_by_organization", self.feed.metric_prefix());
+                    report_by_org(&by_org_metric, &counts.by_org, self.directory, self.base_tags, report);
                 }
             }
             (None, End::Failed(error)) => warnings.push(format!("{metric} not submitted: {error}")),
