@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(report.events.len(), 1);
         assert!(report.events[0].tags.contains(&"huntress_org_id:101".to_string()));
         let gauge = |name: &str, severity: &str| {
-            report.metrics.iter().filter(|m| m.name == name && m.tags.contains(&format!("severity:{severity}"))).map(|m| m.value).last()
+            report.metrics.iter().filter(|m| m.name == name && m.tags.contains(&format!("severity:{severity}"))).map(|m| m.value).next_back()
         };
         assert_eq!(gauge("huntress.escalations.open", "critical"), Some(1.0));
         assert_eq!(gauge("huntress.escalations.open", "low"), Some(0.0), "organization 202 is out of scope");
