@@ -25,7 +25,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Value;
 
 use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
-use crate::config::{AgentContext, Config, LogQuery};
+use crate::config::{AgentContext, Config, IncidentsConfig, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
@@ -378,16 +378,11 @@ impl Collector {
     fn run_soc_feeds(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
         let sent: u64 = self.huntress.stats.requests.values().sum();
         let pacing = Pacing::Until { requests: sent + soc_share(self.huntress.rate_limit()) };
-        let feeds: [(&dyn VersionedFeed, _); 2] = [(&Incidents, &self.config.incidents), (&Escalations, &self.config.escalations)];
-        for (feed, settings) in feeds {
-            if !settings.enabled {
-                continue;
-            }
-            if deadline.expired() {
-                rest.deferred.push(feed.feature());
-                continue;
-            }
-            let mut source = ClientSource { client: &mut self.huntress, feature: feed.feature(), deadline, pacing };
+        let feeds: [(&dyn VersionedFeed, IncidentsConfig); 2] =
+            [(&Incidents, self.config.incidents.clone()), (&Escalations, self.config.escalations.clone())];
+        for (feed, settings) in feeds.into_iter().filter(|(_, settings)| settings.enabled) {
+            let feature = feed.feature();
+            let mut source = ClientSource { client: &mut self.huntress, feature, deadline, pacing };
             let mut run = VersionedRun {
                 feed,
                 sink: &mut self.intake,
@@ -402,15 +397,9 @@ impl Collector {
             };
             let (health, pages) = run.run(&mut source, report);
             if health.is_none() {
-                report.log(Level::Warning, format!("{} deferred to a later run: the SOC share of the rate budget was spent", feed.feature().tag()));
+                report.log(Level::Warning, format!("{} deferred to a later run: the SOC share of the rate budget was spent (or the run deadline reached)", feature.tag()));
             }
-            if pages > 0 {
-                self.last_pages.insert(feed.feature(), pages);
-            }
-            match health {
-                Some(health) => rest.healths.push(health),
-                None => rest.deferred.push(feed.feature()),
-            }
+            self.record(feature, health, pages, rest);
         }
     }
 

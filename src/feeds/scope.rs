@@ -128,10 +128,6 @@ impl Scope {
         self.rules.is_active()
     }
 
-    pub fn rules(&self) -> &ScopeRules {
-        &self.rules
-    }
-
     fn count(&self, feed: &'static str, what: &'static str) {
         *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((feed, what)).or_default() += 1;
     }
@@ -145,43 +141,50 @@ impl Scope {
         org
     }
 
-    /// Whether an item of `feed` that belongs to `org` is forwarded.
+    /// Kept when any organization is in scope; unknown when none is but one
+    /// cannot be told; an item without organizations is unknown.
+    fn verdict_any(&self, orgs: &[OrgRef], directory: Option<&OrgDirectory>) -> Verdict {
+        if orgs.is_empty() {
+            return Verdict::Unknown;
+        }
+        let verdicts: Vec<Verdict> = orgs.iter().map(|org| self.rules.verdict(&Self::resolved(org, directory))).collect();
+        if verdicts.contains(&Verdict::Keep) {
+            Verdict::Keep
+        } else if verdicts.contains(&Verdict::Unknown) {
+            Verdict::Unknown
+        } else {
+            Verdict::Drop
+        }
+    }
+
+    fn forwards(&self, verdict: Verdict) -> bool {
+        verdict == Verdict::Keep || (verdict == Verdict::Unknown && self.rules.unknown == UnknownPolicy::Forward)
+    }
+
+    /// Whether an item of `feed` that belongs to `org` is forwarded; counted.
     pub fn admits(&self, feed: &'static str, org: &OrgRef, directory: Option<&OrgDirectory>) -> bool {
-        if !self.is_active() {
-            return true;
-        }
-        match self.rules.verdict(&Self::resolved(org, directory)) {
-            Verdict::Keep => true,
-            Verdict::Drop => {
-                self.count(feed, "filtered");
-                false
-            }
-            Verdict::Unknown => {
-                self.count(feed, self.rules.unknown.tag());
-                self.rules.unknown == UnknownPolicy::Forward
-            }
-        }
+        self.admits_any(feed, std::slice::from_ref(org), directory)
     }
 
     /// For items tied to several organizations (escalations): forwarded when
     /// any of them is in scope; an item with none follows `unknown_organization`.
+    /// Counted for `report`.
     pub fn admits_any(&self, feed: &'static str, orgs: &[OrgRef], directory: Option<&OrgDirectory>) -> bool {
         if !self.is_active() {
             return true;
         }
-        if orgs.is_empty() {
-            return self.admits(feed, &OrgRef::default(), directory);
+        let verdict = self.verdict_any(orgs, directory);
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Drop => self.count(feed, "filtered"),
+            Verdict::Unknown => self.count(feed, self.rules.unknown.tag()),
         }
-        let verdicts: Vec<Verdict> = orgs.iter().map(|org| self.rules.verdict(&Self::resolved(org, directory))).collect();
-        if verdicts.contains(&Verdict::Keep) {
-            return true;
-        }
-        if verdicts.contains(&Verdict::Unknown) {
-            self.count(feed, self.rules.unknown.tag());
-            return self.rules.unknown == UnknownPolicy::Forward;
-        }
-        self.count(feed, "filtered");
-        false
+        self.forwards(verdict)
+    }
+
+    /// `admits_any` without counting: for items read a second time in a run (the status gauges).
+    pub fn would_admit_any(&self, orgs: &[OrgRef], directory: Option<&OrgDirectory>) -> bool {
+        !self.is_active() || self.forwards(self.verdict_any(orgs, directory))
     }
 
     /// The organizations of the directory in scope, for organization gauges.

@@ -433,7 +433,7 @@ fn in_scope(feed: &dyn VersionedFeed, scope: &Scope, item: &Map<String, Value>, 
     if counted {
         scope.admits_any(feed.feature().tag(), &orgs, directory)
     } else {
-        Scope::new(scope.rules().clone()).admits_any(feed.feature().tag(), &orgs, directory)
+        scope.would_admit_any(&orgs, directory)
     }
 }
 
