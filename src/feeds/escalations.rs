@@ -50,7 +50,16 @@ fn organizations(item: &Map<String, Value>, directory: Option<&OrgDirectory>) ->
 /// for a row that carried its id and name.
 fn enrichment_of(item: &Map<String, Value>, directory: Option<&OrgDirectory>) -> Enrichment {
     let first = item.get("organizations").and_then(Value::as_array).and_then(|a| a.first()).cloned().unwrap_or(Value::Null);
-    let probe = json!({"organization_id": first.get("id").cloned().unwrap_or(Value::Null), "organization.name": first.get("name").cloned().unwrap_or(Value::Null)});
+    let (id, name) = match &first {
+        // The id as the API gave it (a number stays a number in the log).
+        Value::Object(org) => (org.get("id").cloned().unwrap_or(Value::Null), org.get("name").cloned().unwrap_or(Value::Null)),
+        other => {
+            let org = OrgRef::from_object(other);
+            let id = org.id.map(|id| id.parse::<u64>().map_or(Value::String(id), Value::from));
+            (id.unwrap_or(Value::Null), org.name.map_or(Value::Null, Value::String))
+        }
+    };
+    let probe = json!({"organization_id": id, "organization.name": name});
     let probe = probe.as_object().cloned().unwrap_or_default();
     enrich_row(directory, &probe).into_owned()
 }
@@ -250,6 +259,11 @@ mod tests {
         assert_eq!(log["huntress_org_id"], 101);
         assert_eq!(log["message"], "Environmental Issue: Defender Disabled");
         assert!(log["ddtags"].as_str().unwrap().contains("severity:high"));
+        let mut named = escalation(10, NOW, "open", "low", 101);
+        named.insert("organizations".into(), json!(["Acme Dental"]));
+        let log = Escalations.log_for(&named, Change::New, None, &template, NOW * 1000).unwrap();
+        let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
+        assert_eq!(log["huntress_org_name"], "Acme Dental", "organizations given as names, as the spec types them");
     }
 
     #[test]

@@ -59,9 +59,15 @@ impl OrgRef {
         OrgRef { id, name }
     }
 
-    /// `{"id": .., "name": ..}`, as escalations and signals carry it.
+    /// `{"id": .., "name": ..}`, as escalations and signals carry it. The spec
+    /// also types escalation organizations as strings: a number (or a string of
+    /// digits) is taken as an id, other text as a name.
     pub fn from_object(value: &Value) -> Self {
-        OrgRef::new(value.get("id").and_then(id_text), value.get("name").and_then(Value::as_str).map(String::from))
+        match value {
+            Value::Object(_) => OrgRef::new(value.get("id").and_then(id_text), value.get("name").and_then(Value::as_str).map(String::from)),
+            Value::String(text) if !text.trim().is_empty() && !text.trim().bytes().all(|b| b.is_ascii_digit()) => OrgRef::new(None, Some(text.clone())),
+            other => OrgRef::new(id_text(other), None),
+        }
     }
 }
 
@@ -307,6 +313,10 @@ mod tests {
         assert!(scope.admits_any("escalations", &[org(Some("102"), None), org(Some("101"), None)], None));
         assert!(!scope.admits_any("escalations", &[org(Some("102"), None)], None));
         assert!(scope.admits_any("escalations", &[], None), "no organization: forwarded by default");
+        assert_eq!(OrgRef::from_object(&json!({"id": 101, "name": "Acme"})), org(Some("101"), Some("Acme")));
+        assert_eq!(OrgRef::from_object(&json!("101")), org(Some("101"), None));
+        assert_eq!(OrgRef::from_object(&json!("Acme Dental")), org(None, Some("Acme Dental")));
+        assert_eq!(OrgRef::from_object(&json!(null)), org(None, None));
         assert!(!Scope::default().is_active());
         assert!(Scope::default().admits("siem", &org(None, None), None));
     }
