@@ -269,7 +269,7 @@ def org_of_log(log):
     return log.get('huntress_org_id')
 
 
-def assert_only(aggregator, sink, kept, left_out, agents):
+def assert_only(aggregator, sink, kept, left_out, agents, api_filtered=False):
     services = Counter(log.get('service') for log in sink.logs)
     for service in ('huntress-siem', 'huntress-incidents', 'huntress-escalations', 'huntress-signals'):
         assert services[service] > 0, f'{service} forwarded nothing of the kept organization'
@@ -282,8 +282,14 @@ def assert_only(aggregator, sink, kept, left_out, agents):
     kept_agents = sum(1 for agent in agents if agent['organization_id'] == kept['id'])
     aggregator.assert_metric('huntress.agents.count', value=kept_agents)
     aggregator.assert_metric('huntress.organizations.count', value=1)
-    for feed in ('siem', 'incidents', 'escalations', 'signals', 'agents'):
-        aggregator.assert_metric('huntress.scope.filtered', tags=['team:secops', f'feed:{feed}'])
+    aggregator.assert_metric('huntress.scope.filtered', tags=['team:secops', 'feed:siem'])
+    for feed in ('incidents', 'escalations', 'signals', 'agents'):
+        filtered = [m for m in aggregator.metrics('huntress.scope.filtered') if f'feed:{feed}' in m.tags]
+        if api_filtered:
+            # One included id: the REST lists are asked for that organization only, so nothing comes back to drop.
+            assert filtered == [], feed
+        else:
+            assert filtered and filtered[0].value > 0, feed
 
 
 def test_an_instance_scoped_to_one_organization_by_id_forwards_nothing_of_another(
@@ -293,7 +299,7 @@ def test_an_instance_scoped_to_one_organization_by_id_forwards_nothing_of_anothe
     everything_on(instance)
     instance['organizations'] = {'include': [a['id']]}
     dd_run_check(make_check(instance))
-    assert_only(aggregator, sink, a, b, agents)
+    assert_only(aggregator, sink, a, b, agents, api_filtered=True)
     aggregator.assert_metrics_using_metadata(get_metadata_metrics(), check_submission_type=True)
 
 
@@ -303,6 +309,16 @@ def test_an_instance_that_excludes_an_organization_by_name_forwards_nothing_of_i
     a, b, agents = scoped_world(huntress)
     everything_on(instance)
     instance['organizations'] = {'exclude': [b['name']]}
+    dd_run_check(make_check(instance))
+    assert_only(aggregator, sink, a, b, agents)
+
+
+def test_an_instance_scoped_to_one_organization_by_name_forwards_nothing_of_another(
+    make_check, dd_run_check, aggregator, huntress, sink, instance
+):
+    a, b, agents = scoped_world(huntress)
+    everything_on(instance)
+    instance['organizations'] = {'include': [a['name']]}
     dd_run_check(make_check(instance))
     assert_only(aggregator, sink, a, b, agents)
 

@@ -172,7 +172,8 @@ pub fn collect_in_scope(
     directory: Option<&OrgDirectory>,
 ) -> (AgentInventory, Listing) {
     let mut inventory = AgentInventory::default();
-    let listing = list_pages(source, AGENTS_PATH, "agents", &[], max_pages, |agents| {
+    let filters: Vec<_> = scope.api_filter().into_iter().collect();
+    let listing = list_pages(source, AGENTS_PATH, "agents", &filters, max_pages, |agents| {
         for agent in &agents {
             let org = OrgRef::new(agent.get("organization_id").and_then(id_text), None);
             if scope.admits(Feature::Agents.tag(), &org, directory) {

@@ -294,6 +294,9 @@ mod tests {
             assert_eq!(pages, 3);
             let filters: Vec<_> = source.requests[1..].iter().map(|(_, q)| q.iter().find(|(k, _)| k == "status").unwrap().1.clone()).collect();
             assert_eq!(filters, vec!["open", "overdue"]);
+            for (_, query) in &source.requests {
+                assert!(query.contains(&("organization_id".to_string(), "101".to_string())), "the single included id is passed to the API");
+            }
         }
         assert_eq!(sink.0, 1, "one escalation in scope, forwarded once over two runs");
         assert_eq!(report.events.len(), 1);

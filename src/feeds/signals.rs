@@ -92,11 +92,12 @@ impl SignalRun<'_> {
         }
         let mut warnings = Vec::new();
         let mut state = VersionedState::load(self.cache, SIGNALS_KEY, CHECKPOINT, self.now, self.initial_lookback, &mut warnings);
-        let filters = [
+        let mut filters = vec![
             ("investigated_at_min", state.checkpoint.to_rfc3339_opts(SecondsFormat::Secs, true)),
             ("sort_field", "id".to_string()),
             ("sort_direction", "asc".to_string()),
         ];
+        filters.extend(self.scope.api_filter());
         let mut signals = Vec::new();
         let mut newest: Option<DateTime<Utc>> = None;
         let listing = list_pages(source, SIGNALS_PATH, "signals", &filters, self.max_pages, |page| {

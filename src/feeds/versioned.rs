@@ -258,9 +258,22 @@ pub struct Scan {
 
 /// Pages newest change first and stops at the first item older than `checkpoint`.
 pub fn scan_changes(source: &mut dyn PageSource, path: &str, plural: &str, checkpoint: DateTime<Utc>, max_pages: u32) -> Scan {
+    scan_changes_where(source, path, plural, &[], checkpoint, max_pages)
+}
+
+/// `scan_changes` with more filters (the scope's `organization_id`).
+pub fn scan_changes_where(
+    source: &mut dyn PageSource,
+    path: &str,
+    plural: &str,
+    extra: &[(&str, String)],
+    checkpoint: DateTime<Utc>,
+    max_pages: u32,
+) -> Scan {
     let mut reports = Vec::new();
     let mut newest: Option<DateTime<Utc>> = None;
-    let filters = [("sort_field", "updated_at".to_string()), ("sort_direction", "desc".to_string())];
+    let mut filters = vec![("sort_field", "updated_at".to_string()), ("sort_direction", "desc".to_string())];
+    filters.extend_from_slice(extra);
     let listing = list_pages(source, path, plural, &filters, max_pages, |page| {
         for report in page {
             match updated_at(&report) {
@@ -381,7 +394,8 @@ pub fn count_by_status(
     directory: Option<&OrgDirectory>,
 ) -> (Option<StatusCounts>, Listing) {
     let mut counts = StatusCounts { by_severity: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(), by_org: BTreeMap::new() };
-    let filters = [("status", status.to_string())];
+    let mut filters = vec![("status", status.to_string())];
+    filters.extend(scope.api_filter());
     let listing = list_pages(source, feed.path(), feed.plural(), &filters, max_pages, |page| {
         for item in page.iter().filter(|item| in_scope(feed, scope, item, directory, false)) {
             let severity = tags::value_or_unknown(Some(text(item, "severity")));
@@ -467,7 +481,8 @@ impl VersionedRun<'_> {
         let mut warnings = Vec::new();
         let name = self.checkpoint_name();
         let mut state = VersionedState::load(self.cache, self.feed.cache_key(), &name, self.now, self.initial_lookback, &mut warnings);
-        let scan = scan_changes(source, self.feed.path(), self.feed.plural(), state.checkpoint, self.max_pages);
+        let extra: Vec<_> = self.scope.api_filter().into_iter().collect();
+        let scan = scan_changes_where(source, self.feed.path(), self.feed.plural(), &extra, state.checkpoint, self.max_pages);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {
