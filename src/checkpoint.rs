@@ -44,6 +44,10 @@ pub fn cache_id(base_url: &str, api_key: &str) -> String {
 pub const ORGS_KEY: &str = "orgs_directory";
 /// The incident report checkpoint and the versions already forwarded.
 pub const INCIDENTS_KEY: &str = "incidents_state";
+/// The escalation checkpoint and the versions already forwarded.
+pub const ESCALATIONS_KEY: &str = "escalations_state";
+/// The signal checkpoint (`investigated_at`) and the ids already forwarded.
+pub const SIGNALS_KEY: &str = "signals_state";
 
 /// Reads a JSON cache entry that carries its format version: `Ok(None)` when
 /// the entry is empty, an error naming `what` when it is unreadable or of

@@ -2,12 +2,21 @@
 //! per Agent run, returning a `Report`.
 //!
 //! Order within a run, which is also the priority for the shared rate budget:
-//! the organization directory comes from the cache (fetched first only when the
-//! cache is empty), then the SIEM queries, then incident reports, then agent
-//! metrics, then a due refresh of the organization directory. The last three
-//! start only when the budget's free slots cover their estimate plus a reserve
-//! for the next run's SIEM queries (`rest::budget_allows`); otherwise they are
-//! deferred to a later run, and the log says so.
+//!
+//! 1. the organization directory comes from the cache (fetched first only when
+//!    the cache is empty);
+//! 2. the SOC feeds: incident-report changes, then escalations, within a bounded
+//!    share of the budget (`rest::soc_share`: a fifth of the per-minute limit),
+//!    so a new incident reaches Datadog in the first run after it appears even
+//!    while a SIEM backlog drains;
+//! 3. the SIEM queries, with the rest of the budget;
+//! 4. signals, agent metrics and a due refresh of the organization directory,
+//!    each only when the budget's free slots cover its estimate plus a reserve
+//!    for the next run's SIEM queries (`rest::budget_allows`); otherwise it is
+//!    deferred to a later run, and the log says so.
+//!
+//! The organization scope (`feeds::scope`) applies to every feed; what it
+//! dropped is reported once per run.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -17,17 +26,22 @@ use serde_json::Value;
 
 use crate::boundary::PanicPoint;
 use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
-use crate::config::{AgentContext, Config, LogQuery};
+use crate::config::{AgentContext, Config, IncidentsConfig, LogQuery};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
-use crate::feeds::incidents::IncidentRun;
+use crate::feeds::escalations::Escalations;
+use crate::feeds::incidents::Incidents;
+use crate::feeds::orgs::id_text;
+use crate::feeds::scope::Scope;
+use crate::feeds::signals::SignalRun;
+use crate::feeds::versioned::{VersionedFeed, VersionedRun};
 use crate::datadog::intake::IntakeClient;
 use crate::feeds::orgs::{Enricher, Orgs};
 use crate::ratelimit::RateBudget;
 use crate::redact::Redactor;
 use crate::datadog::report::{with_tag, Level, Report, Status};
-use crate::feeds::rest::{api_status, budget_allows, ClientSource, Health, Pacing};
+use crate::feeds::rest::{api_status, budget_allows, soc_share, ClientSource, Health, Pacing};
 use crate::feeds::siem::{QueryOutcome, QueryRun};
 use crate::datadog::transform::LogTemplate;
 
@@ -53,6 +67,8 @@ pub struct Collector {
     /// Pages each REST feature read when it last ran: its next budget estimate.
     last_pages: BTreeMap<Feature, u32>,
     redactor: Redactor,
+    /// The organization scope, with what it dropped in this run.
+    scope: Scope,
 }
 
 impl Collector {
@@ -67,6 +83,7 @@ impl Collector {
             cache_id,
             redactor: Redactor::for_config(&config),
             orgs: Orgs::new(config.org_cache_ttl),
+            scope: Scope::new(config.scope.clone()),
             config,
             warned_keep: HashSet::new(),
             last_pages: BTreeMap::new(),
@@ -94,6 +111,7 @@ impl Collector {
         if self.wants_orgs() {
             self.prepare_orgs(cache, deadline, &mut rest, &mut report);
         }
+        self.run_soc_feeds(cache, deadline, &mut rest, &mut report);
 
         let mut failures = 0;
         for query in self.config.queries.clone() {
@@ -112,6 +130,7 @@ impl Collector {
         }
         self.run_rest_features(cache, deadline, &mut rest, &mut report);
         self.report_rest(&rest, &mut errors, &mut report);
+        self.scope.report(&mut report, &self.config.tags);
         self.report_run(started, &errors, &rest, &mut report);
         report.redact(&self.redactor);
         report
@@ -156,6 +175,8 @@ impl Collector {
             chunk_keys: &chunk_keys,
             template: &template,
             enricher: Enricher::new(self.orgs.directory(), self.config.enrich_with_org_tags),
+            scope: &self.scope,
+            directory: self.orgs.directory(),
             max_pages: self.config.max_pages_per_run,
             delay: to_chrono(self.config.collection_delay),
             max_window: to_chrono(self.config.max_window),
@@ -313,7 +334,9 @@ impl Collector {
             }
             report.count("huntress.siem.errors", count as f64, &error_tags);
         }
-        let all = [Feature::Siem, Feature::Incidents, Feature::Agents, Feature::Orgs];
+        let mut all = vec![Feature::Siem, Feature::Incidents, Feature::Agents, Feature::Orgs];
+        all.extend(self.config.escalations.enabled.then_some(Feature::Escalations));
+        all.extend(self.config.signals.enabled.then_some(Feature::Signals));
         let mut summary = all.iter().map(|f| format!("{}={}", f.tag(), stats.requests.get(f).copied().unwrap_or(0))).collect::<Vec<_>>().join(" ");
         summary.push_str(&format!(" (of {} per minute)", self.huntress.rate_limit()));
         if !rest.deferred.is_empty() {
@@ -330,16 +353,25 @@ impl Collector {
         );
     }
 
-    /// The organization directory is kept when logs are enriched with it, and
-    /// when agent metrics or incident events tag by organization name.
+    /// The organization directory is kept when logs are enriched with it, when
+    /// agent metrics or SOC events tag by organization name, and when the scope
+    /// names organizations.
     fn wants_orgs(&self) -> bool {
-        self.config.enrich_with_org_tags || self.config.agents.enabled || self.config.incidents.enabled
+        let config = &self.config;
+        config.enrich_with_org_tags
+            || config.agents.enabled
+            || config.incidents.enabled
+            || config.escalations.enabled
+            || config.signals.enabled
+            || self.scope.is_active()
     }
 
     /// The features this instance uses, for `huntress.api.requests`.
     fn features(&self) -> Vec<Feature> {
         let mut features = vec![Feature::Siem];
         features.extend(self.config.incidents.enabled.then_some(Feature::Incidents));
+        features.extend(self.config.escalations.enabled.then_some(Feature::Escalations));
+        features.extend(self.config.signals.enabled.then_some(Feature::Signals));
         features.extend(self.config.agents.enabled.then_some(Feature::Agents));
         features.extend(self.wants_orgs().then_some(Feature::Orgs));
         features
@@ -366,24 +398,56 @@ impl Collector {
         }
     }
 
-    /// Incidents, then agents, then a due organization refresh, each only when
+    /// Incident reports, then escalations, ahead of the SIEM queries, within
+    /// `soc_share` requests of this run: they wait for the rate budget like the
+    /// SIEM queries, and stop (with a warning) once the share is spent.
+    fn run_soc_feeds(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
+        let sent: u64 = self.huntress.stats.requests.values().sum();
+        let pacing = Pacing::Until { requests: sent + soc_share(self.huntress.rate_limit()) };
+        let feeds: [(&dyn VersionedFeed, IncidentsConfig); 2] =
+            [(&Incidents, self.config.incidents.clone()), (&Escalations, self.config.escalations.clone())];
+        for (feed, settings) in feeds.into_iter().filter(|(_, settings)| settings.enabled) {
+            let feature = feed.feature();
+            let mut source = ClientSource { client: &mut self.huntress, feature, deadline, pacing };
+            let mut run = VersionedRun {
+                feed,
+                sink: &mut self.intake,
+                cache: &mut *cache,
+                deadline,
+                directory: self.orgs.directory(),
+                scope: &self.scope,
+                base_tags: &self.config.tags,
+                max_pages: settings.max_pages,
+                initial_lookback: self.config.initial_lookback,
+                now: Utc::now(),
+            };
+            let (health, pages) = run.run(&mut source, report);
+            if health.is_none() {
+                report.log(Level::Warning, format!("{} deferred to a later run: the SOC share of the rate budget was spent (or the run deadline reached)", feature.tag()));
+            }
+            self.record(feature, health, pages, rest);
+        }
+    }
+
+    /// Signals, then agents, then a due organization refresh, each only when
     /// the budget has room for it.
     fn run_rest_features(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
-        if self.config.incidents.enabled {
-            if let Some(pacing) = self.pacing_for(Feature::Incidents, self.estimate(Feature::Incidents, 2), deadline, rest, report) {
-                let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Incidents, deadline, pacing };
-                let mut run = IncidentRun {
+        if self.config.signals.enabled {
+            if let Some(pacing) = self.pacing_for(Feature::Signals, self.estimate(Feature::Signals, 1), deadline, rest, report) {
+                let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Signals, deadline, pacing };
+                let mut run = SignalRun {
                     sink: &mut self.intake,
                     cache: &mut *cache,
                     deadline,
                     directory: self.orgs.directory(),
+                    scope: &self.scope,
                     base_tags: &self.config.tags,
-                    max_pages: self.config.incidents.max_pages,
+                    max_pages: self.config.signals.max_pages,
                     initial_lookback: self.config.initial_lookback,
                     now: Utc::now(),
                 };
                 let (health, pages) = run.run(&mut source, report);
-                self.record(Feature::Incidents, health, pages, rest);
+                self.record(Feature::Signals, health, pages, rest);
             }
         }
         if self.config.agents.enabled {
@@ -391,7 +455,15 @@ impl Collector {
             let need = self.estimate(Feature::Agents, first_guess).min(self.config.agents.max_pages);
             if let Some(pacing) = self.pacing_for(Feature::Agents, need, deadline, rest, report) {
                 let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Agents, deadline, pacing };
-                let (health, pages) = crate::feeds::agents::run(&mut source, &self.config.agents, Utc::now(), self.orgs.directory(), &self.config.tags, report);
+                let (health, pages) = crate::feeds::agents::run(
+                    &mut source,
+                    &self.config.agents,
+                    Utc::now(),
+                    self.orgs.directory(),
+                    &self.scope,
+                    &self.config.tags,
+                    report,
+                );
                 self.record(Feature::Agents, health, pages, rest);
             }
         }
@@ -437,7 +509,8 @@ impl Collector {
     fn report_rest(&self, rest: &RestRun, errors: &mut BTreeMap<(ErrorKind, Option<String>), u64>, report: &mut Report) {
         let tags = &self.config.tags;
         if let Some(directory) = self.orgs.directory().filter(|_| self.wants_orgs()) {
-            report.gauge("huntress.organizations.count", directory.len() as f64, tags);
+            let in_scope = directory.orgs().iter().filter_map(|org| id_text(&org.id)).filter(|id| self.scope.admits_org_id(id, Some(directory))).count();
+            report.gauge("huntress.organizations.count", in_scope as f64, tags);
         }
         for health in &rest.healths {
             if let Some(kind) = health.error {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::{HuntressError, Result};
+use crate::feeds::scope::ScopeRules;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.huntress.io";
 pub const DEFAULT_SERVICE: &str = "huntress-siem";
@@ -92,6 +93,9 @@ pub struct Config {
     pub org_cache_ttl: Duration,
     pub agents: AgentsConfig,
     pub incidents: IncidentsConfig,
+    pub escalations: IncidentsConfig,
+    pub signals: IncidentsConfig,
+    pub scope: ScopeRules,
 }
 
 impl fmt::Debug for Config {
@@ -140,6 +144,9 @@ impl Config {
             org_cache_ttl: secs(reader.uint("org_cache_ttl_seconds", 3600, 0, 30 * 86_400)?),
             agents: parse_agents(obj)?,
             incidents: parse_incidents(obj)?,
+            escalations: parse_feed(obj, "escalations")?,
+            signals: parse_feed(obj, "signals")?,
+            scope: crate::feeds::scope::parse(obj)?,
         };
         Ok(config)
     }
@@ -282,6 +289,17 @@ fn parse_incidents(obj: &Map<String, Value>) -> Result<IncidentsConfig> {
     Ok(IncidentsConfig {
         enabled: reader.bool("enabled", false).map_err(|e| rename(e, "incidents.enabled"))?,
         max_pages: reader.uint("max_pages", 10, 1, 1000).map_err(|e| rename(e, "incidents.max_pages"))? as u32,
+    })
+}
+
+/// `<key>: {enabled, max_pages}` for the opt-in SOC feeds (escalations, signals).
+fn parse_feed(obj: &Map<String, Value>, key: &str) -> Result<IncidentsConfig> {
+    let section = sub_section(obj, key)?;
+    let empty = Map::new();
+    let reader = Reader { obj: section.as_ref().unwrap_or(&empty) };
+    Ok(IncidentsConfig {
+        enabled: reader.bool("enabled", false).map_err(|e| rename(e, &format!("{key}.enabled")))?,
+        max_pages: reader.uint("max_pages", 10, 1, 1000).map_err(|e| rename(e, &format!("{key}.max_pages")))? as u32,
     })
 }
 

@@ -27,6 +27,8 @@ pub enum Feature {
     Incidents,
     Agents,
     Orgs,
+    Escalations,
+    Signals,
 }
 
 impl Feature {
@@ -36,6 +38,8 @@ impl Feature {
             Feature::Incidents => "incidents",
             Feature::Agents => "agents",
             Feature::Orgs => "orgs",
+            Feature::Escalations => "escalations",
+            Feature::Signals => "signals",
         }
     }
 }

@@ -419,9 +419,9 @@ def test_incident_checkpoint_waits_for_the_intake(make_check, dd_run_check, aggr
 
 
 def test_small_rate_limit_serves_siem_first(make_check, dd_run_check, aggregator, sink, instance, caplog):
-    """10 requests per minute: organizations bootstrap (2), SIEM (5 pages) and
-    incidents (2) fit; agents (2 pages + 1 kept for SIEM) are deferred, and no
-    request is throttled."""
+    """10 requests per minute: organizations bootstrap (2), incidents (2, read
+    before SIEM within their share) and SIEM (5 pages) fit; agents (2 pages + 1
+    kept for SIEM) are deferred, and no request is throttled."""
     with HuntressSimulator(api_key=HUNTRESS_KEY, secret_key=HUNTRESS_SECRET, rate_limit=10) as small:
         orgs = fixtures.organizations(20, seed=71)
         agents = fixtures.agents(600, orgs, seed=72)

@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::feeds::scope::{OrgRef, Scope};
 use crate::config::AgentsConfig;
 use crate::huntress::Feature;
 use crate::feeds::orgs::{id_text, OrgDirectory};
@@ -158,10 +159,26 @@ impl AgentInventory {
 
 /// Reads every agent page into an inventory.
 pub fn collect(source: &mut dyn PageSource, max_pages: u32, now: DateTime<Utc>, stale_after: Duration) -> (AgentInventory, Listing) {
+    collect_in_scope(source, max_pages, now, stale_after, &Scope::default(), None)
+}
+
+/// Reads every agent page into an inventory of the agents in scope.
+pub fn collect_in_scope(
+    source: &mut dyn PageSource,
+    max_pages: u32,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+    scope: &Scope,
+    directory: Option<&OrgDirectory>,
+) -> (AgentInventory, Listing) {
     let mut inventory = AgentInventory::default();
-    let listing = list_pages(source, AGENTS_PATH, "agents", &[], max_pages, |agents| {
+    let filters: Vec<_> = scope.api_filter().into_iter().collect();
+    let listing = list_pages(source, AGENTS_PATH, "agents", &filters, max_pages, |agents| {
         for agent in &agents {
-            inventory.add(agent, now, stale_after);
+            let org = OrgRef::new(agent.get("organization_id").and_then(id_text), None);
+            if scope.admits(Feature::Agents.tag(), &org, directory) {
+                inventory.add(agent, now, stale_after);
+            }
         }
         true
     });
@@ -175,10 +192,12 @@ pub fn run(
     config: &AgentsConfig,
     now: DateTime<Utc>,
     directory: Option<&OrgDirectory>,
+    scope: &Scope,
     base: &[String],
     report: &mut Report,
 ) -> (Option<Health>, u32) {
-    let (inventory, listing) = collect(source, config.max_pages, now, Duration::from_secs(config.stale_after_seconds));
+    let stale_after = Duration::from_secs(config.stale_after_seconds);
+    let (inventory, listing) = collect_in_scope(source, config.max_pages, now, stale_after, scope, directory);
     let health = match &listing.end {
         End::Budget if listing.pages == 0 => None,
         End::Failed(error) => {
@@ -308,19 +327,19 @@ mod tests {
         let config = AgentsConfig { enabled: true, max_pages: 2, stale_after_seconds: 86_400 };
         let mut report = Report::default();
         let mut source = FakeSource::new(vec![page(Some("a")), page(Some("b")), page(None)]);
-        let (health, pages) = run(&mut source, &config, now(), None, &[], &mut report);
+        let (health, pages) = run(&mut source, &config, now(), None, &Scope::default(), &[], &mut report);
         assert_eq!((health.unwrap().status, pages), (Status::Warning, 2));
         assert!(report.metrics.is_empty());
 
         let config = AgentsConfig { max_pages: 3, ..config };
         let mut source = FakeSource::new(vec![page(Some("a")), page(Some("b")), page(None)]);
-        let (health, _) = run(&mut source, &config, now(), None, &[], &mut report);
+        let (health, _) = run(&mut source, &config, now(), None, &Scope::default(), &[], &mut report);
         assert_eq!(health.unwrap().status, Status::Ok);
         assert_eq!(gauges(&report, "huntress.agents.count")[0].1, 12.0);
 
         let mut source = FakeSource::new(vec![]);
         source.budget = 0;
-        let (health, pages) = run(&mut source, &config, now(), None, &[], &mut Report::default());
+        let (health, pages) = run(&mut source, &config, now(), None, &Scope::default(), &[], &mut Report::default());
         assert!(health.is_none() && pages == 0, "deferred before sending anything");
     }
 }

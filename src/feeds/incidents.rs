@@ -3,267 +3,91 @@
 //! the checkpoint, and forwards each new version of a report as a log
 //! (`service:huntress-incidents`) and as a Datadog event.
 //!
-//! * A version is `id + updated_at + status`. The last version forwarded per
-//!   report is kept in the persistent cache (the 5,000 most recently changed
-//!   reports), so no version is forwarded twice, and a report seen before comes
-//!   back as `updated` or `status_changed` rather than `new`.
-//! * The checkpoint (newest `updated_at` read) moves only after the intake
-//!   accepted the logs, and only when the scan reached it (or hit the page cap,
-//!   with a warning that older changes were skipped).
-//! * Events are only emitted for logs the intake accepted, so a retry never
-//!   doubles them.
+//! The rules shared with escalations (versions, deduplication, the checkpoint
+//! that moves only after the intake accepted, events only for accepted logs)
+//! live in `versioned`; this module says what a report looks like in Datadog.
+//!
 //! * `huntress.incidents.open` counts reports whose status is `sent` (delivered,
 //!   neither closed nor dismissed), read each run with the API's `status`
 //!   filter; other statuses (e.g. `auto_remediating`) are not counted.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{decode_entry, Cache, INCIDENTS_KEY};
-use crate::config::StalePolicy;
-use crate::http::Deadline;
-use crate::huntress::Feature;
-use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
-use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
-use crate::datadog::report::{with_tag, Event, Report, Status};
-use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
-use crate::tags::{self, cap_values, MAX_TAG_VALUES};
+use crate::checkpoint::INCIDENTS_KEY;
+use crate::datadog::report::Event;
 use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
+use crate::feeds::rest::{Listing, PageSource};
+use crate::feeds::scope::{OrgRef, Scope};
+use crate::feeds::versioned::{self, text, truncate, updated_at, VersionedFeed, VersionedState};
+pub use crate::feeds::versioned::{
+    new_versions, Change, KnownVersions, LogSink, Version, VersionedRun, KNOWN_ITEMS as KNOWN_REPORTS, MAX_EVENT_TEXT, MAX_EVENT_TITLE, SEVERITIES,
+};
+use crate::huntress::Feature;
+use crate::tags;
 
 pub const INCIDENTS_PATH: &str = "/v1/incident_reports";
 pub const SERVICE: &str = "huntress-incidents";
 /// The status of a report that is open: sent to the partner, not closed or dismissed.
 pub const OPEN_STATUS: &str = "sent";
-pub const SEVERITIES: [&str; 3] = ["low", "high", "critical"];
-/// Reports whose last forwarded version is remembered.
-pub const KNOWN_REPORTS: usize = 5_000;
-/// Datadog keeps 4,000 characters of event text and 100 of a title.
-pub const MAX_EVENT_TEXT: usize = 4_000;
-pub const MAX_EVENT_TITLE: usize = 100;
-const STATE_VERSION: u32 = 1;
 
-/// How a report version relates to what was forwarded before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    New,
-    StatusChanged,
-    Updated,
-    /// This version (or a newer one) was already forwarded.
-    Seen,
-}
+/// The incident checkpoint: the newest `updated_at` delivered and the versions forwarded.
+pub type IncidentState = VersionedState;
 
-impl Change {
-    pub fn tag(self) -> &'static str {
-        match self {
-            Change::New => "new",
-            Change::StatusChanged => "status_changed",
-            Change::Updated => "updated",
-            Change::Seen => "seen",
-        }
+/// Incident reports as a versioned feed.
+pub struct Incidents;
+
+impl VersionedFeed for Incidents {
+    fn feature(&self) -> Feature {
+        Feature::Incidents
     }
-}
-
-/// One version of one report, as hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Version {
-    pub report: u64,
-    /// `updated_at` in epoch ms, `i64::MIN` when unreadable.
-    pub updated_ms: i64,
-    pub status: u32,
-    /// `updated_at` text and status together.
-    pub version: u32,
-}
-
-fn hash(parts: &[&str]) -> u64 {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+    fn path(&self) -> &'static str {
+        INCIDENTS_PATH
     }
-    u64::from_le_bytes(hasher.finalize()[..8].try_into().expect("sha256 has 32 bytes"))
-}
-
-fn text<'a>(report: &'a Map<String, Value>, key: &str) -> &'a str {
-    report.get(key).and_then(Value::as_str).map(str::trim).unwrap_or_default()
-}
-
-fn updated_at(report: &Map<String, Value>) -> Option<DateTime<Utc>> {
-    report.get("updated_at").and_then(transform::parse_timestamp_ms).and_then(DateTime::from_timestamp_millis)
-}
-
-impl Version {
-    pub fn of(report: &Map<String, Value>) -> Version {
-        let id = report.get("id").and_then(id_text).unwrap_or_else(|| serde_json::to_string(report).unwrap_or_default());
-        let updated = report.get("updated_at").map(Value::to_string).unwrap_or_default();
-        let status = text(report, "status").to_lowercase();
-        Version {
-            report: hash(&["report", &id]),
-            updated_ms: updated_at(report).map_or(i64::MIN, |t| t.timestamp_millis()),
-            status: hash(&["status", &status]) as u32,
-            version: hash(&["version", &updated, &status]) as u32,
-        }
+    fn plural(&self) -> &'static str {
+        "incident_reports"
     }
-}
-
-/// The last version forwarded per report, oldest change evicted first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KnownVersions {
-    order: VecDeque<u64>,
-    last: HashMap<u64, Version>,
-    capacity: usize,
-}
-
-impl KnownVersions {
-    pub fn new(capacity: usize) -> Self {
-        KnownVersions { order: VecDeque::new(), last: HashMap::new(), capacity: capacity.max(1) }
+    fn cache_key(&self) -> &'static str {
+        INCIDENTS_KEY
     }
-
-    pub fn len(&self) -> usize {
-        self.last.len()
+    fn what(&self) -> &'static str {
+        "incident reports"
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
+    fn max_pages_option(&self) -> &'static str {
+        "incidents.max_pages"
     }
-
-    pub fn classify(&self, v: &Version) -> Change {
-        let Some(old) = self.last.get(&v.report) else { return Change::New };
-        let older = old.updated_ms != i64::MIN && v.updated_ms != i64::MIN && v.updated_ms < old.updated_ms;
-        if old.version == v.version || older {
-            Change::Seen
-        } else if old.status != v.status {
-            Change::StatusChanged
-        } else {
-            Change::Updated
-        }
+    fn metric_prefix(&self) -> &'static str {
+        "huntress.incidents"
     }
-
-    pub fn record(&mut self, v: Version) {
-        if self.last.insert(v.report, v).is_some() {
-            self.order.retain(|r| *r != v.report);
-        }
-        self.order.push_back(v.report);
-        while self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.last.remove(&oldest);
-            }
-        }
+    fn service(&self) -> &'static str {
+        SERVICE
     }
-
-    fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(self.order.len() * 24);
-        for report in &self.order {
-            let v = &self.last[report];
-            bytes.extend_from_slice(&v.report.to_le_bytes());
-            bytes.extend_from_slice(&v.updated_ms.to_le_bytes());
-            bytes.extend_from_slice(&v.status.to_le_bytes());
-            bytes.extend_from_slice(&v.version.to_le_bytes());
-        }
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+    fn organizations(&self, item: &Map<String, Value>) -> Vec<OrgRef> {
+        vec![OrgRef::new(item.get("organization_id").and_then(id_text), None)]
     }
-
-    fn decode(text: &str, capacity: usize) -> Result<Self, String> {
-        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(|e| format!("unreadable report versions ({e})"))?;
-        let mut known = KnownVersions::new(capacity);
-        for c in bytes.chunks_exact(24) {
-            known.record(Version {
-                report: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
-                updated_ms: i64::from_le_bytes(c[8..16].try_into().expect("8 bytes")),
-                status: u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")),
-                version: u32::from_le_bytes(c[20..24].try_into().expect("4 bytes")),
-            });
-        }
-        Ok(known)
+    fn log_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
+        log_for(item, change, directory, template, now_ms)
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct IncidentState {
-    /// The newest `updated_at` delivered; the next scan stops below it.
-    pub checkpoint: DateTime<Utc>,
-    pub known: KnownVersions,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredState {
-    v: u32,
-    checkpoint: String,
-    known: String,
-}
-
-impl IncidentState {
-    pub fn new(checkpoint: DateTime<Utc>) -> Self {
-        IncidentState { checkpoint, known: KnownVersions::new(KNOWN_REPORTS) }
+    fn event_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event {
+        event_for(item, change, directory, base, now)
     }
-
-    pub fn encode(&self) -> String {
-        let stored = StoredState {
-            v: STATE_VERSION,
-            checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Millis, true),
-            known: self.known.encode(),
-        };
-        serde_json::to_string(&stored).expect("state serializes")
-    }
-
-    pub fn decode(text: &str) -> Result<Option<Self>, String> {
-        let Some(stored) = decode_entry(text, "incident checkpoint", STATE_VERSION, |s: &StoredState| s.v)? else {
-            return Ok(None);
-        };
-        let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint).map_err(|e| format!("unreadable incident checkpoint ({e})"))?;
-        Ok(Some(IncidentState { checkpoint: checkpoint.with_timezone(&Utc), known: KnownVersions::decode(&stored.known, KNOWN_REPORTS)? }))
+    fn status_gauges(&self) -> &'static [(&'static str, &'static str)] {
+        &[("open", OPEN_STATUS)]
     }
 }
 
 /// Reports changed at or after the checkpoint, newest first.
-#[derive(Debug)]
-pub struct Scan {
-    pub reports: Vec<Map<String, Value>>,
-    pub newest: Option<DateTime<Utc>>,
-    pub listing: Listing,
+pub fn scan_changes(source: &mut dyn PageSource, checkpoint: DateTime<Utc>, max_pages: u32) -> versioned::Scan {
+    versioned::scan_changes(source, INCIDENTS_PATH, "incident_reports", checkpoint, max_pages)
 }
 
-/// Pages newest change first and stops at the first report older than `checkpoint`.
-pub fn scan_changes(source: &mut dyn PageSource, checkpoint: DateTime<Utc>, max_pages: u32) -> Scan {
-    let mut reports = Vec::new();
-    let mut newest: Option<DateTime<Utc>> = None;
-    let filters = [("sort_field", "updated_at".to_string()), ("sort_direction", "desc".to_string())];
-    let listing = list_pages(source, INCIDENTS_PATH, "incident_reports", &filters, max_pages, |page| {
-        for report in page {
-            match updated_at(&report) {
-                Some(t) if t < checkpoint => return false,
-                Some(t) => newest = Some(newest.map_or(t, |n| n.max(t))),
-                None => {}
-            }
-            reports.push(report);
-        }
-        true
-    });
-    Scan { reports, newest, listing }
-}
-
-/// The versions not forwarded yet, oldest change first, with how each changed.
-pub fn new_versions(reports: Vec<Map<String, Value>>, known: &KnownVersions) -> Vec<(Map<String, Value>, Version, Change)> {
-    let mut seen_now = HashSet::new();
-    let mut out: Vec<_> = reports
-        .into_iter()
-        .filter_map(|report| {
-            let version = Version::of(&report);
-            // Newest first: a second copy of a report in one scan is older.
-            if !seen_now.insert(version.report) {
-                return None;
-            }
-            let change = known.classify(&version);
-            (change != Change::Seen).then_some((report, version, change))
-        })
-        .collect();
-    out.reverse();
-    out
+/// Reports whose status is `sent`, by severity; `None` unless every page was read.
+pub fn count_open(source: &mut dyn PageSource, max_pages: u32) -> (Option<BTreeMap<String, u64>>, Listing) {
+    let (counts, listing) = versioned::count_by_status(source, &Incidents, OPEN_STATUS, max_pages, &Scope::default(), None);
+    (counts.map(|c| c.by_severity), listing)
 }
 
 fn is_final(status: &str) -> bool {
@@ -273,27 +97,12 @@ fn is_final(status: &str) -> bool {
 /// The event's alert type: `critical`/`high` → `error`, `low` → `warning`;
 /// a report closed or dismissed → `success`; anything else → `info`.
 pub fn alert_type(severity: &str, status: &str) -> &'static str {
-    if is_final(&status.to_lowercase()) {
-        return "success";
-    }
-    match severity.to_lowercase().as_str() {
-        "critical" | "high" => "error",
-        "low" => "warning",
-        _ => "info",
-    }
+    versioned::alert_type(severity, is_final(&status.to_lowercase()))
 }
 
 /// The log's `status` (level), on the same rule as `alert_type`.
 pub fn log_status(severity: &str, status: &str) -> &'static str {
-    if is_final(&status.to_lowercase()) {
-        return "ok";
-    }
-    match severity.to_lowercase().as_str() {
-        "critical" => "critical",
-        "high" => "error",
-        "low" => "warning",
-        _ => "info",
-    }
+    versioned::log_status(severity, is_final(&status.to_lowercase()))
 }
 
 /// Plain text from the HTML of a report body: tags dropped, block ends as line
@@ -324,15 +133,6 @@ pub fn html_to_text(html: &str) -> String {
         .replace("&amp;", "&");
     let lines: Vec<String> = decoded.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect();
     lines.join("\n")
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(max_chars.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 fn org_label(report: &Map<String, Value>, directory: Option<&OrgDirectory>) -> (Option<String>, Option<String>) {
@@ -424,137 +224,17 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     }
 }
 
-/// Where incident logs go: the intake, or a fake in tests.
-pub trait LogSink {
-    fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery;
-}
-
-impl LogSink for IntakeClient {
-    fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery {
-        let mut buffer = LogBuffer::default();
-        logs.iter().for_each(|log| buffer.push(log));
-        self.send(&buffer, deadline)
-    }
-}
-
-/// Reports whose status is `sent`, by severity; `None` unless every page was read.
-pub fn count_open(source: &mut dyn PageSource, max_pages: u32) -> (Option<BTreeMap<String, u64>>, Listing) {
-    let mut counts: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
-    let filters = [("status", OPEN_STATUS.to_string())];
-    let listing = list_pages(source, INCIDENTS_PATH, "incident_reports", &filters, max_pages, |page| {
-        for report in &page {
-            *counts.entry(tags::value_or_unknown(Some(text(report, "severity")))).or_default() += 1;
-        }
-        true
-    });
-    let complete = listing.end.is_complete();
-    (complete.then(|| cap_values(counts, MAX_TAG_VALUES)), listing)
-}
-
-/// Everything one incident run needs besides the page source.
-pub struct IncidentRun<'a> {
-    pub sink: &'a mut dyn LogSink,
-    pub cache: &'a mut dyn Cache,
-    pub deadline: Deadline,
-    pub directory: Option<&'a OrgDirectory>,
-    pub base_tags: &'a [String],
-    pub max_pages: u32,
-    pub initial_lookback: Duration,
-    pub now: DateTime<Utc>,
-}
-
-impl IncidentRun<'_> {
-    /// Forwards new report versions, then counts the open reports. `None` when
-    /// the budget left no room to send anything. The page count is for the next estimate.
-    pub fn run(&mut self, source: &mut dyn PageSource, report: &mut Report) -> (Option<Health>, u32) {
-        if !source.may_send() {
-            return (None, 0);
-        }
-        let mut warnings = Vec::new();
-        let mut state = self.load_state(&mut warnings);
-        let scan = scan_changes(source, state.checkpoint, self.max_pages);
-        let mut pages = scan.listing.pages;
-        if let End::Failed(error) = &scan.listing.end {
-            if scan.reports.is_empty() {
-                let health = Health::failed(Feature::Incidents, Status::Critical, format!("cannot read incident reports: {error}"), error);
-                return (Some(health), pages);
-            }
-        }
-        let changes = new_versions(scan.reports, &state.known);
-        let now_ms = self.now.timestamp_millis();
-        let template = LogTemplate { service: SERVICE.into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
-        let logs: Vec<PreparedLog> = changes.iter().filter_map(|(r, _, change)| log_for(r, *change, self.directory, &template, now_ms)).collect();
-        let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { self.sink.send_logs(&logs, &self.deadline) };
-        let mut collected: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
-        for (r, version, change) in changes.iter().take(delivery.accepted_prefix) {
-            state.known.record(*version);
-            report.events.push(event_for(r, *change, self.directory, self.base_tags, self.now));
-            *collected.entry(tags::value_or_unknown(Some(text(r, "severity")))).or_default() += 1;
-        }
-        for (severity, count) in cap_values(collected, MAX_TAG_VALUES) {
-            report.count("huntress.incidents.collected", count as f64, &with_tag(self.base_tags, format!("severity:{severity}")));
-        }
-        let delivered = delivery.error.is_none();
-        match &scan.listing.end {
-            End::Complete | End::Enough if delivered => state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint)),
-            End::PageCap | End::RepeatedToken if delivered => {
-                state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint));
-                let why = scan.listing.end.shortfall("incident reports", self.max_pages, "incidents.max_pages").unwrap_or_default();
-                warnings.push(format!("{why}; older changes since the last run were skipped"));
-            }
-            End::Budget => warnings.push("the rate budget ran out before the checkpoint was reached; the next run reads these changes again".into()),
-            End::Failed(error) => warnings.push(format!("reading incident reports failed part way ({error}); the next run reads them again")),
-            _ => {}
-        }
-        if let Err(e) = self.cache.write(INCIDENTS_KEY, &state.encode()) {
-            warnings.push(format!("cannot save the incident checkpoint ({e})"));
-        }
-        if let Some(error) = &delivery.error {
-            let message = format!("incident reports could not be forwarded; the checkpoint stays: {error}");
-            warnings.push(message);
-            let health = Health::failed(Feature::Incidents, Status::Warning, warnings.join("; "), error);
-            return (Some(health), pages);
-        }
-        let open_pages = self.report_open(source, report, &mut warnings);
-        pages += open_pages;
-        let health = if warnings.is_empty() { Health::ok(Feature::Incidents) } else { Health::warning(Feature::Incidents, warnings.join("; ")) };
-        (Some(health), pages)
-    }
-
-    fn report_open(&mut self, source: &mut dyn PageSource, report: &mut Report, warnings: &mut Vec<String>) -> u32 {
-        let (counts, listing) = count_open(source, self.max_pages);
-        match (counts, &listing.end) {
-            (Some(counts), _) => {
-                for (severity, count) in counts {
-                    report.gauge("huntress.incidents.open", count as f64, &with_tag(self.base_tags, format!("severity:{severity}")));
-                }
-            }
-            (None, End::Failed(error)) => warnings.push(format!("huntress.incidents.open not submitted: {error}")),
-            (None, end) => {
-                let why = end.shortfall("open incident reports", self.max_pages, "incidents.max_pages").unwrap_or_default();
-                warnings.push(format!("huntress.incidents.open not submitted ({why})"));
-            }
-        }
-        listing.pages
-    }
-
-    fn load_state(&mut self, warnings: &mut Vec<String>) -> IncidentState {
-        let fresh = || IncidentState::new(self.now - chrono::Duration::from_std(self.initial_lookback).unwrap_or(chrono::Duration::zero()));
-        match self.cache.read(INCIDENTS_KEY).map_err(|e| format!("cannot read the incident checkpoint ({e})")).and_then(|t| IncidentState::decode(&t)) {
-            Ok(Some(state)) => state,
-            Ok(None) => fresh(),
-            Err(message) => {
-                warnings.push(format!("{message}; starting again from initial_lookback_seconds"));
-                fresh()
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::StalePolicy;
+    use crate::datadog::intake::Delivery;
+    use crate::datadog::report::{Report, Status};
     use crate::error::{ErrorKind, HuntressError};
+    use crate::feeds::rest::{End, Health};
+    use crate::http::Deadline;
+    use chrono::SecondsFormat;
+    use std::time::Duration;
     use crate::feeds::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
@@ -611,11 +291,11 @@ mod tests {
         assert_eq!(known.classify(&Version::of(&incident(1, NOW, "sent", "low"))), Change::New, "the oldest change was evicted");
         let mut state = IncidentState::new(at(NOW));
         state.known = known.clone();
-        let decoded = IncidentState::decode(&state.encode()).unwrap().unwrap();
+        let decoded = IncidentState::decode(&state.encode(), "incident checkpoint").unwrap().unwrap();
         assert_eq!(decoded.checkpoint, at(NOW));
         assert_eq!(decoded.known.classify(&Version::of(&incident(2, NOW + 1, "closed", "low"))), Change::Seen);
-        assert!(IncidentState::decode("").unwrap().is_none());
-        assert!(IncidentState::decode("{").is_err());
+        assert!(IncidentState::decode("", "incident checkpoint").unwrap().is_none());
+        assert!(IncidentState::decode("{", "incident checkpoint").is_err());
     }
 
     #[test]
@@ -711,8 +391,11 @@ mod tests {
     fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut FakeSink, cache: &mut MemoryCache) -> (Report, Health) {
         let mut source = FakeSource::new(vec![page(reports, None), page(open, None)]);
         let mut report = Report::default();
-        let mut run = IncidentRun {
+        let scope = Scope::default();
+        let mut run = VersionedRun {
+            feed: &Incidents,
             sink,
+            scope: &scope,
             cache,
             deadline: Deadline::after(Duration::from_secs(30)),
             directory: None,
@@ -732,7 +415,7 @@ mod tests {
         let (report, health) = run_once(&reports, &reports[..1], &mut FakeSink { accept: false, sent: 0 }, &mut cache);
         assert_eq!(health.status, Status::Warning);
         assert!(report.events.is_empty(), "no event for a log the intake did not take");
-        let state = IncidentState::decode(&cache.0[INCIDENTS_KEY]).unwrap().unwrap();
+        let state = IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap();
         assert_eq!(state.checkpoint, at(NOW - 3600));
 
         let mut sink = FakeSink { accept: true, sent: 0 };
@@ -742,7 +425,7 @@ mod tests {
         assert_eq!(report.events[0].aggregation_key, "huntress-incident-1", "oldest change first");
         let open: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.incidents.open").map(|m| (m.tags[0].clone(), m.value)).collect();
         assert_eq!(open, vec![("severity:critical".into(), 1.0), ("severity:high".into(), 0.0), ("severity:low".into(), 0.0)]);
-        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY]).unwrap().unwrap().checkpoint, at(NOW - 60));
+        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
 
         let (report, _) = run_once(&reports, &[], &mut sink, &mut cache);
         assert!(report.events.is_empty(), "a second run sends nothing again");

@@ -149,6 +149,10 @@ pub enum Pacing {
     Wait,
     /// Send only while the budget has more than `reserve` free slots; never wait.
     Spare { reserve: u32 },
+    /// Wait for the rate budget, but send only while this run has sent fewer
+    /// than `requests` Huntress requests in all: the SOC feeds' bounded share
+    /// ahead of the SIEM queries.
+    Until { requests: u64 },
 }
 
 /// The Huntress client as a page source for one feature.
@@ -169,6 +173,7 @@ impl PageSource for ClientSource<'_> {
             && match self.pacing {
                 Pacing::Wait => true,
                 Pacing::Spare { reserve } => self.client.free_slots() > reserve,
+                Pacing::Until { requests } => self.client.stats.requests.values().sum::<u64>() < requests,
             }
     }
 }
@@ -177,6 +182,13 @@ impl PageSource for ClientSource<'_> {
 /// next run's SIEM queries do not wait behind them: a sixth of the limit.
 pub fn reserve_for_siem(limit: u32) -> u32 {
     (limit / 6).max(1)
+}
+
+/// Requests per run the SOC feeds (incident reports, escalations) may send
+/// before the SIEM queries: a fifth of the per-minute limit, at least two
+/// (one page of changes and one count).
+pub fn soc_share(limit: u32) -> u64 {
+    u64::from((limit / 5).max(2))
 }
 
 /// The budget rule: a lower-priority feature starts only when the free slots

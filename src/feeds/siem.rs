@@ -14,7 +14,8 @@ use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, Deadline};
 use crate::huntress::{Feature, HuntressClient};
 use crate::datadog::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
-use crate::feeds::orgs::Enricher;
+use crate::feeds::orgs::{row_org_id, row_org_name, Enricher, OrgDirectory};
+use crate::feeds::scope::{OrgRef, Scope};
 use crate::row::Row;
 use crate::scan::{Kind, ScanError, Scanner};
 use crate::datadog::transform::{self, LogTemplate, Written};
@@ -209,6 +210,9 @@ pub struct QueryRun<'a> {
     pub chunk_keys: &'a [String],
     pub template: &'a LogTemplate,
     pub enricher: Enricher<'a>,
+    /// Rows of organizations outside it are dropped here, not in the ES|QL.
+    pub scope: &'a Scope,
+    pub directory: Option<&'a OrgDirectory>,
     pub max_pages: u32,
     pub delay: ChronoDuration,
     pub max_window: ChronoDuration,
@@ -388,6 +392,9 @@ impl QueryRun<'_> {
                 outcome.deduplicated += 1;
                 continue;
             }
+            if !self.in_scope(&row) {
+                continue;
+            }
             let enrichment = self.enricher.enrich(&row);
             let mut written = Written::SkippedStale;
             pending.logs.push_with(id, |out| {
@@ -406,6 +413,14 @@ impl QueryRun<'_> {
                 }
             }
         }
+    }
+
+    fn in_scope(&self, row: &Row) -> bool {
+        if !self.scope.is_active() {
+            return true;
+        }
+        let org = OrgRef::new(row_org_id(row).map(|(_, id)| id), row_org_name(row));
+        self.scope.admits(Feature::Siem.tag(), &org, self.directory)
     }
 
     /// Ids first, position second: see `checkpoint`.

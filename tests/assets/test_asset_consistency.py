@@ -320,6 +320,9 @@ def test_dashboard_covers_the_issue():
         'huntress.siem.api_call_limit',
         'huntress.siem.checkpoint_lag_seconds',
         'huntress.incidents.open',
+        'huntress.incidents.open_by_organization',
+        'huntress.escalations.open_by_organization',
+        'huntress.escalations.overdue',
         'huntress.agents.count',
         'huntress.agents.by_platform',
     ):
@@ -331,6 +334,8 @@ def test_dashboard_covers_the_issue():
     searches = ' '.join(search for search, _ in logs)
     assert '@event.code:4625' in searches and '@evt.outcome:failure' in searches
     assert 'service:huntress-incidents' in searches
+    assert 'service:huntress-escalations' in searches
+    assert 'by {huntress_org_name,severity}' in metric_text, 'open incidents and escalations by organization and severity'
 
 
 def test_readme_sections_cover_every_error_type_and_metric():

@@ -43,7 +43,13 @@ OPTION_KEYS = {
 }
 
 RULES = {path.stem: load_json(path) for path in rule_paths()}
-REQUIRED_RULES = {'windows_brute_force_logon', 'huntress_critical_incident', 'aws_root_console_login_generic_hec'}
+REQUIRED_RULES = {
+    'windows_brute_force_logon',
+    'huntress_critical_incident',
+    'huntress_incident_report',
+    'huntress_escalation',
+    'aws_root_console_login_generic_hec',
+}
 
 
 def scenarios(kind):

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from .timeutil import dt_to_ns, format_ns, iso_seconds
 
-__all__ = ["siem_events", "organizations", "agents", "incident_reports", "signals", "account"]
+__all__ = ["siem_events", "organizations", "agents", "incident_reports", "signals", "escalations", "account"]
 
 _BASE_TIME = datetime(2024, 1, 15, 9, 0, 0, tzinfo=timezone.utc)
 
@@ -258,13 +258,52 @@ def signals(n: int, orgs: list, agents: list, seed: int = 0, now: datetime | Non
             "status": status,
             "created_at": iso_seconds(created),
             "updated_at": iso_seconds(created + timedelta(minutes=rng.randint(0, 300))),
-            "investigated_at": iso_seconds(created + timedelta(minutes=rng.randint(1, 300))) if status == "closed" else None,
+            "investigated_at": iso_seconds(min(now, created + timedelta(minutes=rng.randint(1, 300)))),
             "investigation_context": "False Positive, Business Accepted Risk" if status == "closed" else None,
             "entity": {"id": ag["id"] if ag else 0, "name": ag["hostname"] if ag else "n/a", "type": "agent"},
             "organization": {"id": org["id"], "name": org.get("name", "")},
             "details": {"rule_name": name, "username": rng.choice(_FIRST),
                         "process_name": "C:\\WINDOWS\\system32\\netsh.exe",
                         "command_line": "NetSh.exe advfirewall set allprofiles state off"},
+        })
+    return out
+
+
+_ESCALATION_KINDS = [("Environmental Issue", "Defender Disabled", ""),
+                     ("Environmental Issue", "Log source stopped reporting", ""),
+                     ("Unexpected Country Access", "Sign-in from an unexpected country", "US"),
+                     ("Unexpected Country Access", "Sign-in from an unexpected country", "BR"),
+                     ("Vulnerable Software", "Outdated VPN appliance firmware", "")]
+
+
+def escalations(n: int, orgs: list, seed: int = 0, now: datetime | None = None) -> list:
+    """Escalation objects (REST spec's Escalation definition, with `due_at`)."""
+    rng = random.Random(f"escalations-{seed}")
+    now = now or datetime.now(timezone.utc)
+    out = []
+    next_id = 84000 + rng.randint(0, 100)
+    for _ in range(n):
+        next_id += rng.randint(1, 4)
+        org = rng.choice(orgs) if orgs else {"id": 1, "name": "Org"}
+        kind, subject, subtype = rng.choice(_ESCALATION_KINDS)
+        severity = rng.choices(["low", "high", "critical"], [5, 3, 1])[0]
+        status = rng.choices(["open", "sent", "resolved"], [4, 2, 4])[0]
+        created = now - timedelta(days=rng.randint(0, 20), seconds=rng.randint(0, 86399))
+        updated = min(now, created + timedelta(minutes=rng.randint(0, 900)))
+        due = created + timedelta(days=rng.choice([1, 3, 7]))
+        out.append({
+            "id": next_id,
+            "account": {"id": org.get("account_id", 5), "name": "Demo MSP"},
+            "organizations": [{"id": org["id"], "name": org.get("name", "")}],
+            "severity": severity,
+            "status": status,
+            "type": kind,
+            "subtype": subtype,
+            "subject": subject,
+            "created_at": iso_seconds(created),
+            "updated_at": iso_seconds(updated),
+            "due_at": iso_seconds(due),
+            "resolved_at": iso_seconds(updated) if status == "resolved" else None,
         })
     return out
 

@@ -35,7 +35,11 @@ FAULT_KINDS = ("status", "malformed_json", "truncated_body", "reset", "slow",
                "echo_headers", "rate_headers")
 
 # path -> (plural key, singular key, allowed sort fields, filters)
-# filter spec: name -> (kind, getter) where kind is "int", "str" or "csv"
+# filter spec: name -> (kind, getter) where kind is "int", "str", "csv",
+# "in_list", "any_org" (an id among the item's `organizations`), "min"/"max"
+# (an ISO-8601 bound, inclusive, on a timestamp), or a tuple of allowed values
+# (an enum; anything else is a 400). Escalations' `status` filter is special:
+# `open` (not resolved), `overdue` (not resolved, `due_at` passed), `resolved`.
 LIST_RESOURCES = {
     "/v1/organizations": (
         "organizations", "organization",
@@ -57,12 +61,38 @@ LIST_RESOURCES = {
     ),
     "/v1/signals": (
         "signals", "signal",
-        ("id", "created_at", "updated_at", "status", "investigated_at"),
+        ("id", "created_at", "updated_at", "status"),
         {"organization_id": ("int", "organization.id"), "statuses": ("csv", "status"),
-         "types": ("csv", "type"), "entity_type": ("str", "entity.type"),
-         "entity_id": ("str", "entity.id")},
+         "types": ("csv", "type"),
+         "entity_type": (("user_entity", "source", "mailbox", "service_principal", "agent", "identity"),
+                         "entity.type"),
+         "entity_id": ("str", "entity.id"),
+         "investigated_at_min": ("min", "investigated_at"),
+         "investigated_at_max": ("max", "investigated_at")},
+    ),
+    "/v1/escalations": (
+        "escalations", "escalation",
+        ("id", "severity", "due_at", "created_at", "updated_at"),
+        {"status": (("open", "overdue", "resolved"), "escalation_status"),
+         "severity": (("low", "high", "critical"), "severity"),
+         "subtype": ("str", "subtype"),
+         "organization_id": ("any_org", "organizations")},
     ),
 }
+
+SIGNAL_TYPES = ("Antivirus", "Process Insights", "Managed ITDR", "Footholds", "MDE Detections", "SIEM",
+                "Ransomware Canaries", "Favicon Detections", "Attack Disruptions", "App Control")
+
+
+def _parse_iso(text):
+    from datetime import datetime, timezone
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 DEFAULT_ACCOUNT = {
     "id": 5,
@@ -264,6 +294,31 @@ class HuntressSimulator(ServerBase):
 
     def set_signals(self, items):
         self._set_list("/v1/signals", items)
+
+    def add_signals(self, items):
+        with self._lock:
+            self._lists["/v1/signals"].extend(copy.deepcopy(i) for i in items)
+
+    def set_escalations(self, items):
+        self._set_list("/v1/escalations", items)
+
+    def add_escalations(self, items):
+        with self._lock:
+            self._lists["/v1/escalations"].extend(copy.deepcopy(i) for i in items)
+
+    def update_escalation(self, escalation_id, **fields):
+        """Update one escalation in place. `updated_at` is set to now unless
+        given; `resolved_at` too when it becomes resolved."""
+        with self._lock:
+            for item in self._lists["/v1/escalations"]:
+                if item.get("id") == escalation_id:
+                    now = iso_seconds_from_epoch(self.clock())
+                    if fields.get("status") == "resolved" and item.get("status") != "resolved":
+                        fields.setdefault("resolved_at", now)
+                    fields.setdefault("updated_at", now)
+                    item.update(fields)
+                    return copy.deepcopy(item)
+        raise KeyError(f"no escalation with id {escalation_id!r}")
 
     def _set_list(self, path, items):
         with self._lock:
@@ -597,22 +652,51 @@ class HuntressSimulator(ServerBase):
             if name not in params:
                 continue
             raw = params[name]
-            if kind == "int":
+            if kind in ("int", "any_org"):
                 try:
                     val = int(raw)
                 except ValueError:
                     raise _ApiError(400, f"{name} is invalid") from None
             elif kind == "csv":
                 val = [s.strip() for s in raw.split(",") if s.strip()]
+                if name == "types" and any(v not in SIGNAL_TYPES for v in val):
+                    raise _ApiError(400, f"{name} does not have a valid value ({', '.join(SIGNAL_TYPES)})")
+                if name == "statuses" and any(v not in ("reported", "closed") for v in val):
+                    raise _ApiError(400, f"{name} does not have a valid value (reported, closed)")
+            elif kind in ("min", "max"):
+                val = _parse_iso(raw)
+                if val is None:
+                    raise _ApiError(400, f"{name} is not an ISO-8601 date")
+            elif isinstance(kind, tuple):
+                if raw not in kind:
+                    raise _ApiError(400, f"{name} does not have a valid value ({', '.join(kind)})")
+                val = raw
             else:
                 val = raw
             active.append((name, kind, getter, val))
         fp = hashlib.sha256(json.dumps(
-            [path, sort_field, sort_dir, [(a[0], a[3]) for a in active]]).encode()).hexdigest()[:16]
+            [path, sort_field, sort_dir, [(a[0], a[3]) for a in active]], default=str).encode()).hexdigest()[:16]
+        now = self.clock()
 
         def keep(item):
             for _name, kind, getter, val in active:
+                if getter == "escalation_status":
+                    if not _escalation_has_status(item, val, now):
+                        return False
+                    continue
                 got = _dig(item, getter)
+                if kind == "any_org":
+                    try:
+                        if not any(int(o.get("id")) == int(val) for o in (got or [])):
+                            return False
+                    except (TypeError, ValueError):
+                        return False
+                    continue
+                if kind in ("min", "max"):
+                    at = _parse_iso(got)
+                    if at is None or (at < val if kind == "min" else at > val):
+                        return False
+                    continue
                 if kind == "in_list":
                     if not isinstance(got, list) or val not in got:
                         return False
@@ -625,7 +709,7 @@ class HuntressSimulator(ServerBase):
                             return False
                     except (TypeError, ValueError):
                         return False
-                elif got != val:
+                elif got != val and str(got) != val:
                     return False
             return True
 
@@ -663,6 +747,18 @@ class HuntressSimulator(ServerBase):
                 "next_page_url": f"{self.base_url}{path}?{urlencode(next_params)}",
             }
         return {plural: page, "pagination": pagination}
+
+
+def _escalation_has_status(item, wanted, now):
+    resolved = item.get("status") == "resolved"
+    if wanted == "resolved":
+        return resolved
+    if resolved:
+        return False
+    if wanted == "overdue":
+        due = _parse_iso(item.get("due_at"))
+        return due is not None and due.timestamp() < now
+    return True
 
 
 def _as_key(k):

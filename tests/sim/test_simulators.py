@@ -483,6 +483,7 @@ def rest_sim():
         s.set_agents(ags)
         s.set_incident_reports(incs)
         s.set_signals(fixtures.signals(5, orgs, ags, seed=3, now=now))
+        s.set_escalations(fixtures.escalations(31, orgs, seed=3, now=now))
         yield s, orgs, ags, incs
 
 
@@ -549,6 +550,66 @@ def test_list_filters_and_sorting(rest_sim):
     assert top["incident_reports"][0]["closed_at"]
     with pytest.raises(KeyError):
         sim.update_incident_report(-1, status="closed")
+
+
+def test_escalations_page_sort_and_filter_as_the_spec_says(rest_sim):
+    sim, orgs, _ags, _incs = rest_sim
+    everything, pages = _walk(sim, "/v1/escalations?limit=4", "escalations")
+    assert len(everything) == 31 and pages == 8
+    assert {"id", "severity", "status", "type", "subtype", "subject", "organizations", "created_at",
+            "updated_at", "resolved_at", "due_at"} <= set(everything[0])
+    got, _ = _walk(sim, "/v1/escalations?sort_field=updated_at&sort_direction=desc&limit=5", "escalations")
+    assert [e["updated_at"] for e in got] == sorted((e["updated_at"] for e in everything), reverse=True)
+    got, _ = _walk(sim, "/v1/escalations?sort_field=due_at&sort_direction=asc&limit=500", "escalations")
+    assert [e["due_at"] for e in got] == sorted(e["due_at"] for e in everything)
+    for severity in ("low", "high", "critical"):
+        got, _ = _walk(sim, f"/v1/escalations?severity={severity}&limit=500", "escalations")
+        assert {e["id"] for e in got} == {e["id"] for e in everything if e["severity"] == severity}
+    open_, _ = _walk(sim, "/v1/escalations?status=open&limit=500", "escalations")
+    assert {e["id"] for e in open_} == {e["id"] for e in everything if e["status"] != "resolved"}
+    resolved, _ = _walk(sim, "/v1/escalations?status=resolved&limit=500", "escalations")
+    assert len(open_) + len(resolved) == 31
+    overdue, _ = _walk(sim, "/v1/escalations?status=overdue&limit=500", "escalations")
+    now_iso = datetime.fromtimestamp(sim.clock(), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert {e["id"] for e in overdue} == {e["id"] for e in open_ if e["due_at"] < now_iso}
+    org = orgs[2]["id"]
+    got, _ = _walk(sim, f"/v1/escalations?organization_id={org}&limit=500", "escalations")
+    assert got and all(e["organizations"][0]["id"] == org for e in got)
+    subtype, _ = _walk(sim, "/v1/escalations?subtype=BR&limit=500", "escalations")
+    assert all(e["subtype"] == "BR" for e in subtype)
+    for bad in ("status=sent", "severity=medium", "sort_field=status", "organization_id=x", "limit=501"):
+        assert get(sim, f"/v1/escalations?{bad}").status == 400, bad
+    target = everything[-1]
+    sim.update_escalation(target["id"], status="resolved", updated_at="2030-01-01T00:00:00Z")
+    top = get(sim, "/v1/escalations?sort_field=updated_at&sort_direction=desc&limit=1").json()["escalations"][0]
+    assert (top["id"], top["status"]) == (target["id"], "resolved") and top["resolved_at"]
+    assert get(sim, f"/v1/escalations/{target['id']}").json()["escalation"]["status"] == "resolved"
+
+
+def test_signals_filter_by_investigated_at_types_statuses_and_entity(rest_sim):
+    sim, orgs, ags, _incs = rest_sim
+    now = datetime(2026, 5, 27, 14, 0, tzinfo=timezone.utc)
+    sim.set_signals(fixtures.signals(40, orgs, ags, seed=9, now=now))
+    everything, _ = _walk(sim, "/v1/signals?limit=500", "signals")
+    assert len(everything) == 40
+    cut = sorted(s["investigated_at"] for s in everything)[20]
+    got, _ = _walk(sim, f"/v1/signals?investigated_at_min={cut}&limit=7&sort_field=id&sort_direction=asc", "signals")
+    assert {s["id"] for s in got} == {s["id"] for s in everything if s["investigated_at"] >= cut}
+    assert [s["id"] for s in got] == sorted(s["id"] for s in got)
+    got, _ = _walk(sim, f"/v1/signals?investigated_at_max={cut}&limit=500", "signals")
+    assert {s["id"] for s in got} == {s["id"] for s in everything if s["investigated_at"] <= cut}
+    got, _ = _walk(sim, "/v1/signals?types=SIEM,Antivirus&statuses=closed&limit=500", "signals")
+    assert {s["id"] for s in got} == {s["id"] for s in everything
+                                      if s["type"] in ("SIEM", "Antivirus") and s["status"] == "closed"}
+    agent = everything[0]["entity"]["id"]
+    got, _ = _walk(sim, f"/v1/signals?entity_type=agent&entity_id={agent}&limit=500", "signals")
+    assert got and all(s["entity"]["id"] == agent for s in got)
+    org = everything[0]["organization"]["id"]
+    got, _ = _walk(sim, f"/v1/signals?organization_id={org}&limit=500", "signals")
+    assert {s["id"] for s in got} == {s["id"] for s in everything if s["organization"]["id"] == org}
+    for bad in ("investigated_at_min=yesterday", "types=Bogus", "statuses=open", "entity_type=laptop",
+                "sort_field=investigated_at"):
+        assert get(sim, f"/v1/signals?{bad}").status == 400, bad
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,316 @@
+//! Escalations (`escalations.enabled`): SOC requests for action, read from
+//! `GET /v1/escalations` newest change first, on the rules of `versioned`.
+//! Each new version (id, `updated_at`, status) becomes a log
+//! (`service:huntress-escalations`) and a Datadog event whose alert type
+//! follows the severity and is `success` once resolved. Each run also reads
+//! the open and the overdue escalations (the API's `status=open` and
+//! `status=overdue` filters) for `huntress.escalations.open` and
+//! `huntress.escalations.overdue` by severity.
+//!
+//! An escalation lists the organizations it pertains to; it is in the scope
+//! when any of them is.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::ESCALATIONS_KEY;
+use crate::datadog::report::Event;
+use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
+use crate::feeds::scope::OrgRef;
+use crate::feeds::versioned::{alert_type, log_status, text, truncate, updated_at, Change, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
+use crate::huntress::Feature;
+use crate::tags;
+
+pub const ESCALATIONS_PATH: &str = "/v1/escalations";
+pub const SERVICE: &str = "huntress-escalations";
+
+pub struct Escalations;
+
+fn is_resolved(item: &Map<String, Value>) -> bool {
+    text(item, "status").eq_ignore_ascii_case("resolved")
+}
+
+/// The organizations listed by the escalation, named by the directory when it can.
+fn organizations(item: &Map<String, Value>, directory: Option<&OrgDirectory>) -> Vec<OrgRef> {
+    let listed = item.get("organizations").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    listed
+        .iter()
+        .map(|org| {
+            let mut org = OrgRef::from_object(org);
+            if org.name.is_none() {
+                org.name = org.id.as_deref().and_then(|id| directory?.get(id)).map(|o| o.name.clone()).filter(|n| !n.is_empty());
+            }
+            org
+        })
+        .collect()
+}
+
+/// The enrichment of the first organization listed (attributes and tags), as
+/// for a row that carried its id and name.
+fn enrichment_of(item: &Map<String, Value>, directory: Option<&OrgDirectory>) -> Enrichment {
+    let first = item.get("organizations").and_then(Value::as_array).and_then(|a| a.first()).cloned().unwrap_or(Value::Null);
+    let (id, name) = match &first {
+        // The id as the API gave it (a number stays a number in the log).
+        Value::Object(org) => (org.get("id").cloned().unwrap_or(Value::Null), org.get("name").cloned().unwrap_or(Value::Null)),
+        other => {
+            let org = OrgRef::from_object(other);
+            let id = org.id.map(|id| id.parse::<u64>().map_or(Value::String(id), Value::from));
+            (id.unwrap_or(Value::Null), org.name.map_or(Value::Null, Value::String))
+        }
+    };
+    let probe = json!({"organization_id": id, "organization.name": name});
+    let probe = probe.as_object().cloned().unwrap_or_default();
+    enrich_row(directory, &probe).into_owned()
+}
+
+impl VersionedFeed for Escalations {
+    fn feature(&self) -> Feature {
+        Feature::Escalations
+    }
+    fn path(&self) -> &'static str {
+        ESCALATIONS_PATH
+    }
+    fn plural(&self) -> &'static str {
+        "escalations"
+    }
+    fn cache_key(&self) -> &'static str {
+        ESCALATIONS_KEY
+    }
+    fn what(&self) -> &'static str {
+        "escalations"
+    }
+    fn max_pages_option(&self) -> &'static str {
+        "escalations.max_pages"
+    }
+    fn metric_prefix(&self) -> &'static str {
+        "huntress.escalations"
+    }
+    fn service(&self) -> &'static str {
+        SERVICE
+    }
+    fn organizations(&self, item: &Map<String, Value>) -> Vec<OrgRef> {
+        organizations(item, None)
+    }
+
+    /// The escalation's fields at the top level, `status` moved to
+    /// `escalation_status` (`status` is the log level), `message` from the
+    /// subject, `huntress.escalation_change`, and the organization of the first
+    /// listed organization as attributes and tags.
+    fn log_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
+        let mut row = item.clone();
+        let severity = text(item, "severity").to_string();
+        let status = text(item, "status").to_string();
+        if let Some(value) = row.remove("status") {
+            row.insert("escalation_status".into(), value);
+        }
+        row.insert("status".into(), Value::from(log_status(&severity, is_resolved(item))));
+        if let Some(updated) = item.get("updated_at").filter(|v| v.is_string()) {
+            row.insert("@timestamp".into(), updated.clone());
+        }
+        let message = [text(item, "type"), text(item, "subject")].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(": ");
+        row.insert("message".into(), Value::String(message));
+        row.insert("huntress.escalation_change".into(), Value::from(change.tag()));
+        let org = enrichment_of(item, directory);
+        let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
+        extra.push(tags::tag("severity", &severity));
+        extra.push(tags::tag("escalation_status", &status));
+        let enrichment = Enrichment::new(org.attributes, extra.join(","));
+        match transform::prepare_value(row, template, &enrichment, now_ms) {
+            Prepared::Log(log) => Some(log),
+            Prepared::SkippedStale { .. } => None,
+        }
+    }
+
+    fn event_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event {
+        let id = item.get("id").and_then(id_text).unwrap_or_else(|| "unknown".into());
+        let severity = text(item, "severity");
+        let status = text(item, "status");
+        let subject = match (text(item, "type"), text(item, "subject")) {
+            ("", "") => format!("#{id} ({severity})"),
+            (kind, "") | ("", kind) => kind.to_string(),
+            (kind, subject) => format!("{kind}: {subject}"),
+        };
+        let title = match change {
+            Change::StatusChanged => format!("Huntress escalation {status}: {subject}"),
+            Change::Updated => format!("Huntress escalation updated: {subject}"),
+            Change::New | Change::Seen => format!("Huntress escalation: {subject}"),
+        };
+        let orgs = organizations(item, directory);
+        let names: Vec<String> = orgs
+            .iter()
+            .map(|o| match (&o.name, &o.id) {
+                (Some(name), Some(id)) => format!("{name} ({id})"),
+                (Some(name), None) => name.clone(),
+                (None, Some(id)) => id.clone(),
+                (None, None) => "unknown".into(),
+            })
+            .collect();
+        let due = match text(item, "due_at") {
+            "" => String::new(),
+            due => format!(" · Due: {due}"),
+        };
+        let body = format!(
+            "Severity: {severity} · Status: {status} · Organizations: {}{due} · Subtype: {} · Escalation {id}",
+            if names.is_empty() { "unknown".to_string() } else { names.join(", ") },
+            match text(item, "subtype") {
+                "" => "none",
+                s => s,
+            }
+        );
+        let mut tags = base.to_vec();
+        for org in &orgs {
+            if let Some(id) = &org.id {
+                tags.push(tags::tag("huntress_org_id", id));
+            }
+            if let Some(name) = &org.name {
+                tags.push(tags::tag("huntress_org_name", name));
+            }
+        }
+        tags.push(tags::tag("severity", severity));
+        tags.push(tags::tag("escalation_status", status));
+        tags.push(tags::tag("escalation_type", text(item, "type")));
+        Event {
+            timestamp: updated_at(item).unwrap_or(now).timestamp(),
+            title: truncate(&title, MAX_EVENT_TITLE),
+            text: truncate(&body, MAX_EVENT_TEXT),
+            alert_type: alert_type(severity, is_resolved(item)).to_string(),
+            aggregation_key: format!("huntress-escalation-{id}"),
+            tags,
+        }
+    }
+
+    fn status_gauges(&self) -> &'static [(&'static str, &'static str)] {
+        &[("open", "open"), ("overdue", "overdue")]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StalePolicy;
+    use crate::datadog::report::Status;
+    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::scope::{parse, Scope};
+    use crate::feeds::versioned::{LogSink, VersionedRun, VersionedState};
+    use crate::checkpoint::MemoryCache;
+    use crate::datadog::intake::Delivery;
+    use crate::datadog::report::Report;
+    use crate::http::Deadline;
+    use chrono::{SecondsFormat, TimeZone};
+    use std::time::Duration;
+
+    const NOW: i64 = 1_780_000_000;
+
+    fn iso(secs: i64) -> String {
+        Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    fn escalation(id: u64, updated: i64, status: &str, severity: &str, org: u64) -> Map<String, Value> {
+        json!({
+            "id": id, "severity": severity, "status": status, "type": "Environmental Issue", "subtype": "US",
+            "subject": "Defender Disabled", "organizations": [{"id": org, "name": format!("Org {org}")}],
+            "created_at": iso(updated - 3600), "updated_at": iso(updated), "due_at": iso(updated + 86400),
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    struct Sink(usize);
+
+    impl LogSink for Sink {
+        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
+            self.0 += logs.len();
+            Delivery { accepted_prefix: logs.len(), error: None }
+        }
+    }
+
+    fn page(items: &[Map<String, Value>]) -> crate::error::Result<Value> {
+        Ok(json!({"escalations": items, "pagination": {}}))
+    }
+
+    #[test]
+    fn events_follow_severity_and_resolution() {
+        let event = Escalations.event_for(&escalation(3, NOW, "open", "critical", 101), Change::New, None, &["team:sec".into()], Utc::now());
+        assert_eq!(event.alert_type, "error");
+        assert_eq!(event.aggregation_key, "huntress-escalation-3");
+        assert_eq!(event.title, "Huntress escalation: Environmental Issue: Defender Disabled");
+        for tag in ["team:sec", "huntress_org_id:101", "huntress_org_name:org_101", "severity:critical", "escalation_status:open"] {
+            assert!(event.tags.contains(&tag.to_string()), "{tag} in {:?}", event.tags);
+        }
+        assert!(event.text.contains("Due: "));
+        let resolved = Escalations.event_for(&escalation(3, NOW, "resolved", "critical", 101), Change::StatusChanged, None, &[], Utc::now());
+        assert_eq!(resolved.alert_type, "success");
+        assert!(resolved.title.starts_with("Huntress escalation resolved:"));
+        let low = Escalations.event_for(&escalation(4, NOW, "open", "low", 101), Change::New, None, &[], Utc::now());
+        assert_eq!(low.alert_type, "warning");
+    }
+
+    #[test]
+    fn logs_carry_the_escalation_and_its_organization() {
+        let template = LogTemplate { service: SERVICE.into(), ddtags: "team:sec".into(), stale_policy: StalePolicy::RewriteDate };
+        let log = Escalations.log_for(&escalation(9, NOW, "open", "high", 101), Change::New, None, &template, NOW * 1000).unwrap();
+        let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
+        assert_eq!(log["service"], SERVICE);
+        assert_eq!(log["status"], "error");
+        assert_eq!(log["escalation_status"], "open");
+        assert_eq!(log["huntress.escalation_change"], "new");
+        assert_eq!(log["huntress_org_id"], 101);
+        assert_eq!(log["message"], "Environmental Issue: Defender Disabled");
+        assert!(log["ddtags"].as_str().unwrap().contains("severity:high"));
+        let mut named = escalation(10, NOW, "open", "low", 101);
+        named.insert("organizations".into(), json!(["Acme Dental"]));
+        let log = Escalations.log_for(&named, Change::New, None, &template, NOW * 1000).unwrap();
+        let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
+        assert_eq!(log["huntress_org_name"], "Acme Dental", "organizations given as names, as the spec types them");
+    }
+
+    #[test]
+    fn versions_are_forwarded_once_within_the_scope_and_gauges_read_open_and_overdue() {
+        let mut cache = MemoryCache::default();
+        let scope = Scope::new(parse(json!({"organizations": {"include": [101]}}).as_object().unwrap()).unwrap());
+        let items = vec![escalation(2, NOW - 60, "open", "critical", 101), escalation(1, NOW - 120, "open", "low", 202)];
+        let open = items.clone();
+        let overdue = vec![items[1].clone()];
+        let mut sink = Sink(0);
+        let mut report = Report::default();
+        for _ in 0..2 {
+            let mut source = FakeSource::new(vec![page(&items), page(&open), page(&overdue)]);
+            let mut run = VersionedRun {
+                feed: &Escalations,
+                sink: &mut sink,
+                cache: &mut cache,
+                deadline: Deadline::after(Duration::from_secs(30)),
+                directory: None,
+                scope: &scope,
+                base_tags: &[],
+                max_pages: 10,
+                initial_lookback: Duration::from_secs(3600),
+                now: Utc.timestamp_opt(NOW, 0).unwrap(),
+            };
+            let (health, pages) = run.run(&mut source, &mut report);
+            assert_eq!(health.unwrap().status, Status::Ok);
+            assert_eq!(pages, 3);
+            let filters: Vec<_> = source.requests[1..].iter().map(|(_, q)| q.iter().find(|(k, _)| k == "status").unwrap().1.clone()).collect();
+            assert_eq!(filters, vec!["open", "overdue"]);
+            for (_, query) in &source.requests {
+                assert!(query.contains(&("organization_id".to_string(), "101".to_string())), "the single included id is passed to the API");
+            }
+        }
+        assert_eq!(sink.0, 1, "one escalation in scope, forwarded once over two runs");
+        assert_eq!(report.events.len(), 1);
+        assert!(report.events[0].tags.contains(&"huntress_org_id:101".to_string()));
+        let gauge = |name: &str, severity: &str| {
+            report.metrics.iter().filter(|m| m.name == name && m.tags.contains(&format!("severity:{severity}"))).map(|m| m.value).next_back()
+        };
+        assert_eq!(gauge("huntress.escalations.open", "critical"), Some(1.0));
+        assert_eq!(gauge("huntress.escalations.open", "low"), Some(0.0), "organization 202 is out of scope");
+        assert_eq!(gauge("huntress.escalations.overdue", "low"), Some(0.0));
+        let by_org: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.escalations.open_by_organization").map(|m| (m.tags.clone(), m.value)).collect();
+        assert_eq!(by_org.last(), Some(&(vec!["huntress_org_id:101".to_string(), "huntress_org_name:unknown".into(), "severity:critical".into()], 1.0)));
+        assert!(by_org.iter().all(|(tags, _)| !tags.contains(&"huntress_org_id:202".to_string())));
+        let state = VersionedState::decode(&cache.0[ESCALATIONS_KEY], "escalation checkpoint").unwrap().unwrap();
+        assert_eq!(state.checkpoint.timestamp(), NOW - 60);
+    }
+}

@@ -1,0 +1,272 @@
+//! Signals (`signals.enabled`): the detections the Huntress SOC investigated,
+//! read from `GET /v1/signals` incrementally with `investigated_at_min` set to
+//! the checkpoint (the newest `investigated_at` delivered), oldest id first.
+//!
+//! * Each signal becomes one log (`service:huntress-signals`) with its type,
+//!   status (as `signal_status`), entity and organization.
+//! * Signals are deduplicated by id (the 5,000 most recent are remembered): the
+//!   filter is inclusive, so the signals at the checkpoint are read again.
+//! * The checkpoint moves only after the intake accepted the logs, and only
+//!   when every page since it was read; otherwise the next run reads again.
+//! * Signals outside the organization scope are dropped and counted.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+
+use crate::checkpoint::{Cache, SIGNALS_KEY};
+use crate::config::StalePolicy;
+use crate::datadog::intake::Delivery;
+use crate::datadog::report::{with_tag, Report, Status};
+use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::feeds::orgs::{enrich_row, OrgDirectory};
+use crate::feeds::rest::{list_pages, End, Health, PageSource};
+use crate::feeds::scope::{OrgRef, Scope};
+use crate::feeds::versioned::{text, timestamp, LogSink, Version, VersionedState};
+use crate::http::Deadline;
+use crate::huntress::Feature;
+use crate::tags::{self, cap_values, MAX_TAG_VALUES};
+
+pub const SIGNALS_PATH: &str = "/v1/signals";
+pub const SERVICE: &str = "huntress-signals";
+const CHECKPOINT: &str = "signal checkpoint";
+
+fn entity_field<'a>(signal: &'a Map<String, Value>, key: &str) -> &'a str {
+    signal.get("entity").and_then(|e| e.get(key)).and_then(Value::as_str).map(str::trim).unwrap_or_default()
+}
+
+fn organization(signal: &Map<String, Value>) -> OrgRef {
+    signal.get("organization").map(OrgRef::from_object).unwrap_or_default()
+}
+
+/// The log for one signal: its fields at the top level, `status` moved to
+/// `signal_status`, `type` copied to `signal_type`, the message from its name,
+/// and the organization attributes and tags.
+pub fn log_for(signal: &Map<String, Value>, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
+    let mut row = signal.clone();
+    let status = text(signal, "status").to_string();
+    let kind = text(signal, "type").to_string();
+    if let Some(value) = row.remove("status") {
+        row.insert("signal_status".into(), value);
+    }
+    row.insert("signal_type".into(), Value::String(kind.clone()));
+    row.insert("status".into(), Value::from(if status.eq_ignore_ascii_case("reported") { "warning" } else { "info" }));
+    if let Some(at) = signal.get("investigated_at").or_else(|| signal.get("updated_at")).filter(|v| v.is_string()) {
+        row.insert("@timestamp".into(), at.clone());
+    }
+    let message = [text(signal, "name"), text(signal, "investigation_context")].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" · ");
+    row.insert("message".into(), Value::String(message));
+    let org = enrich_row(directory, signal).into_owned();
+    let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
+    extra.push(tags::tag("signal_type", &kind));
+    extra.push(tags::tag("signal_status", &status));
+    extra.push(tags::tag("entity_type", entity_field(signal, "type")));
+    let enrichment = Enrichment::new(org.attributes, extra.join(","));
+    match transform::prepare_value(row, template, &enrichment, now_ms) {
+        Prepared::Log(log) => Some(log),
+        Prepared::SkippedStale { .. } => None,
+    }
+}
+
+/// Everything one signal run needs besides the page source.
+pub struct SignalRun<'a> {
+    pub sink: &'a mut dyn LogSink,
+    pub cache: &'a mut dyn Cache,
+    pub deadline: Deadline,
+    pub directory: Option<&'a OrgDirectory>,
+    pub scope: &'a Scope,
+    pub base_tags: &'a [String],
+    pub max_pages: u32,
+    pub initial_lookback: Duration,
+    pub now: DateTime<Utc>,
+}
+
+impl SignalRun<'_> {
+    /// Forwards the signals investigated since the checkpoint. `None` when the
+    /// budget left no room to send anything. The page count is for the next estimate.
+    pub fn run(&mut self, source: &mut dyn PageSource, report: &mut Report) -> (Option<Health>, u32) {
+        if !source.may_send() {
+            return (None, 0);
+        }
+        let mut warnings = Vec::new();
+        let mut state = VersionedState::load(self.cache, SIGNALS_KEY, CHECKPOINT, self.now, self.initial_lookback, &mut warnings);
+        let mut filters = vec![
+            ("investigated_at_min", state.checkpoint.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            ("sort_field", "id".to_string()),
+            ("sort_direction", "asc".to_string()),
+        ];
+        filters.extend(self.scope.api_filter());
+        let mut signals = Vec::new();
+        let mut newest: Option<DateTime<Utc>> = None;
+        let listing = list_pages(source, SIGNALS_PATH, "signals", &filters, self.max_pages, |page| {
+            for signal in page {
+                if let Some(at) = timestamp(&signal, "investigated_at") {
+                    newest = Some(newest.map_or(at, |n| n.max(at)));
+                }
+                signals.push(signal);
+            }
+            true
+        });
+        if let End::Failed(error) = &listing.end {
+            if signals.is_empty() {
+                let health = Health::failed(Feature::Signals, Status::Critical, format!("cannot read signals: {error}"), error);
+                return (Some(health), listing.pages);
+            }
+        }
+        let fresh = self.fresh(signals, &state);
+        let delivery = self.deliver(&fresh, &mut state, report);
+        match &listing.end {
+            End::Complete | End::Enough if delivery.error.is_none() => state.checkpoint = state.checkpoint.max(newest.unwrap_or(state.checkpoint)),
+            End::Failed(error) => warnings.push(format!("reading signals failed part way ({error}); the next run reads them again")),
+            end => {
+                if let Some(why) = end.shortfall("signals", self.max_pages, "signals.max_pages") {
+                    warnings.push(format!("{why}; the next run reads from the same checkpoint"));
+                }
+            }
+        }
+        if let Err(e) = self.cache.write(SIGNALS_KEY, &state.encode()) {
+            warnings.push(format!("cannot save the {CHECKPOINT} ({e})"));
+        }
+        if let Some(error) = &delivery.error {
+            warnings.push(format!("signals could not be forwarded; the checkpoint stays: {error}"));
+            return (Some(Health::failed(Feature::Signals, Status::Warning, warnings.join("; "), error)), listing.pages);
+        }
+        let health = if warnings.is_empty() { Health::ok(Feature::Signals) } else { Health::warning(Feature::Signals, warnings.join("; ")) };
+        (Some(health), listing.pages)
+    }
+
+    /// Signals in scope not forwarded before, each once.
+    fn fresh(&self, signals: Vec<Map<String, Value>>, state: &VersionedState) -> Vec<(Map<String, Value>, Version)> {
+        let mut seen_now = HashSet::new();
+        signals
+            .into_iter()
+            .filter_map(|signal| {
+                let version = Version::of_id(&signal);
+                let new = seen_now.insert(version.report) && state.known.classify(&version) == crate::feeds::versioned::Change::New;
+                (new && self.scope.admits(Feature::Signals.tag(), &organization(&signal), self.directory)).then_some((signal, version))
+            })
+            .collect()
+    }
+
+    fn deliver(&mut self, fresh: &[(Map<String, Value>, Version)], state: &mut VersionedState, report: &mut Report) -> Delivery {
+        let template = LogTemplate { service: SERVICE.into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
+        let now_ms = self.now.timestamp_millis();
+        let logs: Vec<PreparedLog> = fresh.iter().filter_map(|(signal, _)| log_for(signal, self.directory, &template, now_ms)).collect();
+        let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { self.sink.send_logs(&logs, &self.deadline) };
+        let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+        for (signal, version) in fresh.iter().take(delivery.accepted_prefix) {
+            state.known.record(*version);
+            *by_type.entry(tags::value_or_unknown(Some(text(signal, "type")))).or_default() += 1;
+        }
+        for (kind, count) in cap_values(by_type, MAX_TAG_VALUES) {
+            report.count("huntress.signals.collected", count as f64, &with_tag(self.base_tags, format!("signal_type:{kind}")));
+        }
+        delivery
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::MemoryCache;
+    use crate::error::{ErrorKind, HuntressError};
+    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::scope::parse;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    const NOW: i64 = 1_780_000_000;
+
+    fn iso(secs: i64) -> String {
+        Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    fn signal(id: u64, investigated: i64, org: u64) -> Map<String, Value> {
+        json!({
+            "id": id, "name": "Firewall Disabled via Netsh", "type": "Process Insights", "status": "closed",
+            "entity": {"id": 72183, "name": "Laptop 52", "type": "agent"}, "organization": {"id": org, "name": format!("Org {org}")},
+            "investigated_at": iso(investigated), "investigation_context": "False Positive", "created_at": iso(investigated - 60),
+            "updated_at": iso(investigated),
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    struct Sink {
+        accept: bool,
+        logs: Vec<Map<String, Value>>,
+    }
+
+    impl LogSink for Sink {
+        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
+            if !self.accept {
+                return Delivery { accepted_prefix: 0, error: Some(HuntressError::intake(ErrorKind::IntakeUnavailable, "503")) };
+            }
+            self.logs.extend(logs.iter().map(|l| serde_json::from_slice(&l.json).unwrap()));
+            Delivery { accepted_prefix: logs.len(), error: None }
+        }
+    }
+
+    fn run_once(signals: &[Map<String, Value>], sink: &mut Sink, cache: &mut MemoryCache, scope: &Scope) -> (Health, FakeSource) {
+        let mut source = FakeSource::new(vec![Ok(json!({"signals": signals, "pagination": {}}))]);
+        let mut report = Report::default();
+        let mut run = SignalRun {
+            sink,
+            cache,
+            deadline: Deadline::after(Duration::from_secs(30)),
+            directory: None,
+            scope,
+            base_tags: &[],
+            max_pages: 10,
+            initial_lookback: Duration::from_secs(3600),
+            now: Utc.timestamp_opt(NOW, 0).unwrap(),
+        };
+        let (health, _) = run.run(&mut source, &mut report);
+        (health.unwrap(), source)
+    }
+
+    fn min_filter(source: &FakeSource) -> String {
+        source.requests[0].1.iter().find(|(k, _)| k == "investigated_at_min").unwrap().1.clone()
+    }
+
+    #[test]
+    fn signals_are_incremental_deduplicated_and_wait_for_the_intake() {
+        let mut cache = MemoryCache::default();
+        let scope = Scope::default();
+        let signals = vec![signal(1, NOW - 300, 101), signal(2, NOW - 100, 101)];
+        let mut refusing = Sink { accept: false, logs: Vec::new() };
+        let (health, source) = run_once(&signals, &mut refusing, &mut cache, &scope);
+        assert_eq!(health.status, Status::Warning);
+        assert_eq!(min_filter(&source), iso(NOW - 3600));
+
+        let mut sink = Sink { accept: true, logs: Vec::new() };
+        let (health, source) = run_once(&signals, &mut sink, &mut cache, &scope);
+        assert_eq!(health.status, Status::Ok);
+        assert_eq!(min_filter(&source), iso(NOW - 3600), "the refused run left the checkpoint");
+        assert_eq!(sink.logs.len(), 2);
+        let (_, source) = run_once(&signals[1..], &mut sink, &mut cache, &scope);
+        assert_eq!(min_filter(&source), iso(NOW - 100));
+        assert_eq!(sink.logs.len(), 2, "the signal at the checkpoint is not sent again");
+        let log = &sink.logs[0];
+        assert_eq!(log["service"], SERVICE);
+        assert_eq!(log["signal_type"], "Process Insights");
+        assert_eq!(log["signal_status"], "closed");
+        assert_eq!(log["entity"]["name"], "Laptop 52");
+        assert_eq!(log["huntress_org_id"], 101);
+        for tag in ["signal_type:process_insights", "signal_status:closed", "entity_type:agent", "huntress_org_id:101"] {
+            assert!(log["ddtags"].as_str().unwrap().split(',').any(|t| t == tag), "{tag} in {}", log["ddtags"]);
+        }
+    }
+
+    #[test]
+    fn signals_of_other_organizations_stay_out() {
+        let mut cache = MemoryCache::default();
+        let scope = Scope::new(parse(json!({"organizations": {"exclude": ["Org 202"]}}).as_object().unwrap()).unwrap());
+        let mut sink = Sink { accept: true, logs: Vec::new() };
+        run_once(&[signal(1, NOW - 300, 101), signal(2, NOW - 200, 202)], &mut sink, &mut cache, &scope);
+        assert_eq!(sink.logs.iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1]);
+    }
+}
