@@ -107,12 +107,15 @@ def test_importing_the_check_without_a_core_raises_import_error(tmp_path):
     shutil.copytree(source, target, ignore=shutil.ignore_patterns('_core*.so', '_core*.pyd', '__pycache__'))
     (target / '_native').mkdir(exist_ok=True)
     (target / '_native' / '_core_windows_amd64.pyd').write_bytes(b'stand-in')
+    # The copy goes first on the namespace package's path, so that its package is the one imported.
     script = (
-        'import sys; sys.path.insert(0, sys.argv[1]); import datadog_checks; '
-        'datadog_checks.__path__.insert(0, sys.argv[2]); import datadog_checks.huntress'
+        'import importlib, sys\n'
+        'namespace = importlib.import_module(sys.argv[1])\n'
+        'namespace.__path__.insert(0, sys.argv[2])\n'
+        'importlib.import_module(sys.argv[1] + ".huntress")\n'
     )
     result = subprocess.run(
-        [sys.executable, '-c', script, str(tmp_path / 'site'), str(tmp_path / 'site' / 'datadog_checks')],
+        [sys.executable, '-c', script, 'datadog_checks', str(tmp_path / 'site' / 'datadog_checks')],
         capture_output=True,
         text=True,
     )
