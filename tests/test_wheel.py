@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -184,3 +185,30 @@ def test_installed_wheel_runs_a_cycle_and_uninstalls_cleanly(wheels, kind, core)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert f'cycle ok: 300 events delivered once each (core {core})' in result.stdout
     assert 'uninstall ok: datadog_checks.base imports, datadog_checks.huntress is gone' in result.stdout
+
+
+def test_pip_wheel_of_a_checkout_builds_a_wheel_that_installs_and_runs(tmp_path):
+    """`pip wheel .` on the tracked files alone (maturin from the package registry, in pip's isolated build
+    environment) builds a wheel that installs and runs like the release wheels. The compiled dependencies of the
+    development build are reused through CARGO_TARGET_DIR, to keep the test short."""
+    checkout = tmp_path / 'checkout'
+    tracked = subprocess.run(['git', 'ls-files', '-z'], capture_output=True, check=True, cwd=ROOT).stdout.split(b'\0')
+    for name in filter(None, (n.decode() for n in tracked)):
+        source = os.path.join(ROOT, name)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(checkout / name), exist_ok=True)
+            shutil.copy2(source, checkout / name)
+    out = tmp_path / 'wheels'
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, 'target'))
+    env.pop('VIRTUAL_ENV', None)
+    build = subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '-w', str(out), str(checkout)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    [wheel] = glob.glob(str(out / f'datadog_huntress-{about_version()}-cp39-abi3-*.whl'))
+    cycle = subprocess.run([os.path.join(ROOT, 'scripts', 'wheel-cycle.sh'), wheel], capture_output=True, text=True)
+    assert cycle.returncode == 0, cycle.stdout[-2000:] + cycle.stderr[-3000:]
+    assert 'cycle ok: 300 events delivered once each (core _core.abi3.so)' in cycle.stdout
