@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_platform_wheel_is_abi3_manylinux2014_without_namespace_file(wheels):
     assert 'datadog_checks/huntress/config_models/instance.py' in files
     assert 'datadog_checks/huntress/_loader.py' in files
     assert native_cores(files) == ['datadog_checks/huntress/_core.abi3.so']
+    # manylinux2014: no glibc symbol newer than 2.17 (the version names sit in the dynamic string table).
+    glibc = {tuple(map(int, v.split(b'.'))) for v in re.findall(rb'GLIBC_(2\.[0-9]+)', files[native_cores(files)[0]])}
+    assert glibc and max(glibc) <= (2, 17), sorted(glibc)
     metadata = dist_info_file(files, 'METADATA').splitlines()
     assert any(line.startswith('Requires-Dist: datadog-checks-base') for line in metadata)
 
