@@ -18,8 +18,9 @@ def main(root, install_dir):
     sys.path.insert(0, root)  # for tests.sim only; the check comes from the virtualenv
     import datadog_checks.huntress as package
 
-    location = os.path.realpath(package.__file__)
-    assert location.startswith(os.path.realpath(install_dir)), f'imported from {location}, not the installed wheel'
+    location = os.path.normcase(os.path.realpath(package.__file__))
+    expected = os.path.normcase(os.path.realpath(install_dir))
+    assert location.startswith(expected), f'imported from {location}, not the installed wheel'
     from datadog_checks.base.stubs import aggregator
     from datadog_checks.huntress import HuntressCheck
     from tests.sim import HuntressSimulator, IntakeSink, fixtures
