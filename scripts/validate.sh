@@ -10,7 +10,8 @@
 #
 # and runs `ddev --here validate <name> huntress` for each validation, one by one (`validate all` ignores --here).
 # The tree root is named `integrations-extras` because ddev derives the repository rules it applies from that name
-# (with --here, `integrations-<name>` selects `<name>`).
+# (with --here, `integrations-<name>` selects `<name>`). The tree holds only links: no project file is copied or
+# edited, so ddev validates the project as it is.
 #
 # Usage: scripts/validate.sh [--sync] [--keep] [VALIDATION ...]
 #   --sync   regenerate from assets/configuration/spec.yaml first, through the link into the project:
@@ -46,7 +47,7 @@ for arg in "$@"; do
     case "$arg" in
         --sync) sync=1 ;;
         --keep) keep=1 ;;
-        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) selected+=("$arg") ;;
     esac
