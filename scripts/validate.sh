@@ -47,7 +47,7 @@ for arg in "$@"; do
     case "$arg" in
         --sync) sync=1 ;;
         --keep) keep=1 ;;
-        -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) selected+=("$arg") ;;
     esac
