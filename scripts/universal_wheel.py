@@ -47,6 +47,18 @@ def core_name(platform_tag):
     raise AssemblyError(f'no bundled name for the platform tag {platform_tag!r}')
 
 
+def platform_sboms(members, dist_info, bundled_core):
+    """A platform wheel's software bills of materials, renamed after its platform: each build has its own."""
+    platform_name = bundled_core[len('_core_') :].split('.', 1)[0]
+    prefix = dist_info + 'sboms/'
+    renamed = {}
+    for name, data in members.items():
+        if name.startswith(prefix):
+            stem, dot, extension = name[len(prefix) :].partition('.')
+            renamed[f'{prefix}{stem}.{platform_name}{dot}{extension}'] = data
+    return renamed
+
+
 def record_hash(data):
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()
     return f'sha256={digest}'
@@ -74,6 +86,7 @@ def assemble(wheel_paths, out_dir):
         raise AssemblyError('no platform wheel given')
     base = None
     cores = {}
+    sboms = {}
     for path in sorted(wheel_paths):
         match, members, core = read_wheel(path)
         dist_info = f"{match['dist']}-{match['version']}.dist-info/"
@@ -89,6 +102,7 @@ def assemble(wheel_paths, out_dir):
         if name in cores:
             raise AssemblyError(f'{path}: a second core for {name}')
         cores[name] = members[core]
+        sboms.update(platform_sboms(members, dist_info, name))
     match, members, dist_info, pure, _ = base
     if 'datadog_checks/__init__.py' in pure:
         raise AssemblyError('the wheels ship datadog_checks/__init__.py, which belongs to datadog-checks-base')
@@ -98,7 +112,9 @@ def assemble(wheel_paths, out_dir):
         files[NATIVE_DIR + name] = data
     for name, data in members.items():
         if name.startswith(dist_info) and name not in (dist_info + 'RECORD', dist_info + 'WHEEL'):
-            files[name] = data
+            if not name.startswith(dist_info + 'sboms/'):
+                files[name] = data
+    files.update(sboms)
     files[dist_info + 'WHEEL'] = (
         'Wheel-Version: 1.0\nGenerator: datadog-huntress universal_wheel.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n'
     ).encode()

@@ -160,6 +160,9 @@ def test_assembly_bundles_every_platform_core_under_its_own_name(wheels, tmp_pat
     native = {n.rsplit('/', 1)[1]: d for n, d in files.items() if n.startswith('datadog_checks/huntress/_native/')}
     assert native == expected
     assert native_cores(files) == []
+    sboms = {n.rsplit('/', 1)[1] for n in files if '.dist-info/sboms/' in n}
+    platforms = [name[len('_core_') :].split('.')[0] for name in expected]
+    assert sboms == {f'datadog-huntress.{platform}.cyclonedx.json' for platform in platforms}
     assert_record_is_exact(files)
 
 
