@@ -19,7 +19,9 @@ import zipfile
 PACKAGE_DIR = 'datadog_checks/huntress/'
 NATIVE_DIR = PACKAGE_DIR + '_native/'
 CORE_PATTERN = re.compile(r'^datadog_checks/huntress/_core(\.[^/]*)?\.(so|pyd)$')
-WHEEL_NAME = re.compile(r'^(?P<dist>[^-]+)-(?P<version>[^-]+)-(?P<python>[^-]+)-(?P<abi>[^-]+)-(?P<platform>[^-]+)\.whl$')
+WHEEL_NAME = re.compile(
+    r'^(?P<dist>[^-]+)-(?P<version>[^-]+)-(?P<python>[^-]+)-(?P<abi>[^-]+)-(?P<platform>[^-]+)\.whl$'
+)
 # The date written for every member, so that the same inputs give the same bytes.
 FIXED_DATE = (2020, 1, 1, 0, 0, 0)
 

@@ -36,7 +36,8 @@ def about_version():
 
 
 def universal_wheel_module():
-    spec = importlib.util.spec_from_file_location('universal_wheel', os.path.join(ROOT, 'scripts', 'universal_wheel.py'))
+    path = os.path.join(ROOT, 'scripts', 'universal_wheel.py')
+    spec = importlib.util.spec_from_file_location('universal_wheel', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
