@@ -10,11 +10,14 @@
 #
 # and runs `ddev --here validate <name> huntress` for each validation, one by one (`validate all` ignores --here).
 # The tree root is named `integrations-extras` because ddev derives the repository rules it applies from that name
-# (with --here, `integrations-<name>` selects `<name>`).
+# (with --here, `integrations-<name>` selects `<name>`). The tree holds only links: no project file is copied or
+# edited, so ddev validates the project as it is.
 #
 # Usage: scripts/validate.sh [--sync] [--keep] [VALIDATION ...]
-#   --sync   run `validate config --sync` first: regenerates python/datadog_checks/huntress/data/conf.yaml.example
-#            from assets/configuration/spec.yaml (written through the link, into the project).
+#   --sync   regenerate from assets/configuration/spec.yaml first, through the link into the project:
+#            `validate config --sync` writes python/datadog_checks/huntress/data/conf.yaml.example and
+#            `validate models --sync` writes python/datadog_checks/huntress/config_models/.
+#            Run it after every change to spec.yaml, then commit what it wrote.
 #   --keep   keep the throwaway tree and print its path.
 #   VALIDATION ...  run only these (default: all of them, see VALIDATIONS below).
 #
@@ -44,7 +47,7 @@ for arg in "$@"; do
     case "$arg" in
         --sync) sync=1 ;;
         --keep) keep=1 ;;
-        -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) selected+=("$arg") ;;
     esac
@@ -95,74 +98,11 @@ DEST="$TREE/$CHECK"
 mkdir -p "$DEST"
 
 ln -s "$ROOT/python/datadog_checks" "$DEST/datadog_checks"
-for item in README.md CHANGELOG.md manifest.json metadata.csv hatch.toml assets tests images LICENSE; do
+for item in README.md CHANGELOG.md manifest.json metadata.csv pyproject.toml hatch.toml assets tests images LICENSE; do
     if [ -e "$ROOT/$item" ]; then
         ln -s "$ROOT/$item" "$DEST/$item"
     fi
 done
-
-# pyproject.toml. ddev's `package` validation reads the version location from `tool.hatch.version.path` and
-# requires it to be `datadog_checks/huntress/__about__.py` (relative to the check directory). This project builds
-# with maturin, which takes the version from Cargo.toml and ignores `tool.hatch`. When the project's pyproject has
-# no such key, the tree's copy gets it, but only after checking that the statement is true in the tree:
-# `__about__.py` exists there and its `__version__` equals the version maturin builds.
-if [ -e "$ROOT/pyproject.toml" ]; then
-    if ! "$DDEV_VENV/bin/python" - "$ROOT" "$DEST" "$CHECK" <<'PY'
-import pathlib, re, sys, tomllib
-
-root, dest, check = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
-text = (root / 'pyproject.toml').read_text(encoding='utf-8')
-data = tomllib.loads(text)
-expected = f'datadog_checks/{check}/__about__.py'
-current = data.get('tool', {}).get('hatch', {}).get('version', {}).get('path')
-if current is not None:
-    # The project states it itself; leave it to ddev to judge.
-    (dest / 'pyproject.toml').symlink_to(root / 'pyproject.toml')
-    sys.exit(0)
-
-about = dest / expected
-if not about.is_file():
-    print(f'pyproject: {expected} does not exist; not adding tool.hatch.version.path', file=sys.stderr)
-    (dest / 'pyproject.toml').symlink_to(root / 'pyproject.toml')
-    sys.exit(0)
-match = re.search(r'__version__\s*=\s*[\'"]([^\'"]+)[\'"]', about.read_text(encoding='utf-8'))
-about_version = match.group(1) if match else None
-
-project = data.get('project', {})
-if 'version' in project:
-    built, origin = project['version'], 'pyproject.toml [project] version'
-elif 'version' in project.get('dynamic', []) and (root / 'Cargo.toml').is_file():
-    cargo = tomllib.loads((root / 'Cargo.toml').read_text(encoding='utf-8'))
-    built = cargo.get('package', {}).get('version')
-    origin = 'Cargo.toml [package] version (maturin dynamic version)'
-else:
-    built, origin = None, 'nowhere'
-
-if about_version is None or built is None or about_version != built:
-    print(
-        f'pyproject: __about__.__version__ = {about_version!r} but the built version is {built!r} (from {origin}); '
-        'not adding tool.hatch.version.path, so `package` reports the missing key',
-        file=sys.stderr,
-    )
-    (dest / 'pyproject.toml').symlink_to(root / 'pyproject.toml')
-    sys.exit(0)
-
-addition = (
-    '\n# Added by scripts/validate.sh in the throwaway tree only: the version of the built package '
-    f'({built}, from {origin}) equals __version__ in {expected}.\n'
-    f'[tool.hatch.version]\npath = "{expected}"\n'
-)
-if re.search(r'^\[tool\.hatch\]\s*$', text, re.M) or re.search(r'^\[tool\.hatch\.version\]', text, re.M):
-    print('pyproject: unexpected [tool.hatch] layout; not editing', file=sys.stderr)
-    (dest / 'pyproject.toml').symlink_to(root / 'pyproject.toml')
-    sys.exit(0)
-(dest / 'pyproject.toml').write_text(text.rstrip('\n') + '\n' + addition, encoding='utf-8')
-print(f'NOTE: tree pyproject.toml gets tool.hatch.version.path = "{expected}" (checked: {about_version} == {origin})')
-PY
-    then
-        die "could not prepare pyproject.toml"
-    fi
-fi
 
 (
     cd "$TREE" || exit 2
@@ -176,15 +116,6 @@ DDEV_CONFIG_FILE="$TMP/ddev-config.toml"
 export DDEV_CONFIG="$DDEV_CONFIG_FILE"
 export NO_COLOR=1 DDEV_INTERACTIVE=false
 
-# Preconditions. Some validations select the check from files and silently validate nothing when a file is
-# missing (for example `package` without __about__.py), so a missing file is reported as a failure here.
-precondition_failures=()
-[ -f "$DEST/datadog_checks/$CHECK/__about__.py" ] || precondition_failures+=("python/datadog_checks/$CHECK/__about__.py is missing (ddev does not see a check without it)")
-[ -f "$DEST/manifest.json" ] || precondition_failures+=("manifest.json is missing (ddev does not see an integration without it)")
-[ -f "$DEST/pyproject.toml" ] || precondition_failures+=("pyproject.toml is missing")
-[ -f "$DEST/README.md" ] || precondition_failures+=("README.md is missing")
-[ -f "$DEST/metadata.csv" ] || precondition_failures+=("metadata.csv is missing (ddev skips the metadata validation without it)")
-
 run_ddev() {
     (cd "$TREE" && "$DDEV" --here validate "$@" 2>&1)
 }
@@ -192,7 +123,19 @@ run_ddev() {
 if [ "$sync" -eq 1 ]; then
     echo "=== config --sync"
     run_ddev config "$CHECK" --sync
+    echo "=== models --sync"
+    run_ddev models "$CHECK" --sync
 fi
+
+# Preconditions. Some validations select the check from files and silently validate nothing when a file is
+# missing (for example `package` without __about__.py), so a missing file is reported as a failure here.
+precondition_failures=()
+[ -f "$DEST/datadog_checks/$CHECK/__about__.py" ] || precondition_failures+=("python/datadog_checks/$CHECK/__about__.py is missing (ddev does not see a check without it)")
+[ -f "$DEST/manifest.json" ] || precondition_failures+=("manifest.json is missing (ddev does not see an integration without it)")
+[ -f "$DEST/pyproject.toml" ] || precondition_failures+=("pyproject.toml is missing")
+[ -f "$DEST/README.md" ] || precondition_failures+=("README.md is missing")
+[ -f "$DEST/datadog_checks/$CHECK/config_models/instance.py" ] || precondition_failures+=("python/datadog_checks/$CHECK/config_models/ is missing (ddev skips the models validation without it; scripts/validate.sh --sync writes it)")
+[ -f "$DEST/metadata.csv" ] || precondition_failures+=("metadata.csv is missing (ddev skips the metadata validation without it)")
 
 declare -A status
 failed=0

@@ -155,7 +155,6 @@ def test_query_without_keep_warns(make_check, dd_run_check, aggregator, huntress
 @pytest.mark.parametrize(
     'edit, key',
     [
-        (lambda i: i.pop('huntress_api_key'), 'huntress_api_key'),
         (lambda i: i.update(huntress_secret_key=''), 'huntress_secret_key'),
         (lambda i: i.update(log_queries=[]), 'log_queries'),
         (lambda i: i.update(log_queries=[{'name': 'x', 'esql_query': 'FROM metrics'}]), 'log_queries[0].esql_query'),
@@ -163,11 +162,7 @@ def test_query_without_keep_warns(make_check, dd_run_check, aggregator, huntress
             lambda i: i.update(log_queries=[{'name': 'x', 'esql_query': 'FROM logs | WHERE @timestamp > "2026-01-01"'}]),
             'log_queries[0].esql_query',
         ),
-        (lambda i: i.update(log_queries=[{'esql_query': 'FROM logs'}]), 'log_queries[0].name'),
-        (lambda i: i.update(max_pages_per_run=0), 'max_pages_per_run'),
         (lambda i: i.update(huntress_base_url='ftp://x'), 'huntress_base_url'),
-        (lambda i: i.update(tls_verify='maybe'), 'tls_verify'),
-        (lambda i: i.update(tags='a:b'), 'tags'),
     ],
 )
 def test_bad_config_names_the_key(make_check, instance, edit, key):
@@ -175,6 +170,28 @@ def test_bad_config_names_the_key(make_check, instance, edit, key):
     with pytest.raises(ConfigurationError) as error:
         make_check(instance)
     assert f'`{key}`' in str(error.value)
+
+
+@pytest.mark.parametrize(
+    'edit, location, problem',
+    [
+        (lambda i: i.pop('huntress_api_key'), 'huntress_api_key', 'Field required'),
+        (lambda i: i.update(log_queries=[{'esql_query': 'FROM logs'}]), 'log_queries -> 1 -> name', 'Field required'),
+        (lambda i: i.update(max_pages_per_run=0), 'max_pages_per_run', 'greater than or equal to 1'),
+        (lambda i: i.update(tls_verify='maybe'), 'tls_verify', 'valid boolean'),
+        (lambda i: i.update(tags='a:b'), 'tags', 'valid tuple'),
+    ],
+)
+def test_wrong_type_is_reported_by_the_config_model(make_check, instance, edit, location, problem):
+    """config_models/ (generated from spec.yaml) validates the instance before the core sees it, and reports the
+    option and the problem in the words of every other integration."""
+    edit(instance)
+    with pytest.raises(ConfigurationError) as error:
+        make_check(instance)
+    lines = str(error.value).splitlines()
+    assert lines[0] == 'Detected 1 error while loading configuration model `InstanceConfig`:'
+    assert lines[1] == location
+    assert problem in lines[2]
 
 
 def test_dd_api_key_defaults_to_the_agent_key(make_check, dd_run_check, datadog_agent, huntress, sink, instance):

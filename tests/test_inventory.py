@@ -1,4 +1,4 @@
-"""MSP context end to end (issue 4): organization enrichment, agent inventory
+"""MSP context end to end: organization enrichment, agent inventory
 metrics and incident reports, over HTTP against the simulator and the intake
 sink. Expected values are computed here from the fixtures, not read back from
 the check."""

@@ -1,74 +1,222 @@
-"""The release wheel, installed as `datadog-agent integration install -w` does
-(`pip install --no-deps` next to datadog-checks-base), imports and runs one cycle."""
+"""The release wheels that scripts/build-wheel.sh leaves in dist/: the manylinux2014 abi3 wheel of this host and the
+universal py3-none-any wheel assembled from it. Each is installed as `datadog-agent integration install -w` does
+(`pip install --no-deps` into a fresh Python 3.13 holding datadog-checks-base), runs one cycle against the
+simulator, and uninstalls cleanly (scripts/wheel-cycle.sh)."""
 
+import base64
+import csv
 import glob
+import hashlib
+import importlib.util
+import io
 import os
+import re
+import shutil
 import subprocess
 import sys
-import textwrap
 import zipfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_REQUIREMENT = 'datadog-checks-base[deps]==38.5.0'
+ABOUT = os.path.join(ROOT, 'python', 'datadog_checks', 'huntress', '__about__.py')
+STAND_IN_PLATFORMS = {
+    'manylinux_2_17_aarch64.manylinux2014_aarch64': ('_core.abi3.so', '_core_linux_aarch64.abi3.so'),
+    'win_amd64': ('_core.pyd', '_core_windows_amd64.pyd'),
+    'macosx_10_12_x86_64': ('_core.abi3.so', '_core_macos_x86_64.abi3.so'),
+    'macosx_11_0_arm64': ('_core.abi3.so', '_core_macos_arm64.abi3.so'),
+}
+
+
+def about_version():
+    spec = importlib.util.spec_from_file_location('huntress_about', ABOUT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.__version__
+
+
+def universal_wheel_module():
+    path = os.path.join(ROOT, 'scripts', 'universal_wheel.py')
+    spec = importlib.util.spec_from_file_location('universal_wheel', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope='module')
-def wheel():
-    wheels = glob.glob(os.path.join(ROOT, 'dist', 'datadog_huntress-*.whl'))
-    if not wheels:
+def wheels():
+    version = about_version()
+    patterns = {
+        'platform': f'datadog_huntress-{version}-cp39-abi3-*manylinux2014_x86_64*.whl',
+        'universal': f'datadog_huntress-{version}-py3-none-any.whl',
+    }
+
+    def found():
+        return {kind: glob.glob(os.path.join(ROOT, 'dist', pattern)) for kind, pattern in patterns.items()}
+
+    if not all(found().values()):
         subprocess.run([os.path.join(ROOT, 'scripts', 'build-wheel.sh')], check=True, cwd=ROOT)
-        wheels = glob.glob(os.path.join(ROOT, 'dist', 'datadog_huntress-*.whl'))
-    assert len(wheels) == 1, wheels
-    return wheels[0]
+    paths = found()
+    assert all(len(p) == 1 for p in paths.values()), paths
+    return {kind: p[0] for kind, p in paths.items()}
 
 
-def test_wheel_is_abi3_manylinux2014_without_namespace_file(wheel):
-    name = os.path.basename(wheel)
+def members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def native_cores(files):
+    """The native cores at the package's top level (not those of the universal wheel's _native/)."""
+    return [n for n in files if n.startswith('datadog_checks/huntress/_core') and n.endswith(('.so', '.pyd'))]
+
+
+def dist_info_file(files, name):
+    return files[next(n for n in files if n.endswith('.dist-info/' + name))].decode()
+
+
+def assert_record_is_exact(files):
+    """Every member is listed once in RECORD with its sha256 and size; RECORD lists itself without them."""
+    record_name = next(n for n in files if n.endswith('.dist-info/RECORD'))
+    rows = list(csv.reader(io.StringIO(files[record_name].decode())))
+    assert sorted(row[0] for row in rows) == sorted(files)
+    for name, digest, size in rows:
+        if name == record_name:
+            assert (digest, size) == ('', '')
+            continue
+        expected = base64.urlsafe_b64encode(hashlib.sha256(files[name]).digest()).rstrip(b'=').decode()
+        assert digest == f'sha256={expected}', name
+        assert int(size) == len(files[name]), name
+
+
+def test_platform_wheel_is_abi3_manylinux2014_without_namespace_file(wheels):
+    name = os.path.basename(wheels['platform'])
     assert '-cp39-abi3-' in name and 'manylinux2014_x86_64' in name
-    with zipfile.ZipFile(wheel) as archive:
-        names = archive.namelist()
-        metadata = archive.read(next(n for n in names if n.endswith('.dist-info/METADATA'))).decode()
-    assert 'datadog_checks/__init__.py' not in names
-    assert 'datadog_checks/huntress/data/conf.yaml.example' in names
-    assert any(n.startswith('datadog_checks/huntress/_core') and n.endswith('.so') for n in names)
-    assert any(line.startswith('Requires-Dist: datadog-checks-base') for line in metadata.splitlines())
+    files = members(wheels['platform'])
+    assert 'datadog_checks/__init__.py' not in files
+    assert 'datadog_checks/huntress/data/conf.yaml.example' in files
+    assert 'datadog_checks/huntress/config_models/instance.py' in files
+    assert 'datadog_checks/huntress/_loader.py' in files
+    assert native_cores(files) == ['datadog_checks/huntress/_core.abi3.so']
+    # manylinux2014: no glibc symbol newer than 2.17 (the version names sit in the dynamic string table).
+    glibc = {tuple(map(int, v.split(b'.'))) for v in re.findall(rb'GLIBC_(2\.[0-9]+)', files[native_cores(files)[0]])}
+    assert glibc and max(glibc) <= (2, 17), sorted(glibc)
+    metadata = dist_info_file(files, 'METADATA').splitlines()
+    assert any(line.startswith('Requires-Dist: datadog-checks-base') for line in metadata)
 
 
-def test_installed_wheel_runs_a_cycle(wheel, tmp_path):
-    venv = tmp_path / 'agent-python'
-    subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
-    python = str(venv / 'bin' / 'python')
-    subprocess.run([python, '-m', 'pip', 'install', '-q', BASE_REQUIREMENT], check=True)
-    subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', wheel], check=True)
-    script = textwrap.dedent(
-        """
-        import sys
-        from datetime import datetime, timedelta, timezone
-        sys.path.insert(0, sys.argv[1])  # the repository root, for tests.sim only
-        import datadog_checks.huntress as package
-        assert '/agent-python/' in package.__file__, package.__file__
-        from datadog_checks.base.stubs import aggregator
-        from datadog_checks.huntress import HuntressCheck
-        from tests.sim import HuntressSimulator, IntakeSink, fixtures
+def test_both_wheels_carry_the_version_of_about_py(wheels):
+    version = about_version()
+    for path in wheels.values():
+        assert os.path.basename(path).startswith(f'datadog_huntress-{version}-')
+        assert f'Version: {version}' in dist_info_file(members(path), 'METADATA').splitlines()
 
-        with HuntressSimulator() as huntress, IntakeSink(api_key='k') as sink:
-            end = datetime.now(timezone.utc) - timedelta(seconds=5)
-            huntress.add_events(fixtures.siem_events(300, end - timedelta(minutes=10), end, seed=1))
-            instance = {
-                'huntress_api_key': huntress.credentials[0], 'huntress_secret_key': huntress.credentials[1],
-                'huntress_base_url': huntress.url, 'logs_intake_url': sink.url, 'dd_api_key': 'k',
-                'collection_delay_seconds': 0,
-                'log_queries': [{'name': 'all', 'esql_query': 'FROM logs | KEEP @timestamp, uuid, message'}],
-            }
-            error = HuntressCheck('huntress', {}, [instance]).run()
-            assert error == '', error
-            assert len(sink.uuids()) == 300, len(sink.uuids())
-            assert aggregator.service_checks('huntress.siem.can_connect')[0].status == 0
-        print('cycle ok')
-        """
+
+def test_universal_wheel_is_pure_and_bundles_the_linux_core(wheels):
+    platform_files = members(wheels['platform'])
+    files = members(wheels['universal'])
+    wheel_file = dist_info_file(files, 'WHEEL').splitlines()
+    assert 'Root-Is-Purelib: true' in wheel_file and 'Tag: py3-none-any' in wheel_file
+    assert [line for line in wheel_file if line.startswith('Tag:')] == ['Tag: py3-none-any']
+    assert 'datadog_checks/__init__.py' not in files
+    assert native_cores(files) == []
+    bundled = files['datadog_checks/huntress/_native/_core_linux_x86_64.abi3.so']
+    assert bundled == platform_files['datadog_checks/huntress/_core.abi3.so']
+    for name, data in platform_files.items():
+        if '.dist-info/' not in name and name not in native_cores(platform_files):
+            assert files[name] == data, name
+    assert dist_info_file(files, 'METADATA') == dist_info_file(platform_files, 'METADATA')
+    assert_record_is_exact(files)
+
+
+def stand_in_wheel(linux_wheel, directory, platform_tag, core_name):
+    """A copy of the Linux wheel for another platform, whose core is a stand-in file."""
+    name = os.path.basename(linux_wheel)
+    name = name[: name.index('-abi3-') + len('-abi3-')] + platform_tag + '.whl'
+    path = os.path.join(directory, name)
+    with zipfile.ZipFile(linux_wheel) as source, zipfile.ZipFile(path, 'w') as target:
+        for member in source.namelist():
+            data = source.read(member)
+            if member == 'datadog_checks/huntress/_core.abi3.so':
+                member, data = 'datadog_checks/huntress/' + core_name, f'stand-in core for {platform_tag}'.encode()
+            target.writestr(member, data)
+    return path
+
+
+def test_assembly_bundles_every_platform_core_under_its_own_name(wheels, tmp_path):
+    inputs = [wheels['platform']]
+    expected = {'_core_linux_x86_64.abi3.so': members(wheels['platform'])['datadog_checks/huntress/_core.abi3.so']}
+    for platform_tag, (core, bundled_name) in STAND_IN_PLATFORMS.items():
+        inputs.append(stand_in_wheel(wheels['platform'], str(tmp_path), platform_tag, core))
+        expected[bundled_name] = f'stand-in core for {platform_tag}'.encode()
+    out = tmp_path / 'out'
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'scripts', 'universal_wheel.py'), '--out', str(out), *inputs],
+        capture_output=True,
+        text=True,
     )
-    result = subprocess.run([python, '-c', script, ROOT], capture_output=True, text=True, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert 'cycle ok' in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out / f'datadog_huntress-{about_version()}-py3-none-any.whl')
+    files = members(result.stdout.strip())
+    native = {n.rsplit('/', 1)[1]: d for n, d in files.items() if n.startswith('datadog_checks/huntress/_native/')}
+    assert native == expected
+    assert native_cores(files) == []
+    sboms = {n.rsplit('/', 1)[1] for n in files if '.dist-info/sboms/' in n}
+    platforms = [name[len('_core_') :].split('.')[0] for name in expected]
+    assert sboms == {f'datadog-huntress.{platform}.cyclonedx.json' for platform in platforms}
+    assert_record_is_exact(files)
+
+
+def test_assembly_refuses_wheels_that_disagree(wheels, tmp_path):
+    module = universal_wheel_module()
+    other = stand_in_wheel(wheels['platform'], str(tmp_path), 'win_amd64', '_core.pyd')
+    renamed = other.replace(f'-{about_version()}-', '-9.9.9-')
+    os.rename(other, renamed)
+    with pytest.raises(module.AssemblyError, match=r'version (9\.9\.9|0\.2\.0) differs from'):
+        module.assemble([wheels['platform'], renamed], str(tmp_path / 'out'))
+
+    edited = str(tmp_path / os.path.basename(wheels['platform']).replace('x86_64', 'aarch64'))
+    with zipfile.ZipFile(wheels['platform']) as source, zipfile.ZipFile(edited, 'w') as target:
+        for member in source.namelist():
+            data = source.read(member)
+            target.writestr(member, data + b'\n# edited\n' if member.endswith('/check.py') else data)
+    with pytest.raises(module.AssemblyError, match='Python files differ'):
+        module.assemble([wheels['platform'], edited], str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('kind, core', [('platform', '_core.abi3.so'), ('universal', '_core_linux_x86_64.abi3.so')])
+def test_installed_wheel_runs_a_cycle_and_uninstalls_cleanly(wheels, kind, core):
+    result = subprocess.run(
+        [os.path.join(ROOT, 'scripts', 'wheel-cycle.sh'), wheels[kind]], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f'cycle ok: 300 events delivered once each (core {core})' in result.stdout
+    assert 'uninstall ok: datadog_checks.base imports, datadog_checks.huntress is gone' in result.stdout
+
+
+def test_pip_wheel_of_a_checkout_builds_a_wheel_that_installs_and_runs(tmp_path):
+    """`pip wheel .` on the tracked files alone (maturin from the package registry, in pip's isolated build
+    environment) builds a wheel that installs and runs like the release wheels. The compiled dependencies of the
+    development build are reused through CARGO_TARGET_DIR, to keep the test short."""
+    checkout = tmp_path / 'checkout'
+    tracked = subprocess.run(['git', 'ls-files', '-z'], capture_output=True, check=True, cwd=ROOT).stdout.split(b'\0')
+    for name in filter(None, (n.decode() for n in tracked)):
+        source = os.path.join(ROOT, name)
+        if os.path.isfile(source):
+            os.makedirs(os.path.dirname(checkout / name), exist_ok=True)
+            shutil.copy2(source, checkout / name)
+    out = tmp_path / 'wheels'
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, 'target'))
+    env.pop('VIRTUAL_ENV', None)
+    build = subprocess.run(
+        [sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '-w', str(out), str(checkout)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    [wheel] = glob.glob(str(out / f'datadog_huntress-{about_version()}-cp39-abi3-*.whl'))
+    cycle = subprocess.run([os.path.join(ROOT, 'scripts', 'wheel-cycle.sh'), wheel], capture_output=True, text=True)
+    assert cycle.returncode == 0, cycle.stdout[-2000:] + cycle.stderr[-3000:]
+    assert 'cycle ok: 300 events delivered once each (core _core.abi3.so)' in cycle.stdout

@@ -1,4 +1,4 @@
-"""The tile assets agree with docs/contract.md and with each other: metadata.csv, service checks, the
+"""The tile assets agree with the names of docs/development.md and with each other: metadata.csv, service checks, the
 configuration spec and example, the manifest, the monitors and the dashboard."""
 
 import csv
@@ -10,7 +10,7 @@ import yaml
 from assets_common import ASSETS, PROJECT, load_json, load_yaml
 from ddsearch import compile_query
 
-CONTRACT = (PROJECT / 'docs' / 'contract.md').read_text(encoding='utf-8')
+CONTRACT = (PROJECT / 'docs' / 'development.md').read_text(encoding='utf-8')
 MANIFEST = load_json(PROJECT / 'manifest.json')
 SPEC = load_yaml(ASSETS / 'configuration' / 'spec.yaml')
 EXAMPLE_PATH = PROJECT / 'python' / 'datadog_checks' / 'huntress' / 'data' / 'conf.yaml.example'
@@ -258,7 +258,7 @@ def test_monitor(path):
     assert 'critical' in thresholds
 
 
-def test_monitors_cover_the_issue():
+def test_monitors_cover_collection_health():
     queries = ' '.join(load_json(p)['definition']['query'] for p in (ASSETS / 'monitors').glob('*.json'))
     for needle in (
         'huntress.siem.can_connect',
@@ -308,7 +308,7 @@ def test_dashboard_references_known_metrics_and_valid_searches():
         assert search.startswith('source:huntress')
 
 
-def test_dashboard_covers_the_issue():
+def test_dashboard_covers_collection_and_security():
     metrics, logs = dashboard_queries()
     metric_text = ' '.join(metrics)
     for metric in (
@@ -338,8 +338,8 @@ def test_dashboard_covers_the_issue():
     assert 'by {huntress_org_name,severity}' in metric_text, 'open incidents and escalations by organization and severity'
 
 
-def test_readme_sections_cover_every_error_type_and_metric():
-    text = (PROJECT / 'docs' / 'readme-sections.md').read_text(encoding='utf-8')
+def test_readme_covers_every_error_type_and_metric():
+    text = (PROJECT / 'README.md').read_text(encoding='utf-8')
     troubleshooting = text.split('## Troubleshooting', 1)[1]
     for error_type in CONTRACT_ERROR_TYPES:
         assert f'`{error_type}`' in troubleshooting, error_type

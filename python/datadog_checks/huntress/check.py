@@ -3,15 +3,18 @@ import json
 from datadog_checks.base import AgentCheck, ConfigurationError
 from datadog_checks.base.errors import CheckException
 
-from . import _core
+from ._loader import load_core
+from .config_models import ConfigMixin
 
 try:
     import datadog_agent
 except ImportError:
     from datadog_checks.base.stubs import datadog_agent
 
+_core = load_core()
 
-class HuntressCheck(AgentCheck):
+
+class HuntressCheck(AgentCheck, ConfigMixin):
     """Collects Huntress Managed SIEM logs. All the work is done by the Rust core;
     this class hands it the configuration and the persistent cache, and emits what
     it reports."""
@@ -21,6 +24,9 @@ class HuntressCheck(AgentCheck):
 
     def __init__(self, name, init_config, instances):
         super().__init__(name, init_config, instances)
+        # The config models (config_models/, generated from spec.yaml) report wrong types as every integration
+        # does, before the core sees the instance; the core then checks the values.
+        self.load_configuration_models()
         try:
             self._collector = _core.Collector(json.dumps(self.instance, default=str), self._agent_context())
         except _core.ConfigError as e:

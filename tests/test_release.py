@@ -1,0 +1,77 @@
+"""The release metadata tells one story: one version (__about__.py, which Cargo.toml, hence the wheels, must
+match, and the CHANGELOG's top section), the platforms of the manifest are those the release workflow builds, and
+the workflow passes actionlint."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from datadog_checks.huntress import __about__
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW = os.path.join(ROOT, '.github', 'workflows', 'release.yml')
+SECTION = re.compile(r'^## (\d+\.\d+\.\d+) / (\d{4}-\d{2}-\d{2})$')
+
+
+def read(*parts):
+    with open(os.path.join(ROOT, *parts), encoding='utf-8') as f:
+        return f.read()
+
+
+def test_cargo_toml_builds_the_version_of_about_py():
+    """maturin takes the wheel's version from Cargo.toml (pyproject.toml declares it dynamic)."""
+    pyproject = tomllib.loads(read('pyproject.toml'))
+    assert 'version' not in pyproject['project'] and pyproject['project']['dynamic'] == ['version']
+    assert tomllib.loads(read('Cargo.toml'))['package']['version'] == __about__.__version__
+
+
+def test_pyproject_points_ddev_at_about_py():
+    path = tomllib.loads(read('pyproject.toml'))['tool']['hatch']['version']['path']
+    assert os.path.isfile(os.path.join(ROOT, 'python', path))
+
+
+def test_changelog_sections_are_versions_and_the_top_one_is_about_py():
+    headings = [line for line in read('CHANGELOG.md').splitlines() if line.startswith('## ')]
+    assert headings
+    for heading in headings:
+        assert SECTION.match(heading), heading
+    assert SECTION.match(headings[0]).group(1) == __about__.__version__
+    versions = [tuple(map(int, SECTION.match(h).group(1).split('.'))) for h in headings]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+
+
+def test_manifest_lists_the_platforms_the_release_workflow_builds():
+    tags = json.loads(read('manifest.json'))['tile']['classifier_tags']
+    assert {t for t in tags if t.startswith('Supported OS::')} == {
+        'Supported OS::Linux',
+        'Supported OS::Windows',
+        'Supported OS::macOS',
+    }
+    assert 'Submitted Data Type::Events' in tags
+    workflow = yaml.safe_load(read('.github', 'workflows', 'release.yml'))
+    platforms = {entry['platform'] for entry in workflow['jobs']['platform-wheel']['strategy']['matrix']['include']}
+    assert platforms == {
+        'manylinux2014_x86_64',
+        'manylinux2014_aarch64',
+        'win_amd64',
+        'macosx_x86_64',
+        'macosx_arm64',
+    }
+
+
+def test_release_workflow_passes_actionlint(tmp_path):
+    actionlint = shutil.which('actionlint', path=os.path.dirname(sys.executable))
+    assert actionlint, 'actionlint is installed by requirements-dev.txt'
+    result = subprocess.run([actionlint, WORKFLOW], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The linter does find faults: an unknown runner label fails.
+    broken = tmp_path / 'release.yml'
+    broken.write_text(read('.github', 'workflows', 'release.yml').replace('macos-15-intel', 'macos-1-intel'))
+    result = subprocess.run([actionlint, str(broken)], capture_output=True, text=True)
+    assert result.returncode == 1 and 'macos-1-intel' in result.stdout
