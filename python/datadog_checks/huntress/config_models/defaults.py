@@ -70,3 +70,7 @@ def instance_stale_log_policy():
 
 def instance_tls_verify():
     return True
+
+
+def instance_unknown_organization():
+    return 'forward'

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Literal
@@ -14,6 +14,15 @@ from datadog_checks.base.utils.functions import identity
 from datadog_checks.base.utils.models import validation
 
 from . import defaults, validators
+
+
+class Escalations(BaseModel):
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        frozen=True,
+    )
+    enabled: Optional[bool] = None
+    max_pages: Optional[int] = Field(None, ge=1)
 
 
 class Incidents(BaseModel):
@@ -63,6 +72,24 @@ class Metrics(BaseModel):
     agents: Optional[Agents] = None
 
 
+class Organizations(BaseModel):
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        frozen=True,
+    )
+    exclude: Optional[tuple[Union[int, str], ...]] = None
+    include: Optional[tuple[Union[int, str], ...]] = None
+
+
+class Signals(BaseModel):
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        frozen=True,
+    )
+    enabled: Optional[bool] = None
+    max_pages: Optional[int] = Field(None, ge=1)
+
+
 class InstanceConfig(BaseModel):
     model_config = ConfigDict(
         validate_default=True,
@@ -76,6 +103,7 @@ class InstanceConfig(BaseModel):
     empty_default_hostname: Optional[bool] = None
     enable_legacy_tags_normalization: Optional[bool] = None
     enrich_with_org_tags: Optional[bool] = None
+    escalations: Optional[Escalations] = None
     huntress_api_key: str
     huntress_base_url: Optional[str] = None
     huntress_secret_key: str
@@ -89,14 +117,17 @@ class InstanceConfig(BaseModel):
     metrics: Optional[Metrics] = None
     min_collection_interval: Optional[float] = None
     org_cache_ttl_seconds: Optional[int] = Field(None, ge=0)
+    organizations: Optional[Organizations] = None
     request_timeout: Optional[float] = None
     run_deadline_seconds: Optional[float] = None
     service: Optional[str] = None
+    signals: Optional[Signals] = None
     skip_proxy: Optional[bool] = None
     stale_log_policy: Optional[Literal['rewrite_date', 'skip']] = None
     tags: Optional[tuple[str, ...]] = None
     tls_ca_cert: Optional[str] = None
     tls_verify: Optional[bool] = None
+    unknown_organization: Optional[Literal['forward', 'drop']] = None
 
     @model_validator(mode='before')
     def _initial_validation(cls, values):
