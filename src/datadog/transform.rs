@@ -160,17 +160,28 @@ pub fn lacks_keep(row: &Row) -> bool {
     !row.is_empty() && row.keys().all(|k| ID_FIELDS_ONLY.contains(&k))
 }
 
-/// Epoch milliseconds from an ECS `@timestamp`; nanosecond precision is accepted.
+/// Epoch milliseconds from an ECS `@timestamp`: RFC 3339 with any offset
+/// (`Z`, `+02:00`, `+0000`) and up to nanoseconds, the same without a zone
+/// (read as UTC), or epoch seconds, milliseconds, microseconds or nanoseconds
+/// as a number or a string of digits.
 pub fn parse_timestamp_ms(value: &Value) -> Option<i64> {
     match value {
-        Value::String(text) => parse_iso_ms(text.trim()),
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(text) => parse_text_timestamp_ms(text.trim()),
+        Value::Number(n) => n.as_i64().and_then(epoch_ms).or_else(|| n.as_f64().and_then(epoch_float_ms)),
         _ => None,
     }
 }
 
+fn parse_text_timestamp_ms(text: &str) -> Option<i64> {
+    parse_iso_ms(text).or_else(|| parse_epoch_text_ms(text))
+}
+
 fn parse_iso_ms(text: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_millis());
+    }
+    let zoned = ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"];
+    if let Some(dt) = zoned.iter().find_map(|fmt| DateTime::parse_from_str(text, fmt).ok()) {
         return Some(dt.timestamp_millis());
     }
     // Some sources omit the zone; ECS timestamps are UTC.
@@ -178,6 +189,46 @@ fn parse_iso_ms(text: &str) -> Option<i64> {
         .iter()
         .find_map(|fmt| NaiveDateTime::parse_from_str(text, fmt).ok())
         .map(|naive| naive.and_utc().timestamp_millis())
+}
+
+fn parse_epoch_text_ms(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>().ok().and_then(epoch_ms)
+}
+
+/// An epoch count, its unit told by its size: below 10^11 seconds (until the
+/// year 5138), then milliseconds, microseconds, nanoseconds.
+fn epoch_ms(count: i64) -> Option<i64> {
+    let size = count.unsigned_abs();
+    let ms = match size {
+        0..100_000_000_000 => count.checked_mul(1000)?,
+        100_000_000_000..100_000_000_000_000 => count,
+        100_000_000_000_000..100_000_000_000_000_000 => count / 1000,
+        _ => count / 1_000_000,
+    };
+    DateTime::from_timestamp_millis(ms).map(|_| ms)
+}
+
+fn epoch_float_ms(count: f64) -> Option<i64> {
+    let scale = match count.abs() {
+        size if size < 1e11 => 1000.0,
+        size if size < 1e14 => 1.0,
+        size if size < 1e17 => 1e-3,
+        _ => 1e-6,
+    };
+    let ms = (count * scale).round();
+    // `as` saturates; the range check refuses what it would have clamped.
+    (ms.is_finite() && ms.abs() < 1e16).then(|| ms as i64).filter(|ms| DateTime::from_timestamp_millis(*ms).is_some())
+}
+
+/// True when the intake reads `raw` as the instant the check read: a JSON
+/// string in strict RFC 3339. Other forms are moved aside, not forwarded as
+/// `@timestamp`, so that the log carries one date: `date`.
+fn intake_reads_timestamp(raw: &str) -> bool {
+    plain_string(raw).is_some_and(|text| DateTime::parse_from_rfc3339(text).is_ok())
 }
 
 fn as_text(value: &Value) -> Option<String> {
@@ -246,7 +297,8 @@ pub enum Written {
 /// Serializes the log at the end of `out`, so that logs can be built back to
 /// back in one buffer.
 pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64, out: &mut Vec<u8>) -> Written {
-    let event_ms = row.get("@timestamp").and_then(raw_timestamp_ms);
+    let raw_timestamp = row.get("@timestamp");
+    let event_ms = raw_timestamp.and_then(raw_timestamp_ms);
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
     let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
     let out_of_window = too_old || too_new;
@@ -255,30 +307,33 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
     }
     let message = message_source(row);
     let from_log_original = matches!(message, MessageSource::LogOriginal(_));
+    // The row's `@timestamp` goes on only when it is the date the log is given.
+    let keep_timestamp = !out_of_window && event_ms.is_some() && raw_timestamp.is_some_and(intake_reads_timestamp);
 
     let start = out.len();
     out.reserve(row.raw_len() + 256 + template.ddtags.len() + enrichment.tags.len());
     out.push(b'{');
     let mut first = true;
-    // A row field named like an attribute the log sets itself (`message`, `date`,
-    // `ddsource`, `service`, `ddtags`, `hostname`, the enrichment) gives way.
+    // A row field named like an attribute the log sets itself, or like one the
+    // intake reads a date from, moves under `ROW_FIELD_PREFIX`.
     for (key, raw) in row.fields() {
         // ES|QL answers every `KEEP` column for every row, null where a row has no
         // such field: nulls say nothing, and would be ingested (and billed) per log.
         if *raw == "null" {
             continue;
         }
-        let name: &str = match key.as_ref() {
+        let name: Cow<str> = match key.as_ref() {
             "log.original" if from_log_original => continue,
-            "message" if from_log_original => "ecs.message",
-            // `@timestamp` outranks `date` at the intake, so a re-dated log moves it aside.
-            "@timestamp" if out_of_window => "huntress.original_timestamp",
-            "message" | "date" | "ddsource" | "service" | "ddtags" | "hostname" => continue,
-            k if enrichment.attributes.iter().any(|(a, _)| a == k) => continue,
-            k => k,
+            "message" if from_log_original => Cow::Borrowed("ecs.message"),
+            "message" => continue,
+            // `@timestamp` outranks `date` at the intake: one it would read
+            // differently, or a re-dated log's, moves aside.
+            "@timestamp" if !keep_timestamp => Cow::Borrowed("huntress.original_timestamp"),
+            k if is_reserved_name(k, enrichment) => Cow::Owned(format!("{ROW_FIELD_PREFIX}{k}")),
+            k => Cow::Borrowed(k),
         };
         let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
-        write_member(out, &mut first, name, plain, raw.as_bytes());
+        write_member(out, &mut first, &name, plain, raw.as_bytes());
     }
     // Values below are written in place: no allocation per log.
     if !enrichment.members.is_empty() {
@@ -325,9 +380,28 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
 /// `@timestamp` straight from the raw value when it is a plain string.
 fn raw_timestamp_ms(text: &str) -> Option<i64> {
     match plain_string(text) {
-        Some(inner) => parse_iso_ms(inner.trim()),
+        Some(inner) => parse_text_timestamp_ms(inner.trim()),
         None => serde_json::from_str::<Value>(text).ok().and_then(|v| parse_timestamp_ms(&v)),
     }
+}
+
+/// Where a row field that shares its name with an attribute the check writes,
+/// or with one the intake reads a date from, is forwarded: under this prefix,
+/// so that the log has one value per key and one date.
+pub const ROW_FIELD_PREFIX: &str = "huntress.row.";
+
+/// True for names a row field cannot keep: the check's own attributes, the
+/// intake's date attributes, and names already under `ROW_FIELD_PREFIX` (so
+/// that two row fields never land on one name).
+fn is_reserved_name(name: &str, enrichment: &Enrichment) -> bool {
+    matches!(
+        name,
+        "date" | "ddsource" | "service" | "ddtags" | "hostname" | "ecs.message"
+            | "huntress.original_timestamp" | "huntress.truncated" | "huntress.original_size"
+            | "huntress.date_rewritten" | "huntress.timestamp_missing"
+            | "timestamp" | "_timestamp" | "Timestamp" | "eventTime" | "published_date"
+    ) || name.starts_with(ROW_FIELD_PREFIX)
+        || enrichment.attributes.iter().any(|(attribute, _)| attribute == name)
 }
 
 fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
@@ -376,43 +450,95 @@ fn cut_to_limit(json: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
+/// The attributes kept when cutting strings is not enough.
+const KEPT_WHEN_CUT: [&str; 9] =
+    ["message", "date", "ddsource", "service", "ddtags", "hostname", "uuid", "huntress.truncated", "huntress.original_size"];
+
 /// Serializes the log; a log over `MAX_LOG_BYTES` has its longest strings cut
-/// until it fits, and carries `huntress.truncated: true`.
+/// until it fits, and carries `huntress.truncated: true`. The cuts are planned
+/// from the size of each member, measured once, and the log is written once:
+/// the cost is linear in the size of the log.
 fn serialize_within_limit(mut log: Map<String, Value>) -> (Vec<u8>, bool) {
-    let json = serde_json::to_vec(&log).expect("a JSON map serializes");
-    if json.len() <= MAX_LOG_BYTES {
-        return (json, false);
+    let mut sizes = member_sizes(&log);
+    let original_size = object_size(&sizes);
+    if original_size <= MAX_LOG_BYTES {
+        return (to_json(&log), false);
     }
-    let original_size = json.len();
     log.insert("huntress.truncated".into(), Value::Bool(true));
     log.insert("huntress.original_size".into(), Value::from(original_size));
-    let mut size = original_size + 64;
-    while size > MAX_LOG_BYTES {
-        let Some(key) = longest_string_field(&log) else { break };
-        let excess = size - MAX_LOG_BYTES + 1024;
-        shorten(&mut log, &key, excess);
-        size = serde_json::to_vec(&log).map(|j| j.len()).unwrap_or(0);
-    }
-    let mut json = serde_json::to_vec(&log).expect("a JSON map serializes");
-    if json.len() > MAX_LOG_BYTES {
+    sizes = member_sizes(&log);
+    let mut size = object_size(&sizes);
+    size = cut_longest_strings(&mut log, &mut sizes, size);
+    if size > MAX_LOG_BYTES {
         // Only many small fields remain: keep the message and the reserved attributes.
-        log.retain(|k, _| matches!(k.as_str(), "message" | "date" | "ddsource" | "service" | "ddtags" | "hostname" | "uuid" | "huntress.truncated" | "huntress.original_size"));
-        json = serde_json::to_vec(&log).expect("a JSON map serializes");
+        log.retain(|key, _| KEPT_WHEN_CUT.contains(&key.as_str()));
+        sizes.retain(|key, _| KEPT_WHEN_CUT.contains(&key.as_str()));
+        size = object_size(&sizes);
+        cut_longest_strings(&mut log, &mut sizes, size);
     }
-    (json, true)
+    (to_json(&log), true)
 }
 
-fn longest_string_field(log: &Map<String, Value>) -> Option<String> {
-    log.iter()
-        .filter_map(|(k, v)| v.as_str().map(|s| (s.len(), k)))
-        .filter(|(len, _)| *len > 64)
-        .max()
-        .map(|(_, k)| k.clone())
+fn to_json(log: &Map<String, Value>) -> Vec<u8> {
+    // Serializing a map of JSON values into a Vec cannot fail.
+    serde_json::to_vec(log).unwrap_or_default()
 }
 
-fn shorten(log: &mut Map<String, Value>, key: &str, excess: usize) {
-    if let Some(Value::String(text)) = log.get_mut(key) {
-        let mut keep = text.len().saturating_sub(excess).max(32);
+/// The serialized size of each member: `"key":value`.
+fn member_sizes(log: &Map<String, Value>) -> std::collections::HashMap<String, usize> {
+    log.iter().map(|(key, value)| (key.clone(), serialized_len(&Value::String(key.clone())) + 1 + serialized_len(value))).collect()
+}
+
+fn serialized_len(value: &Value) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Braces, members and the commas between them.
+fn object_size(sizes: &std::collections::HashMap<String, usize>) -> usize {
+    2 + sizes.values().sum::<usize>() + sizes.len().saturating_sub(1)
+}
+
+/// Cuts the longest string members, longest first, each by what is still
+/// over the limit (plus slack for the marker), never below 32 bytes; returns
+/// the new size. Each member is measured again only once, after its cut.
+fn cut_longest_strings(log: &mut Map<String, Value>, sizes: &mut std::collections::HashMap<String, usize>, mut size: usize) -> usize {
+    let mut candidates: Vec<(usize, String)> =
+        log.iter().filter_map(|(key, value)| value.as_str().filter(|text| text.len() > 64).map(|text| (text.len(), key.clone()))).collect();
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, key) in candidates {
+        if size <= MAX_LOG_BYTES {
+            break;
+        }
+        let excess = size - MAX_LOG_BYTES + 1024;
+        let Some(value) = log.get_mut(&key) else { continue };
+        shorten(value, excess);
+        let member = serialized_len(&Value::String(key.clone())) + 1 + serialized_len(value);
+        let old = sizes.insert(key, member).unwrap_or(0);
+        size = size - old + member;
+    }
+    size
+}
+
+fn shorten(value: &mut Value, excess: usize) {
+    if let Value::String(text) = value {
+        let mut keep = text.len().saturating_sub(excess).max(32).min(text.len());
         while !text.is_char_boundary(keep) {
             keep -= 1;
         }
