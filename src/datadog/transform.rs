@@ -589,6 +589,138 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_in_common_forms_parse() {
+        let ms = 1_779_890_400_123i64;
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00.123+0000")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T16:00:00.123+0200")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27 14:00:00.123Z")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00")), Some(ms - 123));
+        assert_eq!(parse_timestamp_ms(&json!("1779890400123")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(" 1779890400 ")), Some(ms - 123));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400)), Some(ms - 123));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400.123)), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400_123_456i64)), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400_123_456_789i64)), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(1e300)), None);
+        assert_eq!(parse_timestamp_ms(&json!("12a")), None);
+        assert_eq!(parse_timestamp_ms(&json!("")), None);
+    }
+
+    /// The date the intake reads: the first of its date attributes it can parse.
+    fn intake_date_ms(log: &Map<String, Value>) -> Option<i64> {
+        ["@timestamp", "timestamp", "date", "_timestamp", "Timestamp", "eventTime", "published_date"]
+            .iter()
+            .find_map(|attribute| log.get(*attribute).and_then(parse_timestamp_ms))
+    }
+
+    /// Member names as written, repeats included.
+    fn written_names(json: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(json).unwrap();
+        let mut scanner = crate::scan::Scanner::new(text);
+        scanner.begin_object().unwrap();
+        let mut names = Vec::new();
+        while let Some(name) = scanner.next_key(names.is_empty()).unwrap() {
+            names.push(name.decode().unwrap().into_owned());
+            scanner.value().unwrap();
+        }
+        names
+    }
+
+    fn prepared_text(text: &str, policy: StalePolicy, enrichment: &Enrichment) -> Option<(Map<String, Value>, Vec<String>)> {
+        let row = parse(text);
+        match prepare(&row, event_id(&row), &template(policy), enrichment, NOW) {
+            Prepared::Log(log) => Some((serde_json::from_slice(&log.json).unwrap(), written_names(&log.json))),
+            Prepared::SkippedStale { .. } => None,
+        }
+    }
+
+    #[test]
+    fn the_date_the_check_decides_is_the_one_the_intake_reads() {
+        let recent = NOW - 3_600_000;
+        let iso = DateTime::from_timestamp_millis(recent).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let plus_0000 = iso.replace('Z', "+0000");
+        let old_plus_0000 = DateTime::from_timestamp_millis(NOW - 20 * 3_600_000).unwrap().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string();
+        let rows = [
+            (format!(r#"{{"uuid":"a","@timestamp":"{iso}"}}"#), recent, true),
+            (format!(r#"{{"uuid":"b","@timestamp":"{plus_0000}"}}"#), recent, false),
+            (format!(r#"{{"uuid":"c","@timestamp":"{recent}"}}"#), recent, false),
+            (format!(r#"{{"uuid":"d","@timestamp":{recent}}}"#), recent, false),
+            (r#"{"uuid":"e","@timestamp":"yesterday"}"#.to_string(), NOW, false),
+            (format!(r#"{{"uuid":"f","@timestamp":"{iso}","@timestamp":null}}"#), NOW, false),
+            (format!(r#"{{"uuid":"g","@timestamp":null,"@timestamp":"{iso}"}}"#), recent, true),
+            (format!(r#"{{"uuid":"h","@timestamp":"{old_plus_0000}"}}"#), NOW, false),
+            (format!(r#"{{"uuid":"i","@timestamp":"{iso}","timestamp":"2001-01-01T00:00:00Z","date":5}}"#), recent, true),
+        ];
+        for (text, date, keeps_timestamp) in rows {
+            let (log, _) = prepared_text(&text, StalePolicy::RewriteDate, &Enrichment::default()).unwrap();
+            assert_eq!(log["date"], date, "{text}");
+            assert_eq!(intake_date_ms(&log), Some(date), "{text}");
+            assert_eq!(log.contains_key("@timestamp"), keeps_timestamp, "{text}");
+            assert!(log.get("timestamp").is_none(), "{text}");
+        }
+        let (log, _) = prepared_text(r#"{"uuid":"e","@timestamp":"yesterday"}"#, StalePolicy::RewriteDate, &Enrichment::default()).unwrap();
+        assert_eq!(log["huntress.original_timestamp"], "yesterday");
+        assert_eq!(log["huntress.timestamp_missing"], true);
+        // The 18 h rule applies to the date read from a `+0000` timestamp.
+        let old = format!(r#"{{"uuid":"h","@timestamp":"{old_plus_0000}"}}"#);
+        assert!(prepared_text(&old, StalePolicy::Skip, &Enrichment::default()).is_none());
+    }
+
+    #[test]
+    fn a_log_has_one_value_per_key() {
+        let enrichment = Enrichment::new(vec![("huntress_org_id".into(), json!(42))], "huntress_org_id:42".into());
+        let text = r#"{"uuid":"a","x":1,"uuid":"b","x":2,"message":"m","ecs.message":"e","date":"d","ddtags":"t",
+            "hostname":"h","service":"s","ddsource":"src","huntress.original_timestamp":"o","huntress.truncated":"no",
+            "huntress_org_id":7,"huntress.row.date":"r","timestamp":"2001-01-01T00:00:00Z","@timestamp":"bad"}"#;
+        let (log, names) = prepared_text(text, StalePolicy::RewriteDate, &enrichment).unwrap();
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!((&log["uuid"], &log["x"]), (&json!("b"), &json!(2)));
+        assert_eq!(log["huntress_org_id"], 42);
+        assert_eq!(log["huntress.row.huntress_org_id"], 7);
+        assert_eq!(log["huntress.original_timestamp"], "bad");
+        assert_eq!(log["huntress.row.huntress.original_timestamp"], "o");
+        assert_eq!(log["huntress.row.date"], "d");
+        assert_eq!(log["huntress.row.huntress.row.date"], "r");
+        assert_eq!(log["huntress.row.ecs.message"], "e");
+        assert_eq!(log["huntress.row.timestamp"], "2001-01-01T00:00:00Z");
+        assert_eq!(log["huntress.row.huntress.truncated"], "no");
+        assert_eq!((&log["ddtags"], &log["service"], &log["ddsource"]), (&json!("team:sec,query_name:win,huntress_org_id:42"), &json!("huntress-siem"), &json!("huntress")));
+        // With `log.original`, the row's `message` becomes `ecs.message`, and the row's own `ecs.message` moves aside.
+        let text = r#"{"uuid":"l","log.original":"raw","message":"m","ecs.message":"e"}"#;
+        let (log, names) = prepared_text(text, StalePolicy::RewriteDate, &Enrichment::default()).unwrap();
+        assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len(), "{names:?}");
+        assert_eq!((&log["message"], &log["ecs.message"], &log["huntress.row.ecs.message"]), (&json!("raw"), &json!("m"), &json!("e")));
+    }
+
+    #[test]
+    fn a_two_megabyte_row_of_many_fields_is_cut_in_one_pass() {
+        let mut value = Map::new();
+        value.insert("uuid".into(), json!("big"));
+        value.insert("message".into(), json!("m".repeat(300_000)));
+        for i in 0..2_000 {
+            value.insert(format!("field.{i}"), json!(format!("{i}:{}\u{e9}\"", "v".repeat(850))));
+        }
+        let text = serde_json::to_string(&value).unwrap();
+        assert!(text.len() > 2_000_000);
+        let started = std::time::Instant::now();
+        let (log, prepared) = prepared(Value::Object(value), NOW);
+        println!("cut a {} byte row in {:?}", text.len(), started.elapsed());
+        assert!(prepared.truncated && prepared.json.len() <= MAX_LOG_BYTES, "{}", prepared.json.len());
+        assert_eq!(log["huntress.truncated"], true);
+        assert!(log["huntress.original_size"].as_u64().unwrap() > 2_000_000);
+        assert_eq!(log["uuid"], "big");
+        let cut = log.values().filter_map(Value::as_str).filter(|text| text.ends_with("...[truncated]")).count();
+        assert!(cut >= 1, "some strings are cut");
+        // Fields that were not cut are whole.
+        let whole = log.iter().filter(|(key, _)| key.starts_with("field.")).filter(|(_, v)| !v.as_str().unwrap().ends_with("...[truncated]"));
+        for (key, text) in whole {
+            let i = key.trim_start_matches("field.");
+            assert_eq!(text.as_str().unwrap(), format!("{i}:{}\u{e9}\"", "v".repeat(850)));
+        }
+    }
+
+    #[test]
     fn reserved_attributes_and_ecs_fields() {
         let ts = "2026-05-27T14:00:00.123456789Z";
         let now = parse_timestamp_ms(&json!(ts)).unwrap() + 60_000;
