@@ -58,16 +58,40 @@ impl<'a> Row<'a> {
 
     /// The object that comes next in `scanner`; `expected_fields` sizes its storage.
     pub fn scan(scanner: &mut Scanner<'a>, expected_fields: usize) -> ScanResult<Self> {
+        let fields = Row::scan_fields(scanner, expected_fields)?;
+        Ok(Row::new(fields))
+    }
+
+    /// The object that comes next in `scanner`, the row after `previous` on a
+    /// page: rows of one query usually have the same columns, and a row with
+    /// the names of a row already checked has no name twice.
+    pub fn scan_after(scanner: &mut Scanner<'a>, previous: Option<&Row<'_>>) -> ScanResult<Self> {
+        let mut fields = Row::scan_fields(scanner, previous.map_or(0, |row| row.fields.len()))?;
+        let same_names = previous.is_some_and(|row| {
+            row.fields.len() == fields.len() && row.fields.iter().zip(&fields).all(|((a, _), (b, _))| a == b)
+        });
+        if !same_names {
+            keep_last_of_each_name(&mut fields);
+        }
+        Ok(Row::index(fields))
+    }
+
+    fn scan_fields(scanner: &mut Scanner<'a>, expected_fields: usize) -> ScanResult<Vec<(Cow<'a, str>, &'a str)>> {
         let mut fields = Vec::with_capacity(expected_fields.max(8));
         scanner.begin_object()?;
         while let Some(name) = scanner.next_key(fields.is_empty())? {
             fields.push((name.decode()?, scanner.value()?));
         }
-        Ok(Row::new(fields))
+        Ok(fields)
     }
 
     fn new(mut fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
         keep_last_of_each_name(&mut fields);
+        Row::index(fields)
+    }
+
+    /// A row of distinct names, with its known fields found.
+    fn index(fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
         let mut known = [None; KNOWN_FIELDS.len()];
         for (index, (key, _)) in fields.iter().enumerate() {
             if let Some(slot) = known_index(key) {
@@ -280,6 +304,18 @@ mod tests {
         assert_eq!(row.get("x"), Some("3"));
         let map: Map<String, Value> = serde_json::from_str(text).unwrap();
         assert_eq!(row.to_map(), map);
+        // A row after one with the same names, and after one with other names.
+        let page = r#"[{"a":1,"b":2},{"a":3,"b":4},{"a":5,"a":6}]"#;
+        let mut scanner = Scanner::new(page);
+        scanner.begin_array().unwrap();
+        let mut rows: Vec<Row> = Vec::new();
+        while scanner.next_element(rows.is_empty()).unwrap() {
+            let row = Row::scan_after(&mut scanner, rows.last()).unwrap();
+            rows.push(row);
+        }
+        assert_eq!(rows[1].get("b"), Some("4"));
+        assert_eq!(rows[2].fields().len(), 1);
+        assert_eq!(rows[2].get("a"), Some("6"));
         // Many names, hashed rather than compared pairwise.
         let many: Vec<String> = (0..40).map(|i| format!("\"f{}\":{i}", i % 30)).collect();
         let text = format!("{{{}}}", many.join(","));

@@ -43,7 +43,7 @@ impl Enrichment {
         let mut first = true;
         for (key, value) in &attributes {
             write_key(&mut members, &mut first, key);
-            serde_json::to_writer(&mut members, value).expect("writing to a Vec cannot fail");
+            write_json(&mut members, value);
         }
         Enrichment { attributes, tags, members }
     }
@@ -115,7 +115,7 @@ fn write_canonical_value(out: &mut Vec<u8>, raw: &str) {
         },
         Some(_) if is_canonical_integer(raw) => out.extend_from_slice(raw.as_bytes()),
         // Floats, big integers, objects and arrays: as serde_json writes them.
-        _ => serde_json::to_writer(out, &serde_json::from_str::<Value>(raw).unwrap_or(Value::Null)).expect("writing to a Vec cannot fail"),
+        _ => write_json(out, &serde_json::from_str::<Value>(raw).unwrap_or(Value::Null)),
     }
 }
 
@@ -124,9 +124,9 @@ fn write_canonical_value(out: &mut Vec<u8>, raw: &str) {
 fn escapes_as_serde_writes(raw: &str) -> bool {
     let bytes = raw.as_bytes();
     let mut at = 0;
-    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'\\') {
+    while let Some(offset) = bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == b'\\')) {
         // A scanned string has a character after every backslash.
-        if !matches!(bytes[at + offset + 1], b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f') {
+        if !matches!(bytes.get(at + offset + 1), Some(b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f')) {
             return false;
         }
         at += offset + 2;
@@ -275,7 +275,8 @@ fn write_row_as_message(out: &mut Vec<u8>, row: &Row) {
         }
     }
     text.push(b'}');
-    write_string(out, std::str::from_utf8(&text).expect("names and raw values are UTF-8"));
+    // Names and raw values are `str`s, so this borrows: nothing is replaced.
+    write_string(out, &String::from_utf8_lossy(&text));
 }
 
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
@@ -353,7 +354,7 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
         _ => now_ms,
     };
     write_key(out, &mut first, "date");
-    serde_json::to_writer(&mut *out, &date_ms).expect("writing to a Vec cannot fail");
+    write_json(out, &date_ms);
     write_member(out, &mut first, "ddsource", true, b"\"huntress\"");
     write_key(out, &mut first, "service");
     write_string(out, &template.service);
@@ -402,6 +403,11 @@ fn is_reserved_name(name: &str, enrichment: &Enrichment) -> bool {
             | "timestamp" | "_timestamp" | "Timestamp" | "eventTime" | "published_date"
     ) || name.starts_with(ROW_FIELD_PREFIX)
         || enrichment.attributes.iter().any(|(attribute, _)| attribute == name)
+}
+
+/// Writes a value as serde_json does; writing to a `Vec` cannot fail.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {

@@ -101,8 +101,8 @@ fn scan_rows<'a>(scanner: &mut Scanner<'a>) -> Result<Option<Vec<Row<'a>>>> {
         match scanner.peek_kind() {
             // Rows of one query have the same columns: the last row sizes the next.
             Some(Kind::Object) | None => {
-                let expected_fields = rows.last().map_or(0, |row| row.fields().len());
-                rows.push(Row::scan(scanner, expected_fields).map_err(not_json)?);
+                let row = Row::scan_after(scanner, rows.last()).map_err(not_json)?;
+                rows.push(row);
             }
             Some(kind) => return Err(bad_shape(&format!("`logs[{}]` is {}, not an object", rows.len(), kind.name()))),
         }
