@@ -3,13 +3,17 @@ lone surrogate escapes) and timestamps in odd forms, through the real check,
 from the Huntress simulator to the intake sink."""
 
 import json
+import shutil
+import ssl
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from datadog_checks.base import AgentCheck
+from datadog_checks.base import AgentCheck, ConfigurationError
 
-from .sim.intake_sink import log_date_seconds
+from .conftest import DD_API_KEY, recent_events
+from .sim.intake_sink import IntakeSink, log_date_seconds
 
 
 def _page(*rows):
@@ -105,3 +109,69 @@ def test_a_row_field_named_like_a_check_attribute_is_kept_aside(make_check, dd_r
     assert log['huntress.row.hostname'] == 'row-host'
     assert log['huntress.row.huntress.row.timestamp'] == 'nested'
     assert 'timestamp' not in log
+
+
+def _openssl(*args, cwd):
+    subprocess.run(['openssl', *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    """A CA and a certificate it signed for 127.0.0.1."""
+    if shutil.which('openssl') is None:
+        pytest.skip('openssl is needed to make test certificates')
+    ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes']
+    _openssl('req', '-x509', *ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=huntress test CA', cwd=tmp_path)
+    _openssl('req', *ec, '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=127.0.0.1', cwd=tmp_path)
+    (tmp_path / 'leaf.ext').write_text('subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n')
+    _openssl('x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'leaf.pem',
+             '-days', '2', '-extfile', 'leaf.ext', cwd=tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def https_sink(tls_files):
+    """The intake sink behind TLS, with a certificate no default trust store knows."""
+    with IntakeSink(api_key=DD_API_KEY) as intake:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_files / 'leaf.pem', tls_files / 'leaf.key')
+        server = intake._server
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        yield intake, f'https://127.0.0.1:{intake.port}/api/v2/logs'
+
+
+def test_tls_verify_false_leaves_the_intake_verified(make_check, dd_run_check, aggregator, huntress, https_sink, one_window, tls_files):
+    intake, url = https_sink
+    huntress.add_events(recent_events(5, seed=21))
+    one_window.update(logs_intake_url=url, tls_verify=False)
+    with pytest.raises(Exception, match='intake'):
+        dd_run_check(make_check(one_window))
+    assert intake.logs == []
+    aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.CRITICAL)
+    aggregator.assert_metric_has_tag('huntress.siem.errors', 'error_type:intake_unavailable')
+
+    # Trusting the intake's CA, for the intake only, delivers.
+    aggregator.reset()
+    one_window.update(intake_tls_ca_cert=str(tls_files / 'ca.pem'))
+    dd_run_check(make_check(one_window))
+    assert len(intake.logs) == 5
+    aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.OK)
+
+
+@pytest.mark.parametrize(
+    'edit, key',
+    [
+        (lambda i, _: i.update(tags=['team:sec,ops']), 'tags'),
+        (lambda i, _: i['log_queries'][0].update(tags=['a,b']), 'log_queries[0].tags'),
+        (lambda i, _: i['log_queries'][0].update(name='all,windows'), 'log_queries[0].name'),
+        (lambda i, _: i['log_queries'][0].update(esql_query='FROM logs | WHERE `@timestamp` > "2026-01-01"'), 'log_queries[0].esql_query'),
+        (lambda i, files: i.update(tls_ca_cert=str(files / 'ca.key')), 'tls_ca_cert'),
+        (lambda i, files: i.update(intake_tls_ca_cert=str(files / 'leaf.ext')), 'intake_tls_ca_cert'),
+    ],
+    ids=['instance-tag', 'query-tag', 'query-name', 'backquoted-timestamp', 'ca-not-a-certificate', 'intake-ca-not-pem'],
+)
+def test_config_edges_are_refused_naming_the_key(make_check, instance, tls_files, edit, key):
+    edit(instance, tls_files)
+    with pytest.raises(ConfigurationError) as error:
+        make_check(instance)
+    assert f'`{key}`' in str(error.value)
