@@ -6,6 +6,11 @@
 //! eight bytes at a time.
 //!
 //! The text is a `&str`, so it is valid UTF-8 before scanning starts.
+//!
+//! Beyond the grammar, the scanner refuses what serde_json refuses when it
+//! parses a document to values (a lone UTF-16 surrogate escape, a number
+//! beyond an `f64`, nesting past its depth limit), so that a value it accepts
+//! can always be decoded, and a page is accepted or refused as a whole.
 
 use std::fmt;
 
