@@ -24,7 +24,7 @@ use crate::feeds::siem::parse_page;
 use crate::row::Row;
 use crate::scan::Scanner;
 
-const DEFAULT_CASES: u64 = 20_000;
+const DEFAULT_CASES: u64 = 50_000;
 const DEFAULT_SECONDS: u64 = 30;
 
 /// xorshift64*: small, seeded, good enough to pick mutations.
