@@ -86,8 +86,12 @@ pub struct Config {
     pub stale_policy: StalePolicy,
     pub intake_url: String,
     pub dd_api_key: String,
+    /// TLS toward the Huntress API (`tls_verify`, `tls_ca_cert`).
     pub tls_verify: bool,
     pub tls_ca_cert: Option<String>,
+    /// TLS toward the logs intake, which receives the Datadog API key: its own
+    /// options, so that `tls_verify: false` for the Huntress API leaves it verified.
+    pub intake_tls: TlsSettings,
     pub proxy: Option<ProxyConfig>,
     pub enrich_with_org_tags: bool,
     pub org_cache_ttl: Duration,
@@ -96,6 +100,40 @@ pub struct Config {
     pub escalations: IncidentsConfig,
     pub signals: IncidentsConfig,
     pub scope: ScopeRules,
+}
+
+/// How one HTTP client checks the server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub verify: bool,
+    /// A PEM file of additional trusted CAs, checked when the config is read.
+    pub ca_cert: Option<String>,
+    /// The option `ca_cert` came from, for errors.
+    pub ca_cert_key: &'static str,
+}
+
+impl Config {
+    /// TLS toward the Huntress API.
+    pub fn huntress_tls(&self) -> TlsSettings {
+        TlsSettings { verify: self.tls_verify, ca_cert: self.tls_ca_cert.clone(), ca_cert_key: "tls_ca_cert" }
+    }
+}
+
+/// Checks that `path` holds at least one PEM certificate and nothing that
+/// breaks the PEM format.
+fn check_ca_file(key: &str, path: &str) -> Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path).map_err(|e| HuntressError::config(key, format!("cannot read {path:?}: {e}")))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| HuntressError::config(key, format!("{path:?} is not a valid PEM file ({e}): give a file of `BEGIN CERTIFICATE` blocks")))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(HuntressError::config(key, format!("{path:?} holds no PEM certificate: give a file of `BEGIN CERTIFICATE` blocks")));
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Config {
@@ -138,7 +176,12 @@ impl Config {
             intake_url: reader.url("logs_intake_url", &intake_default)?,
             dd_api_key: dd_api_key(&reader, agent)?,
             tls_verify: reader.bool("tls_verify", true)?,
-            tls_ca_cert: reader.string_opt("tls_ca_cert")?,
+            tls_ca_cert: reader.ca_cert("tls_ca_cert")?,
+            intake_tls: TlsSettings {
+                verify: reader.bool("intake_tls_verify", true)?,
+                ca_cert: reader.ca_cert("intake_tls_ca_cert")?,
+                ca_cert_key: "intake_tls_ca_cert",
+            },
             proxy: if reader.bool("skip_proxy", false)? { None } else { agent.proxy.clone() },
             enrich_with_org_tags: reader.bool("enrich_with_org_tags", true)?,
             org_cache_ttl: secs(reader.uint("org_cache_ttl_seconds", 3600, 0, 30 * 86_400)?),
@@ -221,14 +264,28 @@ fn parse_query(index: usize, entry: &Value) -> Result<LogQuery> {
         .string_opt("name")
         .map_err(|_| HuntressError::config(&key("name"), "must be a string"))?
         .ok_or_else(|| HuntressError::config(&key("name"), "is required: give the query a short unique name"))?;
+    refuse_comma(&key("name"), &name)?;
     let esql = reader
         .string_opt("esql_query")
         .map_err(|_| HuntressError::config(&key("esql_query"), "must be a string"))?
         .ok_or_else(|| HuntressError::config(&key("esql_query"), "is required: an ES|QL query starting with `FROM logs`"))?;
     validate_esql(&esql).map_err(|message| HuntressError::config(&key("esql_query"), message))?;
-    let tags = reader.tags("tags").map_err(|_| HuntressError::config(&key("tags"), "must be a list of strings"))?;
+    let tags = reader.tags("tags").map_err(|error| match error {
+        HuntressError::Config { message, .. } => HuntressError::config(&key("tags"), message),
+        other => other,
+    })?;
     let service = reader.string_opt("service").map_err(|_| HuntressError::config(&key("service"), "must be a string"))?;
     Ok(LogQuery { name, esql, tags, service })
+}
+
+/// Logs carry their tags in one comma-joined `ddtags` string, where a comma
+/// would split one tag in two, while metrics would keep it whole: refused, so
+/// that a query name or a tag means the same on both.
+fn refuse_comma(key: &str, text: &str) -> Result<()> {
+    if text.contains(',') {
+        return Err(HuntressError::config(key, format!("{text:?} contains a comma, which would split it into two tags on logs: remove it")));
+    }
+    Ok(())
 }
 
 /// The window is given by `range_start`/`range_end`; a time filter in the query
@@ -252,14 +309,20 @@ pub fn validate_esql(esql: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// True when `@timestamp` is compared in a `WHERE` stage, on either side,
+/// quoted with backquotes (`` `@timestamp` ``) or not.
 fn filters_on_timestamp(where_stage: &str) -> bool {
-    let mut rest = where_stage;
+    let unquoted = where_stage.replace('`', "");
+    let mut rest = unquoted.as_str();
     while let Some(pos) = rest.find("@timestamp") {
-        let after = rest[pos + "@timestamp".len()..].trim_start();
-        if after.starts_with(['<', '>', '=', '!']) || after.starts_with("in ") {
+        let before = rest.get(..pos).unwrap_or_default().trim_end();
+        let after = rest.get(pos + "@timestamp".len()..).unwrap_or_default().trim_start();
+        let compared_after = after.starts_with(['<', '>', '=', '!']) || after.starts_with("in ") || after.starts_with("in(");
+        let compared_before = before.ends_with(['<', '>', '=']);
+        if compared_after || compared_before {
             return true;
         }
-        rest = &rest[pos + 1..];
+        rest = rest.get(pos + 1..).unwrap_or_default();
     }
     false
 }
@@ -337,6 +400,15 @@ impl Reader<'_> {
         }
     }
 
+    /// The path of a PEM file of CA certificates, checked now.
+    fn ca_cert(&self, key: &str) -> Result<Option<String>> {
+        let path = self.string_opt(key)?;
+        if let Some(path) = &path {
+            check_ca_file(key, path)?;
+        }
+        Ok(path)
+    }
+
     fn string(&self, key: &str, default: &str) -> Result<String> {
         Ok(self.string_opt(key)?.unwrap_or_else(|| default.to_string()))
     }
@@ -407,7 +479,7 @@ impl Reader<'_> {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|item| match item {
-                    Value::String(s) => Ok(s.trim().to_string()),
+                    Value::String(s) => refuse_comma(key, s).map(|()| s.trim().to_string()),
                     _ => Err(HuntressError::config(key, "must be a list of strings like `team:secops`")),
                 })
                 .filter(|t| !matches!(t, Ok(s) if s.is_empty()))
@@ -454,6 +526,60 @@ mod tests {
     }
 
     #[test]
+    fn commas_in_query_names_and_tags_are_refused_alike() {
+        let mut instance = minimal();
+        instance["tags"] = json!(["team:sec,ops"]);
+        assert_eq!(error_key(instance), "tags");
+        let mut instance = minimal();
+        instance["log_queries"][0]["tags"] = json!(["a:b", "c,d"]);
+        assert_eq!(error_key(instance), "log_queries[0].tags");
+        let mut instance = minimal();
+        instance["log_queries"][0]["name"] = json!("win,dc");
+        assert_eq!(error_key(instance), "log_queries[0].name");
+        let mut instance = minimal();
+        instance["log_queries"][0]["tags"] = json!(["a:b c"]);
+        assert!(Config::parse(&instance, &agent()).is_ok());
+    }
+
+    fn temp_file(name: &str, contents: &str) -> String {
+        let path = std::env::temp_dir().join(format!("huntress-config-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn ca_files_must_hold_pem_certificates() {
+        let der_as_text = temp_file("garbage.pem", "not a certificate at all\n");
+        let broken = temp_file("broken.pem", "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n");
+        let key_only = temp_file("key.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+        let good = temp_file("good.pem", "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n");
+        for key in ["tls_ca_cert", "intake_tls_ca_cert"] {
+            for path in [&der_as_text, &broken, &key_only, &"/nonexistent/ca.pem".to_string()] {
+                let mut instance = minimal();
+                instance[key] = json!(path);
+                assert_eq!(error_key(instance), key, "{path}");
+            }
+            let mut instance = minimal();
+            instance[key] = json!(good);
+            assert!(Config::parse(&instance, &agent()).is_ok());
+        }
+    }
+
+    #[test]
+    fn huntress_tls_options_leave_the_intake_verified() {
+        let mut instance = minimal();
+        instance["tls_verify"] = json!(false);
+        let config = Config::parse(&instance, &agent()).unwrap();
+        assert!(!config.huntress_tls().verify);
+        assert!(config.intake_tls.verify);
+        assert_eq!(config.intake_tls.ca_cert, None);
+        let mut instance = minimal();
+        instance["intake_tls_verify"] = json!(false);
+        let config = Config::parse(&instance, &agent()).unwrap();
+        assert!(config.huntress_tls().verify && !config.intake_tls.verify);
+    }
+
+    #[test]
     fn missing_or_blank_required_keys_are_named() {
         let mut instance = minimal();
         instance.as_object_mut().unwrap().remove("huntress_api_key");
@@ -487,6 +613,11 @@ mod tests {
         assert!(validate_esql("FROM logsx").is_err());
         assert!(validate_esql("FROM logs | WHERE @timestamp > \"2026-01-01\"").is_err());
         assert!(validate_esql("FROM logs | WHERE event.code == \"4625\" AND @timestamp >= x").is_err());
+        assert!(validate_esql("FROM logs | WHERE `@timestamp` > \"2026-01-01\"").is_err());
+        assert!(validate_esql("FROM logs | WHERE `@timestamp`>=x").is_err());
+        assert!(validate_esql("FROM logs | WHERE \"2026-01-01\" < `@timestamp`").is_err());
+        assert!(validate_esql("FROM logs | WHERE @timestamp IN (x)").is_err());
+        assert!(validate_esql("FROM logs | SORT `@timestamp` DESC | KEEP `@timestamp`").is_ok());
         assert!(validate_esql("FROM logs | WHERE x > NOW() - 1 hour").is_err());
     }
 

@@ -8,7 +8,7 @@ use reqwest::redirect::Policy;
 use reqwest::{Client, RequestBuilder};
 use tokio::runtime::Runtime;
 
-use crate::config::{Config, ProxyConfig};
+use crate::config::{Config, ProxyConfig, TlsSettings};
 use crate::error::{HuntressError, Result};
 use crate::redact::Redactor;
 
@@ -86,7 +86,8 @@ pub enum HttpFailure {
 }
 
 impl HttpClient {
-    pub fn new(config: &Config) -> Result<Self> {
+    /// A client for one destination: `tls` says how it checks certificates.
+    pub fn new(config: &Config, tls: &TlsSettings) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -94,7 +95,7 @@ impl HttpClient {
         // reqwest's connector needs the runtime's context while it is built.
         let client = {
             let _entered = runtime.enter();
-            build_client(config)?
+            build_client(config, tls)?
         };
         Ok(HttpClient { client, runtime })
     }
@@ -151,7 +152,7 @@ async fn read_capped(mut response: reqwest::Response, max_body: usize) -> std::r
 
 /// A client that never follows redirects: a redirect would carry `DD-API-KEY`
 /// (a custom header that reqwest keeps across hosts) to wherever it points.
-fn build_client(config: &Config) -> Result<Client> {
+fn build_client(config: &Config, tls: &TlsSettings) -> Result<Client> {
     install_crypto_provider();
     let mut builder = Client::builder()
         .user_agent(USER_AGENT)
@@ -159,18 +160,18 @@ fn build_client(config: &Config) -> Result<Client> {
         .timeout(config.request_timeout)
         .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
-        .tls_danger_accept_invalid_certs(!config.tls_verify);
-    if let Some(path) = &config.tls_ca_cert {
-        let pem = std::fs::read(path)
-            .map_err(|e| HuntressError::config("tls_ca_cert", format!("cannot read {path:?}: {e}")))?;
+        .tls_danger_accept_invalid_certs(!tls.verify);
+    if let Some(path) = &tls.ca_cert {
+        let key = tls.ca_cert_key;
+        let pem = std::fs::read(path).map_err(|e| HuntressError::config(key, format!("cannot read {path:?}: {e}")))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| HuntressError::config("tls_ca_cert", format!("{path:?} is not a PEM bundle: {e}")))?;
+            .map_err(|e| HuntressError::config(key, format!("{path:?} is not a PEM bundle: {e}")))?;
         builder = builder.tls_certs_merge(certs);
     }
     builder = apply_proxy(builder, config.proxy.as_ref())?;
     builder
         .build()
-        .map_err(|e| HuntressError::config("tls_ca_cert", format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| HuntressError::config(tls.ca_cert_key, format!("cannot build the HTTP client: {e}")))
 }
 
 fn apply_proxy(
@@ -280,7 +281,8 @@ mod tests {
             "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
         });
         let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, proxy: None };
-        HttpClient::new(&Config::parse(&instance, &agent).unwrap()).unwrap()
+        let config = Config::parse(&instance, &agent).unwrap();
+        HttpClient::new(&config, &config.huntress_tls()).unwrap()
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl HuntressClient {
         .map_err(|_| HuntressError::config("huntress_api_key", "contains characters that cannot go in an HTTP header"))?;
         auth.set_sensitive(true);
         Ok(HuntressClient {
-            http: HttpClient::new(config)?,
+            http: HttpClient::new(config, &config.huntress_tls())?,
             base_url: config.base_url.clone(),
             auth,
             budget,

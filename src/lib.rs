@@ -24,6 +24,9 @@ pub mod row;
 pub mod scan;
 pub mod tags;
 
+#[cfg(test)]
+mod fuzz;
+
 #[cfg(feature = "python")]
 mod python;
 

@@ -14,7 +14,7 @@ pub struct Row<'a> {
     fields: Vec<(Cow<'a, str>, &'a str)>,
     /// Where the fields the check reads on every row are, found while parsing,
     /// so that reading them does not scan the row.
-    known: [Option<u16>; KNOWN_FIELDS.len()],
+    known: [Option<usize>; KNOWN_FIELDS.len()],
 }
 
 /// The fields read on every row: ids, time, message, host and organization.
@@ -58,20 +58,44 @@ impl<'a> Row<'a> {
 
     /// The object that comes next in `scanner`; `expected_fields` sizes its storage.
     pub fn scan(scanner: &mut Scanner<'a>, expected_fields: usize) -> ScanResult<Self> {
-        let mut fields = Vec::with_capacity(expected_fields.max(8));
-        scanner.begin_object()?;
-        while let Some(name) = scanner.next_key(fields.is_empty())? {
-            fields.push((name.decode(), scanner.value()?));
-        }
+        let fields = Row::scan_fields(scanner, expected_fields)?;
         Ok(Row::new(fields))
     }
 
-    fn new(fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
+    /// The object that comes next in `scanner`, the row after `previous` on a
+    /// page: rows of one query usually have the same columns, and a row with
+    /// the names of a row already checked has no name twice.
+    pub fn scan_after(scanner: &mut Scanner<'a>, previous: Option<&Row<'_>>) -> ScanResult<Self> {
+        let mut fields = Row::scan_fields(scanner, previous.map_or(0, |row| row.fields.len()))?;
+        let same_names = previous.is_some_and(|row| {
+            row.fields.len() == fields.len() && row.fields.iter().zip(&fields).all(|((a, _), (b, _))| a == b)
+        });
+        if !same_names {
+            keep_last_of_each_name(&mut fields);
+        }
+        Ok(Row::index(fields))
+    }
+
+    fn scan_fields(scanner: &mut Scanner<'a>, expected_fields: usize) -> ScanResult<Vec<(Cow<'a, str>, &'a str)>> {
+        let mut fields = Vec::with_capacity(expected_fields.max(8));
+        scanner.begin_object()?;
+        while let Some(name) = scanner.next_key(fields.is_empty())? {
+            fields.push((name.decode()?, scanner.value()?));
+        }
+        Ok(fields)
+    }
+
+    fn new(mut fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
+        keep_last_of_each_name(&mut fields);
+        Row::index(fields)
+    }
+
+    /// A row of distinct names, with its known fields found.
+    fn index(fields: Vec<(Cow<'a, str>, &'a str)>) -> Self {
         let mut known = [None; KNOWN_FIELDS.len()];
-        for (index, (key, _)) in fields.iter().enumerate().take(usize::from(u16::MAX)) {
-            // The last of a repeated name wins, as when a JSON object is parsed to a map.
+        for (index, (key, _)) in fields.iter().enumerate() {
             if let Some(slot) = known_index(key) {
-                known[slot] = Some(index as u16);
+                known[slot] = Some(index);
             }
         }
         Row { fields, known }
@@ -79,8 +103,8 @@ impl<'a> Row<'a> {
 
     pub fn get(&self, key: &str) -> Option<&'a str> {
         match known_index(key) {
-            Some(slot) => self.known[slot].map(|index| self.fields[usize::from(index)].1),
-            None => self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v),
+            Some(slot) => self.known[slot].and_then(|index| self.fields.get(index)).map(|(_, v)| *v),
+            None => self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v),
         }
     }
 
@@ -115,6 +139,27 @@ impl<'a> Row<'a> {
     fn parsed(&self, key: &str) -> Option<Value> {
         self.get(key).filter(|raw| *raw != "null").and_then(|raw| serde_json::from_str(raw).ok())
     }
+}
+
+/// A repeated name keeps only its last value, where that value stands, as
+/// serde_json resolves it when it parses an object to a map: every reader of
+/// the row, and the forwarded log, see one value per name.
+fn keep_last_of_each_name(fields: &mut Vec<(Cow<'_, str>, &str)>) {
+    // Small rows, the usual case, compare names directly; big ones hash them.
+    let repeated = if fields.len() <= 32 {
+        fields.iter().enumerate().any(|(index, (key, _))| fields[index + 1..].iter().any(|(later, _)| later == key))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(fields.len());
+        !fields.iter().all(|(key, _)| seen.insert(key.as_ref()))
+    };
+    if !repeated {
+        return;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(fields.len());
+    let mut keep: Vec<bool> = fields.iter().rev().map(|(key, _)| seen.insert(key.clone())).collect();
+    keep.reverse();
+    let mut flags = keep.into_iter();
+    fields.retain(|_| flags.next().unwrap_or(true));
 }
 
 /// Field lookup shared by raw rows and parsed maps.
@@ -239,6 +284,56 @@ mod tests {
             let expected = map.get(*key).map(|v| v.to_string());
             assert_eq!(row.get(key).map(|raw| raw.to_string()), expected, "{key}");
         }
+    }
+
+    #[test]
+    fn lone_surrogates_in_names_or_values_are_errors_not_panics() {
+        for text in [r#"{"\ud800":1}"#, r#"{"a\udc00b":1}"#, r#"{"x":"\ud800"}"#, r#"{"x":{"\udbff\u0041":1}}"#] {
+            assert!(Row::parse(text).is_err(), "{text}");
+        }
+        let row = Row::parse(r#"{"\ud83d\ude00":1}"#).unwrap();
+        assert_eq!(row.keys().collect::<Vec<_>>(), ["\u{1F600}"]);
+    }
+
+    #[test]
+    fn a_repeated_name_keeps_its_last_value_where_it_stands() {
+        let text = r#"{"uuid":"a","@timestamp":"2026-01-01T00:00:00Z","x":1,"uuid":"b","@timestamp":null,"y":2,"x":3}"#;
+        let row = Row::parse(text).unwrap();
+        assert_eq!(row.fields().iter().map(|(k, v)| (k.as_ref(), *v)).collect::<Vec<_>>(), [("uuid", "\"b\""), ("@timestamp", "null"), ("y", "2"), ("x", "3")]);
+        assert_eq!(row.get("uuid"), Some("\"b\""));
+        assert_eq!(row.get("x"), Some("3"));
+        let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(row.to_map(), map);
+        // A row after one with the same names, and after one with other names.
+        let page = r#"[{"a":1,"b":2},{"a":3,"b":4},{"a":5,"a":6}]"#;
+        let mut scanner = Scanner::new(page);
+        scanner.begin_array().unwrap();
+        let mut rows: Vec<Row> = Vec::new();
+        while scanner.next_element(rows.is_empty()).unwrap() {
+            let row = Row::scan_after(&mut scanner, rows.last()).unwrap();
+            rows.push(row);
+        }
+        assert_eq!(rows[1].get("b"), Some("4"));
+        assert_eq!(rows[2].fields().len(), 1);
+        assert_eq!(rows[2].get("a"), Some("6"));
+        // Many names, hashed rather than compared pairwise.
+        let many: Vec<String> = (0..40).map(|i| format!("\"f{}\":{i}", i % 30)).collect();
+        let text = format!("{{{}}}", many.join(","));
+        let row = Row::parse(&text).unwrap();
+        assert_eq!(row.fields().len(), 30);
+        assert_eq!(row.get("f0"), Some("30"));
+    }
+
+    #[test]
+    fn rows_with_more_fields_than_a_u16_keep_their_known_fields() {
+        let mut text = String::from("{");
+        for i in 0..70_000 {
+            text.push_str(&format!("\"f{i}\":0,"));
+        }
+        text.push_str(r#""uuid":"last","@timestamp":"2026-01-01T00:00:00Z"}"#);
+        let row = Row::parse(&text).unwrap();
+        assert_eq!(row.get("uuid"), Some("\"last\""));
+        assert_eq!(row.get("@timestamp"), Some("\"2026-01-01T00:00:00Z\""));
     }
 
     #[test]

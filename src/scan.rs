@@ -6,11 +6,18 @@
 //! eight bytes at a time.
 //!
 //! The text is a `&str`, so it is valid UTF-8 before scanning starts.
+//!
+//! Beyond the grammar, the scanner refuses what serde_json refuses when it
+//! parses a document to values (a lone UTF-16 surrogate escape, a number
+//! beyond an `f64`, nesting past its depth limit), so that a value it accepts
+//! can always be decoded, and a page is accepted or refused as a whole.
 
 use std::fmt;
 
-/// Nesting deeper than this is refused, so that hostile input cannot exhaust the stack.
-pub const MAX_DEPTH: usize = 128;
+/// Nesting deeper than this is refused, so that hostile input cannot exhaust
+/// the stack. It counts every open object and array from the top of the
+/// document, and is serde_json's limit: what one refuses, so does the other.
+pub const MAX_DEPTH: usize = 127;
 
 /// Where the text stops being valid JSON, and what was expected there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,17 +41,21 @@ pub type ScanResult<T> = Result<T, ScanError>;
 pub struct RawString<'a> {
     pub escaped_text: &'a str,
     pub has_escapes: bool,
+    /// Where the string's opening quote is, for errors.
+    pub offset: usize,
 }
 
 impl<'a> RawString<'a> {
-    /// The string's value: borrowed when it holds no escapes.
-    pub fn decode(&self) -> std::borrow::Cow<'a, str> {
+    /// The string's value: borrowed when it holds no escapes. The scanner
+    /// has checked every escape, so this fails only on a string it did not scan.
+    pub fn decode(&self) -> ScanResult<std::borrow::Cow<'a, str>> {
         if !self.has_escapes {
-            return std::borrow::Cow::Borrowed(self.escaped_text);
+            return Ok(std::borrow::Cow::Borrowed(self.escaped_text));
         }
         let quoted = format!("\"{}\"", self.escaped_text);
-        // The scanner has already checked every escape.
-        std::borrow::Cow::Owned(serde_json::from_str(&quoted).expect("a scanned string decodes"))
+        serde_json::from_str(&quoted)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|_| ScanError { offset: self.offset, expected: "a string with valid escapes" })
     }
 }
 
@@ -76,11 +87,13 @@ pub struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// Objects and arrays open at `pos`, from the top of the document.
+    depth: usize,
 }
 
 impl<'a> Scanner<'a> {
     pub fn new(text: &'a str) -> Self {
-        Scanner { text, bytes: text.as_bytes(), pos: 0 }
+        Scanner { text, bytes: text.as_bytes(), pos: 0, depth: 0 }
     }
 
     fn error<T>(&self, expected: &'static str) -> ScanResult<T> {
@@ -128,7 +141,21 @@ impl<'a> Scanner<'a> {
 
     /// Enters the object that comes next.
     pub fn begin_object(&mut self) -> ScanResult<()> {
-        self.eat(b'{', "'{'")
+        self.eat(b'{', "'{'")?;
+        self.enter()
+    }
+
+    fn enter(&mut self) -> ScanResult<()> {
+        if self.depth >= MAX_DEPTH {
+            self.pos -= 1;
+            return self.error("less nesting");
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
     }
 
     /// The next member name of the object being read, or `None` after its `}`.
@@ -138,6 +165,7 @@ impl<'a> Scanner<'a> {
         match self.bytes.get(self.pos) {
             Some(b'}') => {
                 self.pos += 1;
+                self.leave();
                 return Ok(None);
             }
             Some(b',') if !first => self.pos += 1,
@@ -155,7 +183,8 @@ impl<'a> Scanner<'a> {
 
     /// Enters the array that comes next.
     pub fn begin_array(&mut self) -> ScanResult<()> {
-        self.eat(b'[', "'['")
+        self.eat(b'[', "'['")?;
+        self.enter()
     }
 
     /// True when another element of the array being read follows, false after its `]`.
@@ -164,6 +193,7 @@ impl<'a> Scanner<'a> {
         match self.bytes.get(self.pos) {
             Some(b']') => {
                 self.pos += 1;
+                self.leave();
                 Ok(false)
             }
             Some(b',') if !first => {
@@ -179,50 +209,45 @@ impl<'a> Scanner<'a> {
     pub fn value(&mut self) -> ScanResult<&'a str> {
         self.skip_whitespace();
         let start = self.pos;
-        self.skip_value(0)?;
-        Ok(&self.text[start..self.pos])
+        self.skip_value()?;
+        self.text.get(start..self.pos).map_or_else(|| self.error("a JSON value"), Ok)
     }
 
-    fn skip_value(&mut self, depth: usize) -> ScanResult<()> {
+    /// Recursion is bounded by `MAX_DEPTH`, which `enter` enforces.
+    fn skip_value(&mut self) -> ScanResult<()> {
         match self.peek_kind() {
             Some(Kind::String) => self.string().map(drop),
             Some(Kind::Number) => self.number(),
-            Some(Kind::Object) => self.skip_object(depth + 1),
-            Some(Kind::Array) => self.skip_array(depth + 1),
-            Some(Kind::Bool) => self.literal(if self.bytes[self.pos] == b't' { "true" } else { "false" }),
+            Some(Kind::Object) => self.skip_object(),
+            Some(Kind::Array) => self.skip_array(),
+            Some(Kind::Bool) => self.literal(if self.bytes.get(self.pos) == Some(&b't') { "true" } else { "false" }),
             Some(Kind::Null) => self.literal("null"),
             None => self.error("a JSON value"),
         }
     }
 
-    fn skip_object(&mut self, depth: usize) -> ScanResult<()> {
-        if depth > MAX_DEPTH {
-            return self.error("less nesting");
-        }
+    fn skip_object(&mut self) -> ScanResult<()> {
         self.begin_object()?;
         let mut first = true;
         while self.next_key(first)?.is_some() {
-            self.skip_value(depth)?;
+            self.skip_value()?;
             first = false;
         }
         Ok(())
     }
 
-    fn skip_array(&mut self, depth: usize) -> ScanResult<()> {
-        if depth > MAX_DEPTH {
-            return self.error("less nesting");
-        }
+    fn skip_array(&mut self) -> ScanResult<()> {
         self.begin_array()?;
         let mut first = true;
         while self.next_element(first)? {
-            self.skip_value(depth)?;
+            self.skip_value()?;
             first = false;
         }
         Ok(())
     }
 
     fn literal(&mut self, word: &'static str) -> ScanResult<()> {
-        if !self.bytes[self.pos..].starts_with(word.as_bytes()) {
+        if !self.bytes.get(self.pos..).is_some_and(|rest| rest.starts_with(word.as_bytes())) {
             return self.error(word);
         }
         self.pos += word.len();
@@ -237,8 +262,24 @@ impl<'a> Scanner<'a> {
         self.pos - start
     }
 
+    /// A number, refused when it is beyond the range of an `f64`, as
+    /// serde_json refuses it: such a number has no value anyone could read.
     fn number(&mut self) -> ScanResult<()> {
-        if self.bytes[self.pos] == b'-' {
+        let start = self.pos;
+        let has_exponent = self.number_grammar()?;
+        let text = self.text.get(start..self.pos).unwrap_or_default();
+        // serde_json's own reading decides: near `f64::MAX` it rounds
+        // differently from `str::parse`. Only numbers that could be that big pay.
+        if (has_exponent || text.len() > 300) && serde_json::from_str::<serde_json::Value>(text).is_err() {
+            self.pos = start;
+            return self.error("a number within the range of a 64-bit float");
+        }
+        Ok(())
+    }
+
+    /// Checks the grammar of a number; true when it has an exponent.
+    fn number_grammar(&mut self) -> ScanResult<bool> {
+        if self.bytes.get(self.pos) == Some(&b'-') {
             self.pos += 1;
         }
         match self.bytes.get(self.pos) {
@@ -263,12 +304,14 @@ impl<'a> Scanner<'a> {
             if self.digits() == 0 {
                 return self.error("a digit in the exponent");
             }
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Reads the string that starts at the current `"`.
     fn string(&mut self) -> ScanResult<RawString<'a>> {
+        let offset = self.pos;
         let start = self.pos + 1;
         let mut at = start;
         let mut has_escapes = false;
@@ -277,7 +320,8 @@ impl<'a> Scanner<'a> {
             match self.bytes.get(at) {
                 Some(b'"') => {
                     self.pos = at + 1;
-                    return Ok(RawString { escaped_text: &self.text[start..at], has_escapes });
+                    let Some(escaped_text) = self.text.get(start..at) else { return self.error("a string") };
+                    return Ok(RawString { escaped_text, has_escapes, offset });
                 }
                 Some(b'\\') => {
                     has_escapes = true;
@@ -296,19 +340,45 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Checks the escape at the current `\` and returns where it ends.
-    fn escape_end(&self) -> ScanResult<usize> {
+    /// Checks the escape at the current `\\` and returns where it ends. A
+    /// `\\u` escape of a UTF-16 surrogate must be a leading one followed by a
+    /// trailing one, as serde_json requires when it decodes a string: a lone
+    /// surrogate is no character, and the value could not be decoded.
+    fn escape_end(&mut self) -> ScanResult<usize> {
         let after = self.pos + 1;
         match self.bytes.get(after) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(after + 1),
             Some(b'u') => {
-                let hex = self.bytes.get(after + 1..after + 5).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-                match hex {
-                    Some(_) => Ok(after + 5),
-                    None => self.error("four hex digits after '\\u'"),
+                let unit = self.hex_escape(after + 1)?;
+                match unit {
+                    0xDC00..=0xDFFF => self.error("no lone trailing surrogate in a '\\u' escape"),
+                    0xD800..=0xDBFF => self.trailing_surrogate_end(after + 5),
+                    _ => Ok(after + 5),
                 }
             }
             _ => self.error("a valid escape ('\\\"', '\\\\', '\\/', '\\b', '\\f', '\\n', '\\r', '\\t' or '\\uXXXX')"),
+        }
+    }
+
+    /// The code unit of the four hex digits at `at`.
+    fn hex_escape(&self, at: usize) -> ScanResult<u16> {
+        let hex = self.bytes.get(at..at + 4).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit())) {
+            Some(digits) => u16::from_str_radix(digits, 16).map_or_else(|_| self.error("four hex digits after '\\u'"), Ok),
+            None => self.error("four hex digits after '\\u'"),
+        }
+    }
+
+    /// After a leading surrogate ending at `at`: the `\\uDC00`-`\\uDFFF` that must follow.
+    fn trailing_surrogate_end(&mut self, at: usize) -> ScanResult<usize> {
+        if self.bytes.get(at..at + 2) != Some(b"\\u") {
+            self.pos = at;
+            return self.error("a trailing surrogate ('\\uDC00' to '\\uDFFF') after a leading one");
+        }
+        self.pos = at;
+        match self.hex_escape(at + 2)? {
+            0xDC00..=0xDFFF => Ok(at + 6),
+            _ => self.error("a trailing surrogate ('\\uDC00' to '\\uDFFF') after a leading one"),
         }
     }
 }
@@ -320,14 +390,15 @@ const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 /// length when there is none): the bytes a JSON string must escape. Eight
 /// bytes at a time, in plain integer arithmetic: portable, and no `unsafe`.
 pub fn next_special(bytes: &[u8], mut at: usize) -> usize {
-    while let Some(word) = bytes.get(at..at + 8) {
-        let mask = special_bytes(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+    while let Some(Ok(word)) = bytes.get(at..at + 8).map(<[u8; 8]>::try_from) {
+        let mask = special_bytes(u64::from_le_bytes(word));
         if mask != 0 {
             return at + (mask.trailing_zeros() / 8) as usize;
         }
         at += 8;
     }
-    at + bytes[at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(bytes.len() - at)
+    let rest = bytes.get(at..).unwrap_or_default();
+    at + rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(rest.len())
 }
 
 /// The high bit of the lowest special byte of `word` is set (bits above it
@@ -403,6 +474,30 @@ mod tests {
     }
 
     #[test]
+    fn lone_surrogates_are_refused_as_serde_json_refuses_them() {
+        for text in [r#""\ud800""#, r#""\udc00""#, r#""\udbff x""#, r#""\ud800\u0041""#, r#""\ud800\n""#, r#""\uDFFF\uD800""#] {
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_err(), "{text}");
+            assert!(whole_value(text).is_err(), "{text}");
+            let object = format!("{{{text}:1}}");
+            assert!(whole_value(&object).is_err(), "{object}");
+        }
+        for text in [r#""\ud800\udc00""#, r#""\uDBFF\uDFFF""#, r#""\ud7ff\ue000""#] {
+            assert_eq!(whole_value(text), Ok(text));
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_a_float_are_refused() {
+        for text in ["1e400", "-1e400", &"9".repeat(400), "1.7976931348623158e308"] {
+            assert!(serde_json::from_str::<serde_json::Value>(text).is_err(), "{text}");
+            assert!(whole_value(text).is_err(), "{text}");
+        }
+        for text in ["1e308", "1e-400", "18446744073709551616"] {
+            assert_eq!(whole_value(text), Ok(text));
+        }
+    }
+
+    #[test]
     fn nesting_is_bounded() {
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         assert_eq!(whole_value(&deep).unwrap_err().expected, "less nesting");
@@ -415,10 +510,10 @@ mod tests {
         let mut scanner = Scanner::new(r#"{"plain":1,"q\"uote":2}"#);
         scanner.begin_object().unwrap();
         let plain = scanner.next_key(true).unwrap().unwrap();
-        assert!(matches!(plain.decode(), std::borrow::Cow::Borrowed("plain")));
+        assert!(matches!(plain.decode(), Ok(std::borrow::Cow::Borrowed("plain"))));
         assert_eq!(scanner.value(), Ok("1"));
         let quoted = scanner.next_key(false).unwrap().unwrap();
-        assert_eq!(quoted.decode(), "q\"uote");
+        assert_eq!(quoted.decode().unwrap(), "q\"uote");
         assert_eq!(scanner.value(), Ok("2"));
         assert_eq!(scanner.next_key(false), Ok(None));
     }
@@ -474,7 +569,8 @@ mod tests {
             }
             let Ok(text) = std::str::from_utf8(&doc) else { continue };
             let ours = whole_value(text).is_ok();
-            let theirs = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+            // Parsed to a value: serde_json checks surrogates and number ranges only then.
+            let theirs = serde_json::from_str::<serde_json::Value>(text).is_ok();
             assert_eq!(ours, theirs, "{text:?}");
             accepted += usize::from(ours);
         }

@@ -57,7 +57,7 @@ impl IntakeClient {
             .map_err(|_| HuntressError::config("dd_api_key", "contains characters that cannot go in an HTTP header"))?;
         api_key.set_sensitive(true);
         Ok(IntakeClient {
-            http: HttpClient::new(config)?,
+            http: HttpClient::new(config, &config.intake_tls)?,
             url: config.intake_url.clone(),
             api_key,
             request_timeout: config.request_timeout,

@@ -43,7 +43,7 @@ impl Enrichment {
         let mut first = true;
         for (key, value) in &attributes {
             write_key(&mut members, &mut first, key);
-            serde_json::to_writer(&mut members, value).expect("writing to a Vec cannot fail");
+            write_json(&mut members, value);
         }
         Enrichment { attributes, tags, members }
     }
@@ -115,7 +115,7 @@ fn write_canonical_value(out: &mut Vec<u8>, raw: &str) {
         },
         Some(_) if is_canonical_integer(raw) => out.extend_from_slice(raw.as_bytes()),
         // Floats, big integers, objects and arrays: as serde_json writes them.
-        _ => serde_json::to_writer(out, &serde_json::from_str::<Value>(raw).unwrap_or(Value::Null)).expect("writing to a Vec cannot fail"),
+        _ => write_json(out, &serde_json::from_str::<Value>(raw).unwrap_or(Value::Null)),
     }
 }
 
@@ -124,9 +124,9 @@ fn write_canonical_value(out: &mut Vec<u8>, raw: &str) {
 fn escapes_as_serde_writes(raw: &str) -> bool {
     let bytes = raw.as_bytes();
     let mut at = 0;
-    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'\\') {
+    while let Some(offset) = bytes.get(at..).and_then(|rest| rest.iter().position(|&b| b == b'\\')) {
         // A scanned string has a character after every backslash.
-        if !matches!(bytes[at + offset + 1], b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f') {
+        if !matches!(bytes.get(at + offset + 1), Some(b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f')) {
             return false;
         }
         at += offset + 2;
@@ -160,17 +160,28 @@ pub fn lacks_keep(row: &Row) -> bool {
     !row.is_empty() && row.keys().all(|k| ID_FIELDS_ONLY.contains(&k))
 }
 
-/// Epoch milliseconds from an ECS `@timestamp`; nanosecond precision is accepted.
+/// Epoch milliseconds from an ECS `@timestamp`: RFC 3339 with any offset
+/// (`Z`, `+02:00`, `+0000`) and up to nanoseconds, the same without a zone
+/// (read as UTC), or epoch seconds, milliseconds, microseconds or nanoseconds
+/// as a number or a string of digits.
 pub fn parse_timestamp_ms(value: &Value) -> Option<i64> {
     match value {
-        Value::String(text) => parse_iso_ms(text.trim()),
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(text) => parse_text_timestamp_ms(text.trim()),
+        Value::Number(n) => n.as_i64().and_then(epoch_ms).or_else(|| n.as_f64().and_then(epoch_float_ms)),
         _ => None,
     }
 }
 
+fn parse_text_timestamp_ms(text: &str) -> Option<i64> {
+    parse_iso_ms(text).or_else(|| parse_epoch_text_ms(text))
+}
+
 fn parse_iso_ms(text: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp_millis());
+    }
+    let zoned = ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"];
+    if let Some(dt) = zoned.iter().find_map(|fmt| DateTime::parse_from_str(text, fmt).ok()) {
         return Some(dt.timestamp_millis());
     }
     // Some sources omit the zone; ECS timestamps are UTC.
@@ -178,6 +189,46 @@ fn parse_iso_ms(text: &str) -> Option<i64> {
         .iter()
         .find_map(|fmt| NaiveDateTime::parse_from_str(text, fmt).ok())
         .map(|naive| naive.and_utc().timestamp_millis())
+}
+
+fn parse_epoch_text_ms(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>().ok().and_then(epoch_ms)
+}
+
+/// An epoch count, its unit told by its size: below 10^11 seconds (until the
+/// year 5138), then milliseconds, microseconds, nanoseconds.
+fn epoch_ms(count: i64) -> Option<i64> {
+    let size = count.unsigned_abs();
+    let ms = match size {
+        0..100_000_000_000 => count.checked_mul(1000)?,
+        100_000_000_000..100_000_000_000_000 => count,
+        100_000_000_000_000..100_000_000_000_000_000 => count / 1000,
+        _ => count / 1_000_000,
+    };
+    DateTime::from_timestamp_millis(ms).map(|_| ms)
+}
+
+fn epoch_float_ms(count: f64) -> Option<i64> {
+    let scale = match count.abs() {
+        size if size < 1e11 => 1000.0,
+        size if size < 1e14 => 1.0,
+        size if size < 1e17 => 1e-3,
+        _ => 1e-6,
+    };
+    let ms = (count * scale).round();
+    // `as` saturates; the range check refuses what it would have clamped.
+    (ms.is_finite() && ms.abs() < 1e16).then(|| ms as i64).filter(|ms| DateTime::from_timestamp_millis(*ms).is_some())
+}
+
+/// True when the intake reads `raw` as the instant the check read: a JSON
+/// string in strict RFC 3339. Other forms are moved aside, not forwarded as
+/// `@timestamp`, so that the log carries one date: `date`.
+fn intake_reads_timestamp(raw: &str) -> bool {
+    plain_string(raw).is_some_and(|text| DateTime::parse_from_rfc3339(text).is_ok())
 }
 
 fn as_text(value: &Value) -> Option<String> {
@@ -224,7 +275,8 @@ fn write_row_as_message(out: &mut Vec<u8>, row: &Row) {
         }
     }
     text.push(b'}');
-    write_string(out, std::str::from_utf8(&text).expect("names and raw values are UTF-8"));
+    // Names and raw values are `str`s, so this borrows: nothing is replaced.
+    write_string(out, &String::from_utf8_lossy(&text));
 }
 
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
@@ -246,7 +298,8 @@ pub enum Written {
 /// Serializes the log at the end of `out`, so that logs can be built back to
 /// back in one buffer.
 pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64, out: &mut Vec<u8>) -> Written {
-    let event_ms = row.get("@timestamp").and_then(raw_timestamp_ms);
+    let raw_timestamp = row.get("@timestamp");
+    let event_ms = raw_timestamp.and_then(raw_timestamp_ms);
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
     let too_new = event_ms.is_some_and(|ms| ms > now_ms + FUTURE_LIMIT_MS);
     let out_of_window = too_old || too_new;
@@ -255,30 +308,33 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
     }
     let message = message_source(row);
     let from_log_original = matches!(message, MessageSource::LogOriginal(_));
+    // The row's `@timestamp` goes on only when it is the date the log is given.
+    let keep_timestamp = !out_of_window && event_ms.is_some() && raw_timestamp.is_some_and(intake_reads_timestamp);
 
     let start = out.len();
     out.reserve(row.raw_len() + 256 + template.ddtags.len() + enrichment.tags.len());
     out.push(b'{');
     let mut first = true;
-    // A row field named like an attribute the log sets itself (`message`, `date`,
-    // `ddsource`, `service`, `ddtags`, `hostname`, the enrichment) gives way.
+    // A row field named like an attribute the log sets itself, or like one the
+    // intake reads a date from, moves under `ROW_FIELD_PREFIX`.
     for (key, raw) in row.fields() {
         // ES|QL answers every `KEEP` column for every row, null where a row has no
         // such field: nulls say nothing, and would be ingested (and billed) per log.
         if *raw == "null" {
             continue;
         }
-        let name: &str = match key.as_ref() {
+        let name: Cow<str> = match key.as_ref() {
             "log.original" if from_log_original => continue,
-            "message" if from_log_original => "ecs.message",
-            // `@timestamp` outranks `date` at the intake, so a re-dated log moves it aside.
-            "@timestamp" if out_of_window => "huntress.original_timestamp",
-            "message" | "date" | "ddsource" | "service" | "ddtags" | "hostname" => continue,
-            k if enrichment.attributes.iter().any(|(a, _)| a == k) => continue,
-            k => k,
+            "message" if from_log_original => Cow::Borrowed("ecs.message"),
+            "message" => continue,
+            // `@timestamp` outranks `date` at the intake: one it would read
+            // differently, or a re-dated log's, moves aside.
+            "@timestamp" if !keep_timestamp => Cow::Borrowed("huntress.original_timestamp"),
+            k if is_reserved_name(k, enrichment) => Cow::Owned(format!("{ROW_FIELD_PREFIX}{k}")),
+            k => Cow::Borrowed(k),
         };
         let plain = matches!(key, Cow::Borrowed(_)) && name == key.as_ref();
-        write_member(out, &mut first, name, plain, raw.as_bytes());
+        write_member(out, &mut first, &name, plain, raw.as_bytes());
     }
     // Values below are written in place: no allocation per log.
     if !enrichment.members.is_empty() {
@@ -298,7 +354,7 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
         _ => now_ms,
     };
     write_key(out, &mut first, "date");
-    serde_json::to_writer(&mut *out, &date_ms).expect("writing to a Vec cannot fail");
+    write_json(out, &date_ms);
     write_member(out, &mut first, "ddsource", true, b"\"huntress\"");
     write_key(out, &mut first, "service");
     write_string(out, &template.service);
@@ -325,9 +381,33 @@ pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, 
 /// `@timestamp` straight from the raw value when it is a plain string.
 fn raw_timestamp_ms(text: &str) -> Option<i64> {
     match plain_string(text) {
-        Some(inner) => parse_iso_ms(inner.trim()),
+        Some(inner) => parse_text_timestamp_ms(inner.trim()),
         None => serde_json::from_str::<Value>(text).ok().and_then(|v| parse_timestamp_ms(&v)),
     }
+}
+
+/// Where a row field that shares its name with an attribute the check writes,
+/// or with one the intake reads a date from, is forwarded: under this prefix,
+/// so that the log has one value per key and one date.
+pub const ROW_FIELD_PREFIX: &str = "huntress.row.";
+
+/// True for names a row field cannot keep: the check's own attributes, the
+/// intake's date attributes, and names already under `ROW_FIELD_PREFIX` (so
+/// that two row fields never land on one name).
+fn is_reserved_name(name: &str, enrichment: &Enrichment) -> bool {
+    matches!(
+        name,
+        "date" | "ddsource" | "service" | "ddtags" | "hostname" | "ecs.message"
+            | "huntress.original_timestamp" | "huntress.truncated" | "huntress.original_size"
+            | "huntress.date_rewritten" | "huntress.timestamp_missing"
+            | "timestamp" | "_timestamp" | "Timestamp" | "eventTime" | "published_date"
+    ) || name.starts_with(ROW_FIELD_PREFIX)
+        || enrichment.attributes.iter().any(|(attribute, _)| attribute == name)
+}
+
+/// Writes a value as serde_json does; writing to a `Vec` cannot fail.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn write_key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
@@ -376,43 +456,95 @@ fn cut_to_limit(json: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
+/// The attributes kept when cutting strings is not enough.
+const KEPT_WHEN_CUT: [&str; 9] =
+    ["message", "date", "ddsource", "service", "ddtags", "hostname", "uuid", "huntress.truncated", "huntress.original_size"];
+
 /// Serializes the log; a log over `MAX_LOG_BYTES` has its longest strings cut
-/// until it fits, and carries `huntress.truncated: true`.
+/// until it fits, and carries `huntress.truncated: true`. The cuts are planned
+/// from the size of each member, measured once, and the log is written once:
+/// the cost is linear in the size of the log.
 fn serialize_within_limit(mut log: Map<String, Value>) -> (Vec<u8>, bool) {
-    let json = serde_json::to_vec(&log).expect("a JSON map serializes");
-    if json.len() <= MAX_LOG_BYTES {
-        return (json, false);
+    let mut sizes = member_sizes(&log);
+    let original_size = object_size(&sizes);
+    if original_size <= MAX_LOG_BYTES {
+        return (to_json(&log), false);
     }
-    let original_size = json.len();
     log.insert("huntress.truncated".into(), Value::Bool(true));
     log.insert("huntress.original_size".into(), Value::from(original_size));
-    let mut size = original_size + 64;
-    while size > MAX_LOG_BYTES {
-        let Some(key) = longest_string_field(&log) else { break };
-        let excess = size - MAX_LOG_BYTES + 1024;
-        shorten(&mut log, &key, excess);
-        size = serde_json::to_vec(&log).map(|j| j.len()).unwrap_or(0);
-    }
-    let mut json = serde_json::to_vec(&log).expect("a JSON map serializes");
-    if json.len() > MAX_LOG_BYTES {
+    sizes = member_sizes(&log);
+    let mut size = object_size(&sizes);
+    size = cut_longest_strings(&mut log, &mut sizes, size);
+    if size > MAX_LOG_BYTES {
         // Only many small fields remain: keep the message and the reserved attributes.
-        log.retain(|k, _| matches!(k.as_str(), "message" | "date" | "ddsource" | "service" | "ddtags" | "hostname" | "uuid" | "huntress.truncated" | "huntress.original_size"));
-        json = serde_json::to_vec(&log).expect("a JSON map serializes");
+        log.retain(|key, _| KEPT_WHEN_CUT.contains(&key.as_str()));
+        sizes.retain(|key, _| KEPT_WHEN_CUT.contains(&key.as_str()));
+        size = object_size(&sizes);
+        cut_longest_strings(&mut log, &mut sizes, size);
     }
-    (json, true)
+    (to_json(&log), true)
 }
 
-fn longest_string_field(log: &Map<String, Value>) -> Option<String> {
-    log.iter()
-        .filter_map(|(k, v)| v.as_str().map(|s| (s.len(), k)))
-        .filter(|(len, _)| *len > 64)
-        .max()
-        .map(|(_, k)| k.clone())
+fn to_json(log: &Map<String, Value>) -> Vec<u8> {
+    // Serializing a map of JSON values into a Vec cannot fail.
+    serde_json::to_vec(log).unwrap_or_default()
 }
 
-fn shorten(log: &mut Map<String, Value>, key: &str, excess: usize) {
-    if let Some(Value::String(text)) = log.get_mut(key) {
-        let mut keep = text.len().saturating_sub(excess).max(32);
+/// The serialized size of each member: `"key":value`.
+fn member_sizes(log: &Map<String, Value>) -> std::collections::HashMap<String, usize> {
+    log.iter().map(|(key, value)| (key.clone(), serialized_len(&Value::String(key.clone())) + 1 + serialized_len(value))).collect()
+}
+
+fn serialized_len(value: &Value) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// Counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Braces, members and the commas between them.
+fn object_size(sizes: &std::collections::HashMap<String, usize>) -> usize {
+    2 + sizes.values().sum::<usize>() + sizes.len().saturating_sub(1)
+}
+
+/// Cuts the longest string members, longest first, each by what is still
+/// over the limit (plus slack for the marker), never below 32 bytes; returns
+/// the new size. Each member is measured again only once, after its cut.
+fn cut_longest_strings(log: &mut Map<String, Value>, sizes: &mut std::collections::HashMap<String, usize>, mut size: usize) -> usize {
+    let mut candidates: Vec<(usize, String)> =
+        log.iter().filter_map(|(key, value)| value.as_str().filter(|text| text.len() > 64).map(|text| (text.len(), key.clone()))).collect();
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, key) in candidates {
+        if size <= MAX_LOG_BYTES {
+            break;
+        }
+        let excess = size - MAX_LOG_BYTES + 1024;
+        let Some(value) = log.get_mut(&key) else { continue };
+        shorten(value, excess);
+        let member = serialized_len(&Value::String(key.clone())) + 1 + serialized_len(value);
+        let old = sizes.insert(key, member).unwrap_or(0);
+        size = size - old + member;
+    }
+    size
+}
+
+fn shorten(value: &mut Value, excess: usize) {
+    if let Value::String(text) = value {
+        let mut keep = text.len().saturating_sub(excess).max(32).min(text.len());
         while !text.is_char_boundary(keep) {
             keep -= 1;
         }
@@ -460,6 +592,138 @@ mod tests {
         assert_eq!(parse_timestamp_ms(&json!(1_779_890_400_123i64)), Some(1_779_890_400_123));
         assert_eq!(parse_timestamp_ms(&json!("yesterday")), None);
         assert_eq!(parse_timestamp_ms(&json!(null)), None);
+    }
+
+    #[test]
+    fn timestamps_in_common_forms_parse() {
+        let ms = 1_779_890_400_123i64;
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00.123+0000")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T16:00:00.123+0200")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27 14:00:00.123Z")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!("2026-05-27T14:00:00")), Some(ms - 123));
+        assert_eq!(parse_timestamp_ms(&json!("1779890400123")), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(" 1779890400 ")), Some(ms - 123));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400)), Some(ms - 123));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400.123)), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400_123_456i64)), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(1_779_890_400_123_456_789i64)), Some(ms));
+        assert_eq!(parse_timestamp_ms(&json!(1e300)), None);
+        assert_eq!(parse_timestamp_ms(&json!("12a")), None);
+        assert_eq!(parse_timestamp_ms(&json!("")), None);
+    }
+
+    /// The date the intake reads: the first of its date attributes it can parse.
+    fn intake_date_ms(log: &Map<String, Value>) -> Option<i64> {
+        ["@timestamp", "timestamp", "date", "_timestamp", "Timestamp", "eventTime", "published_date"]
+            .iter()
+            .find_map(|attribute| log.get(*attribute).and_then(parse_timestamp_ms))
+    }
+
+    /// Member names as written, repeats included.
+    fn written_names(json: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(json).unwrap();
+        let mut scanner = crate::scan::Scanner::new(text);
+        scanner.begin_object().unwrap();
+        let mut names = Vec::new();
+        while let Some(name) = scanner.next_key(names.is_empty()).unwrap() {
+            names.push(name.decode().unwrap().into_owned());
+            scanner.value().unwrap();
+        }
+        names
+    }
+
+    fn prepared_text(text: &str, policy: StalePolicy, enrichment: &Enrichment) -> Option<(Map<String, Value>, Vec<String>)> {
+        let row = parse(text);
+        match prepare(&row, event_id(&row), &template(policy), enrichment, NOW) {
+            Prepared::Log(log) => Some((serde_json::from_slice(&log.json).unwrap(), written_names(&log.json))),
+            Prepared::SkippedStale { .. } => None,
+        }
+    }
+
+    #[test]
+    fn the_date_the_check_decides_is_the_one_the_intake_reads() {
+        let recent = NOW - 3_600_000;
+        let iso = DateTime::from_timestamp_millis(recent).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let plus_0000 = iso.replace('Z', "+0000");
+        let old_plus_0000 = DateTime::from_timestamp_millis(NOW - 20 * 3_600_000).unwrap().format("%Y-%m-%dT%H:%M:%S%.3f+0000").to_string();
+        let rows = [
+            (format!(r#"{{"uuid":"a","@timestamp":"{iso}"}}"#), recent, true),
+            (format!(r#"{{"uuid":"b","@timestamp":"{plus_0000}"}}"#), recent, false),
+            (format!(r#"{{"uuid":"c","@timestamp":"{recent}"}}"#), recent, false),
+            (format!(r#"{{"uuid":"d","@timestamp":{recent}}}"#), recent, false),
+            (r#"{"uuid":"e","@timestamp":"yesterday"}"#.to_string(), NOW, false),
+            (format!(r#"{{"uuid":"f","@timestamp":"{iso}","@timestamp":null}}"#), NOW, false),
+            (format!(r#"{{"uuid":"g","@timestamp":null,"@timestamp":"{iso}"}}"#), recent, true),
+            (format!(r#"{{"uuid":"h","@timestamp":"{old_plus_0000}"}}"#), NOW, false),
+            (format!(r#"{{"uuid":"i","@timestamp":"{iso}","timestamp":"2001-01-01T00:00:00Z","date":5}}"#), recent, true),
+        ];
+        for (text, date, keeps_timestamp) in rows {
+            let (log, _) = prepared_text(&text, StalePolicy::RewriteDate, &Enrichment::default()).unwrap();
+            assert_eq!(log["date"], date, "{text}");
+            assert_eq!(intake_date_ms(&log), Some(date), "{text}");
+            assert_eq!(log.contains_key("@timestamp"), keeps_timestamp, "{text}");
+            assert!(log.get("timestamp").is_none(), "{text}");
+        }
+        let (log, _) = prepared_text(r#"{"uuid":"e","@timestamp":"yesterday"}"#, StalePolicy::RewriteDate, &Enrichment::default()).unwrap();
+        assert_eq!(log["huntress.original_timestamp"], "yesterday");
+        assert_eq!(log["huntress.timestamp_missing"], true);
+        // The 18 h rule applies to the date read from a `+0000` timestamp.
+        let old = format!(r#"{{"uuid":"h","@timestamp":"{old_plus_0000}"}}"#);
+        assert!(prepared_text(&old, StalePolicy::Skip, &Enrichment::default()).is_none());
+    }
+
+    #[test]
+    fn a_log_has_one_value_per_key() {
+        let enrichment = Enrichment::new(vec![("huntress_org_id".into(), json!(42))], "huntress_org_id:42".into());
+        let text = r#"{"uuid":"a","x":1,"uuid":"b","x":2,"message":"m","ecs.message":"e","date":"d","ddtags":"t",
+            "hostname":"h","service":"s","ddsource":"src","huntress.original_timestamp":"o","huntress.truncated":"no",
+            "huntress_org_id":7,"huntress.row.date":"r","timestamp":"2001-01-01T00:00:00Z","@timestamp":"bad"}"#;
+        let (log, names) = prepared_text(text, StalePolicy::RewriteDate, &enrichment).unwrap();
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!((&log["uuid"], &log["x"]), (&json!("b"), &json!(2)));
+        assert_eq!(log["huntress_org_id"], 42);
+        assert_eq!(log["huntress.row.huntress_org_id"], 7);
+        assert_eq!(log["huntress.original_timestamp"], "bad");
+        assert_eq!(log["huntress.row.huntress.original_timestamp"], "o");
+        assert_eq!(log["huntress.row.date"], "d");
+        assert_eq!(log["huntress.row.huntress.row.date"], "r");
+        assert_eq!(log["huntress.row.ecs.message"], "e");
+        assert_eq!(log["huntress.row.timestamp"], "2001-01-01T00:00:00Z");
+        assert_eq!(log["huntress.row.huntress.truncated"], "no");
+        assert_eq!((&log["ddtags"], &log["service"], &log["ddsource"]), (&json!("team:sec,query_name:win,huntress_org_id:42"), &json!("huntress-siem"), &json!("huntress")));
+        // With `log.original`, the row's `message` becomes `ecs.message`, and the row's own `ecs.message` moves aside.
+        let text = r#"{"uuid":"l","log.original":"raw","message":"m","ecs.message":"e"}"#;
+        let (log, names) = prepared_text(text, StalePolicy::RewriteDate, &Enrichment::default()).unwrap();
+        assert_eq!(names.iter().collect::<std::collections::HashSet<_>>().len(), names.len(), "{names:?}");
+        assert_eq!((&log["message"], &log["ecs.message"], &log["huntress.row.ecs.message"]), (&json!("raw"), &json!("m"), &json!("e")));
+    }
+
+    #[test]
+    fn a_two_megabyte_row_of_many_fields_is_cut_in_one_pass() {
+        let mut value = Map::new();
+        value.insert("uuid".into(), json!("big"));
+        value.insert("message".into(), json!("m".repeat(300_000)));
+        for i in 0..2_000 {
+            value.insert(format!("field.{i}"), json!(format!("{i}:{}\u{e9}\"", "v".repeat(850))));
+        }
+        let text = serde_json::to_string(&value).unwrap();
+        assert!(text.len() > 2_000_000);
+        let started = std::time::Instant::now();
+        let (log, prepared) = prepared(Value::Object(value), NOW);
+        println!("cut a {} byte row in {:?}", text.len(), started.elapsed());
+        assert!(prepared.truncated && prepared.json.len() <= MAX_LOG_BYTES, "{}", prepared.json.len());
+        assert_eq!(log["huntress.truncated"], true);
+        assert!(log["huntress.original_size"].as_u64().unwrap() > 2_000_000);
+        assert_eq!(log["uuid"], "big");
+        let cut = log.values().filter_map(Value::as_str).filter(|text| text.ends_with("...[truncated]")).count();
+        assert!(cut >= 1, "some strings are cut");
+        // Fields that were not cut are whole.
+        let whole = log.iter().filter(|(key, _)| key.starts_with("field.")).filter(|(_, v)| !v.as_str().unwrap().ends_with("...[truncated]"));
+        for (key, text) in whole {
+            let i = key.trim_start_matches("field.");
+            assert_eq!(text.as_str().unwrap(), format!("{i}:{}\u{e9}\"", "v".repeat(850)));
+        }
     }
 
     #[test]

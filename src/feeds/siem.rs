@@ -55,7 +55,7 @@ pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
     let mut first = true;
     while let Some(name) = scanner.next_key(first).map_err(not_json)? {
         first = false;
-        match name.decode().as_ref() {
+        match name.decode().map_err(not_json)?.as_ref() {
             "logs" if rows.is_some() => return Err(bad_shape("`logs` appears twice")),
             "logs" => rows = Some(scan_rows(&mut scanner)?),
             "pagination" if pagination.is_some() => return Err(bad_shape("`pagination` appears twice")),
@@ -66,7 +66,9 @@ pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
     scanner.finish().map_err(not_json)?;
     let next_page_token = match pagination.filter(|raw| *raw != "null") {
         None => None,
-        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Pagination>(raw)
+        // Through a map, so that a repeated member resolves as elsewhere: the last wins.
+        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Value>(raw)
+            .and_then(serde_json::from_value::<Pagination>)
             .map_err(|e| bad_shape(&format!("`pagination`: {e}")))?
             .next_page_token,
         Some(_) => return Err(malformed("`pagination` is not an object".into())),
@@ -100,8 +102,8 @@ fn scan_rows<'a>(scanner: &mut Scanner<'a>) -> Result<Option<Vec<Row<'a>>>> {
         match scanner.peek_kind() {
             // Rows of one query have the same columns: the last row sizes the next.
             Some(Kind::Object) | None => {
-                let expected_fields = rows.last().map_or(0, |row| row.fields().len());
-                rows.push(Row::scan(scanner, expected_fields).map_err(not_json)?);
+                let row = Row::scan_after(scanner, rows.last()).map_err(not_json)?;
+                rows.push(row);
             }
             Some(kind) => return Err(bad_shape(&format!("`logs[{}]` is {}, not an object", rows.len(), kind.name()))),
         }
@@ -466,6 +468,20 @@ mod tests {
         assert!(last.next_page_token.is_none());
         let bad = [json!([]), json!({"logs": "oops"}), json!({"logs": [1]}), json!({"logs": [], "pagination": []}), json!({"logs": [], "pagination": {"next_page_token": 5}})];
         for body in bad.iter().map(|b| b.to_string()).chain(["{\"logs\": [".to_string(), "not json".to_string()]) {
+            let Err(error) = parse_page(body.as_bytes()) else { panic!("{body} parsed") };
+            assert_eq!(error.kind(), ErrorKind::MalformedResponse, "{body}");
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_make_a_malformed_page() {
+        let bodies = [
+            r#"{"\ud800": 1, "logs": []}"#,
+            r#"{"logs": [{"\udc00": 1}]}"#,
+            r#"{"logs": [{"uuid": "\ud800"}]}"#,
+            r#"{"logs": [], "pagination": {"next_page_token": "\udbff\u0041"}}"#,
+        ];
+        for body in bodies {
             let Err(error) = parse_page(body.as_bytes()) else { panic!("{body} parsed") };
             assert_eq!(error.kind(), ErrorKind::MalformedResponse, "{body}");
         }

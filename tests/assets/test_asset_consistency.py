@@ -366,12 +366,12 @@ def test_core_accepts_the_example_instance():
 
 
 def test_core_accepts_every_spec_example_value():
-    """Every option set to the example value the spec documents. `tls_ca_cert` is left out: the core reads the
-    file when it starts, and the example is a placeholder path."""
+    """Every option set to the example value the spec documents. The CA files (`tls_ca_cert`,
+    `intake_tls_ca_cert`) are left out: the core reads them when it starts, and the examples are placeholder paths."""
     core = core_module()
     instance = {'min_collection_interval': 900}
     for option in spec_instance_options():
-        if 'name' in option and 'value' in option and option['name'] != 'tls_ca_cert':
+        if 'name' in option and 'value' in option and option['name'] not in ('tls_ca_cert', 'intake_tls_ca_cert'):
             instance[option['name']] = option['value']['example']
     assert {'huntress_api_key', 'log_queries', 'stale_log_policy', 'metrics', 'incidents'} <= set(instance)
     core.Collector(json.dumps(instance), AGENT_CONTEXT)

@@ -166,6 +166,7 @@ class HuntressSimulator(ServerBase):
         # Behaviour switches (plain attributes, may be changed at any time).
         self.siem_enabled = True      # False -> POST /v1/siem/query answers 404
         self.null_columns = True      # KEEP columns missing in a row come back as null
+        self.siem_raw_page = None     # bytes -> every SIEM query answers 200 with exactly these bytes
         self._lock = threading.RLock()
         self._secret = os.urandom(16)
         self._token_generation = 0
@@ -464,6 +465,9 @@ class HuntressSimulator(ServerBase):
                 else b'{"data": [1, 2,'
             return ("raw", 200, raw)
         raw = json.dumps(payload).encode("utf-8")
+        if path == SIEM_PATH and status == 200 and self.siem_raw_page is not None:
+            # What json.dumps cannot write: repeated members, lone surrogate escapes.
+            raw = self.siem_raw_page
         if fault == "truncated_body":
             return ("truncated", status, raw)
         return ("raw", status, raw)

@@ -79,6 +79,7 @@ class IntakeSink(ServerBase):
         self.logs: list = []
         self.requests: list = []
         self.dropped_stale = 0
+        self.repeated_keys: list = []
         self.truncated = 0
 
     # ------------------------------------------------------------------
@@ -89,6 +90,7 @@ class IntakeSink(ServerBase):
             self.requests.clear()
             self.dropped_stale = 0
             self.truncated = 0
+            self.repeated_keys.clear()
 
     def uuids(self) -> Counter:
         """Counter of the top-level "uuid" of every stored log (logs without one are skipped)."""
@@ -209,7 +211,7 @@ class IntakeSink(ServerBase):
             return self._error(h, rec, 415, f"unsupported Content-Encoding {encoding!r}")
         rec["uncompressed_bytes"] = len(body)
         try:
-            payload = json.loads(body.decode("utf-8"))
+            payload = json.loads(body.decode("utf-8"), object_pairs_hook=self._note_repeated_keys)
         except (UnicodeDecodeError, ValueError) as e:
             return self._error(h, rec, 400, f"body is not valid JSON: {e}")
         entries = [payload] if isinstance(payload, dict) else payload
@@ -238,6 +240,17 @@ class IntakeSink(ServerBase):
         rec["status"] = 202
         self._commit(h)
         h.send_json(202, {})
+
+    def _note_repeated_keys(self, pairs):
+        """An object, as json.loads builds it (the last value wins); a key that
+        appears twice is recorded in `repeated_keys`."""
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                with self._lock:
+                    self.repeated_keys.append(key)
+            seen.add(key)
+        return dict(pairs)
 
     def _truncate(self, log: dict):
         """Cut the longest string attributes until the log fits max_log_bytes.
