@@ -36,6 +36,10 @@ def instance_initial_lookback_seconds():
     return 3600
 
 
+def instance_intake_tls_verify():
+    return True
+
+
 def instance_max_pages_per_run():
     return 100
 

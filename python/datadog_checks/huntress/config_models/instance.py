@@ -109,6 +109,8 @@ class InstanceConfig(BaseModel):
     huntress_secret_key: str
     incidents: Optional[Incidents] = None
     initial_lookback_seconds: Optional[int] = Field(None, ge=1, le=604800)
+    intake_tls_ca_cert: Optional[str] = None
+    intake_tls_verify: Optional[bool] = None
     log_queries: tuple[LogQuery, ...]
     logs_intake_url: Optional[str] = None
     max_pages_per_run: Optional[int] = Field(None, ge=1)
