@@ -15,8 +15,8 @@ use std::time::Instant;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Value;
 
-use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
-use crate::config::{AgentContext, Config, LogQuery};
+use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState, Reach};
+use crate::config::{AgentContext, Config, LogQuery, StalePolicy};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
@@ -30,6 +30,11 @@ use crate::feeds::siem::{QueryOutcome, QueryRun};
 use crate::datadog::transform::LogTemplate;
 
 pub const SIEM_SERVICE_CHECK: &str = "huntress.siem.can_connect";
+/// A checkpoint older than this moves forward under `stale_log_policy: skip`:
+/// the intake's 18 h limit.
+const STALE_REACH_SECONDS: i64 = 18 * 3600;
+/// ... and under `rewrite_date`: the longest `initial_lookback_seconds` allowed.
+const MAX_BACKLOG_SECONDS: i64 = 7 * 24 * 3600;
 pub const API_SERVICE_CHECK: &str = "huntress.api.can_connect";
 
 /// What the REST features (orgs, incidents, agents) did in one run.
@@ -122,6 +127,7 @@ impl Collector {
                 return QueryOutcome { error: Some(error), ..QueryOutcome::default() };
             }
         };
+        let repairs = self.repair_state(&mut state, now);
         let template = self.template(query);
         let mut run = QueryRun {
             huntress: &mut self.huntress,
@@ -138,7 +144,11 @@ impl Collector {
             delay: to_chrono(self.config.collection_delay),
             max_window: to_chrono(self.config.max_window),
         };
-        let outcome = run.collect(&mut state);
+        let mut outcome = run.collect(&mut state);
+        if !repairs.is_empty() {
+            *outcome.recovered.entry(ErrorKind::Cache).or_default() += repairs.len() as u64;
+            outcome.repairs = repairs;
+        }
         let tags = self.query_tags(query);
         let lag = (Utc::now() - state.checkpoint).num_milliseconds() as f64 / 1000.0;
         report.gauge("huntress.siem.checkpoint_lag_seconds", lag.max(0.0), &tags);
@@ -179,6 +189,30 @@ impl Collector {
         }
     }
 
+    /// Checks the loaded position against the clock and the reach of the data
+    /// (see `reach_seconds`); what was repaired, for a WARNING.
+    fn repair_state(&self, state: &mut QueryState, now: chrono::DateTime<Utc>) -> Vec<String> {
+        let reach = Reach { now, delay: to_chrono(self.config.collection_delay), oldest: now - ChronoDuration::seconds(self.reach_seconds()) };
+        let mut repairs = state.repair(&reach);
+        if let Some(why) = state.unreadable_cursor.take() {
+            repairs.push(format!("the saved window in progress was dropped ({why}); its range is read again from the checkpoint"));
+        }
+        repairs
+    }
+
+    /// How far back a checkpoint may lie. With `skip`, events older than the
+    /// intake's 18 h are not sent, so reading them only spends the rate budget;
+    /// with `rewrite_date` every event is sent, back to the longest allowed
+    /// look-back. Never less than `initial_lookback_seconds`.
+    fn reach_seconds(&self) -> i64 {
+        let lookback = i64::try_from(self.config.initial_lookback.as_secs()).unwrap_or(i64::MAX);
+        let reach = match self.config.stale_policy {
+            StalePolicy::Skip => STALE_REACH_SECONDS,
+            StalePolicy::RewriteDate => MAX_BACKLOG_SECONDS,
+        };
+        reach.max(lookback)
+    }
+
     fn template(&self, query: &LogQuery) -> LogTemplate {
         let tags: Vec<String> = self.query_tags(query).into_iter().chain(query.tags.iter().cloned()).collect();
         LogTemplate {
@@ -211,7 +245,7 @@ impl Collector {
     fn query_status(&mut self, query: &LogQuery, outcome: &QueryOutcome, report: &mut Report) -> (Status, Option<String>) {
         let name = &query.name;
         if let Some(error) = &outcome.error {
-            let message = format!("query {name:?}: {error}");
+            let message = std::iter::once(format!("query {name:?}: {error}")).chain(outcome.repairs.iter().cloned()).collect::<Vec<_>>().join("; ");
             report.log(Level::Error, message.clone());
             return (Status::Critical, Some(message));
         }
@@ -235,12 +269,18 @@ impl Collector {
         if outcome.truncated > 0 {
             warnings.push(format!("query {name:?}: {} logs over 1 MB were truncated", outcome.truncated));
         }
+        for repair in &outcome.repairs {
+            warnings.push(format!("query {name:?}: {repair}"));
+        }
         if outcome.token_restarts > 0 {
             warnings.push(format!("query {name:?}: an expired page token restarted the window {} time(s)", outcome.token_restarts));
         }
         if let Some(reason) = &self.intake.stats.last_rejection {
             let rejected = self.intake.stats.rejected;
             warnings.push(format!("{rejected} logs were refused by the intake even alone, and dropped: {reason}"));
+        }
+        if outcome.stopped_by_budget {
+            report.log(Level::Info, format!("query {name:?}: this run's pages, rate budget or time cannot read another window; the next run continues"));
         }
         if outcome.stopped_by_deadline {
             report.log(Level::Info, format!("query {name:?}: run deadline reached; the next run resumes from the saved cursor"));

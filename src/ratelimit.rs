@@ -141,6 +141,31 @@ impl RateBudget {
         state.prune(Instant::now());
         state.limit.saturating_sub(state.sent.len() as u32)
     }
+
+    /// How many requests could be sent from now until `until`, one after the
+    /// other, without ever pausing longer than `max_gap` for a slot (a page token
+    /// that outlives no such pause). Takes nothing and never blocks. Counts only
+    /// the slots that requests already in the window free up.
+    pub fn slots_before(&self, until: Instant, max_gap: Option<Duration>) -> u32 {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.prune(now);
+        let limit = state.limit as usize;
+        let mut slots = limit.saturating_sub(state.sent.len());
+        let mut last = now;
+        for (index, sent) in state.sent.iter().enumerate() {
+            let opens = *sent + state.window + MARGIN;
+            if opens > until || max_gap.is_some_and(|gap| opens.saturating_duration_since(last) > gap) {
+                break;
+            }
+            // Entries beyond the limit (other clients) free nothing until the count drops below it.
+            if state.sent.len() - index - 1 < limit {
+                slots += 1;
+                last = last.max(opens);
+            }
+        }
+        u32::try_from(slots).unwrap_or(u32::MAX)
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +243,19 @@ mod tests {
         assert_eq!(budget.free_slots(), 3);
         budget.observe(Some(3), Some(1));
         assert_eq!(budget.free_slots(), 1, "requests by other clients of the key count too");
+    }
+
+    #[test]
+    fn slots_before_counts_what_frees_up_in_time_and_without_long_pauses() {
+        let budget = RateBudget::new(3, Duration::from_millis(300));
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(budget.slots_before(far, None), 3);
+        for _ in 0..3 {
+            budget.acquire(far).unwrap();
+        }
+        assert_eq!(budget.slots_before(Instant::now() + Duration::from_millis(50), None), 0);
+        assert_eq!(budget.slots_before(far, None), 3, "the three slots free up before the deadline");
+        assert_eq!(budget.slots_before(far, Some(Duration::from_millis(100))), 0, "but only after a pause longer than a token lives");
     }
 
     #[test]

@@ -541,6 +541,17 @@ impl IncidentRun<'_> {
     fn load_state(&mut self, warnings: &mut Vec<String>) -> IncidentState {
         let fresh = || IncidentState::new(self.now - chrono::Duration::from_std(self.initial_lookback).unwrap_or(chrono::Duration::zero()));
         match self.cache.read(INCIDENTS_KEY).map_err(|e| format!("cannot read the incident checkpoint ({e})")).and_then(|t| IncidentState::decode(&t)) {
+            Ok(Some(state)) if state.checkpoint > self.now => {
+                // No report changes after now: from a future checkpoint, every scan would stop at
+                // once. The look-back is read again; the known versions drop what was sent.
+                let fresh = fresh();
+                warnings.push(format!(
+                    "the incident checkpoint {} is in the future (a clock step, or a restored or edited cache); reports are read again from {}",
+                    state.checkpoint.to_rfc3339(),
+                    fresh.checkpoint.to_rfc3339()
+                ));
+                IncidentState { checkpoint: fresh.checkpoint, ..state }
+            }
             Ok(Some(state)) => state,
             Ok(None) => fresh(),
             Err(message) => {

@@ -388,7 +388,8 @@ impl Orgs {
     pub fn due(&self, now: DateTime<Utc>) -> bool {
         match &self.directory {
             None => true,
-            Some(d) => (now - d.fetched_at).to_std().is_ok_and(|age| age >= self.ttl) || self.ttl.is_zero(),
+            // A fetch time in the future (clock step, edited cache) is due too, or it never would be.
+            Some(d) => (now - d.fetched_at).to_std().map_or(true, |age| age >= self.ttl) || self.ttl.is_zero(),
         }
     }
 

@@ -135,6 +135,7 @@ class HuntressSimulator(ServerBase):
         # Behaviour switches (plain attributes, may be changed at any time).
         self.siem_enabled = True      # False -> POST /v1/siem/query answers 404
         self.null_columns = True      # KEEP columns missing in a row come back as null
+        self.repeat_page_tokens = False  # True -> a SIEM page read with a token hands the same token out again
         self._lock = threading.RLock()
         self._secret = os.urandom(16)
         self._token_generation = 0
@@ -555,6 +556,8 @@ class HuntressSimulator(ServerBase):
             pagination["next_page_token"] = self._make_token({
                 "k": last.key[0], "s": last.key[1], "f": fp, "t": now,
                 "g": generation, "n": emitted + len(out)})
+        if self.repeat_page_tokens and page_token and pagination:
+            pagination["next_page_token"] = page_token
         return {"logs": logs, "pagination": pagination}
 
     # REST lists ------------------------------------------------------------
