@@ -128,6 +128,11 @@ impl Collector {
             }
         };
         let repairs = self.repair_state(&mut state, now);
+        if !repairs.is_empty() {
+            if let Err(error) = cache.write(&key, &state.encode_position()) {
+                return QueryOutcome { error: Some(HuntressError::Cache(format!("cannot save the repaired checkpoint ({error})"))), ..QueryOutcome::default() };
+            }
+        }
         let template = self.template(query);
         let mut run = QueryRun {
             huntress: &mut self.huntress,

@@ -50,16 +50,23 @@ def test_future_checkpoint_warns_and_collection_resumes(make_check, dd_run_check
     instance.update(max_window_seconds=3600)
     caught_up_once(make_check, dd_run_check, instance)
     edit_position(datadog_agent, lambda p: p.update(checkpoint='2099-01-01T00:00:00Z', cursor=None))
-    events = recent_events(300, seed=51, minutes=1, end_offset_seconds=5)
-    huntress.add_events(events)
     aggregator.reset()
-    dd_run_check(make_check(instance))
+    check = make_check(instance)
+    dd_run_check(check)
     aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.WARNING)
     (message,) = siem_check_messages(aggregator)
     assert 'in the future' in message and '2099-01-01' in message and '"all"' in message
     aggregator.assert_metric_has_tag('huntress.siem.errors', 'error_type:cache')
-    assert_exactly_once(sink, events)
     assert stored_position(datadog_agent)['checkpoint'] < '2099'
+    # Collection goes on from now minus the delay: events from now on arrive.
+    time.sleep(1.5)
+    events = fixtures.siem_events(300, datetime.now(timezone.utc) - timedelta(seconds=0.5), datetime.now(timezone.utc), seed=51)
+    huntress.add_events(events)
+    time.sleep(1.1)  # windows end on whole seconds
+    aggregator.reset()
+    dd_run_check(check)
+    aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.OK)
+    assert_exactly_once(sink, events)
 
 
 def test_inverted_cursor_is_dropped_with_a_warning(make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance):
@@ -153,7 +160,7 @@ def test_repeated_siem_page_token_stops_the_loop_and_loses_nothing(make_check, d
     assert raised and 'same page token twice' in raised
     aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.CRITICAL)
     aggregator.assert_metric_has_tag('huntress.siem.errors', 'error_type:malformed_response')
-    assert huntress.stats['by_path'][SIEM_PATH] == 3  # page 1, page 2, page 2 again: then it stops
+    assert huntress.stats['by_path'][SIEM_PATH] == 2  # page 2 hands out page 1's token again: it stops there
     assert len(sink.logs) == 400
     huntress.repeat_page_tokens = False
     run_until_caught_up(dd_run_check, make_check(instance), sink, len(events), max_runs=5)
@@ -186,11 +193,11 @@ def test_window_larger_than_a_run_whose_tokens_die_between_runs_is_delivered(mak
     2 s and runs are 2.5 s apart. Replaying the window from its first page in
     every run would deliver nothing after the second run; every event must
     arrive, once, within 6 runs."""
-    events = recent_events(14_000, seed=58, minutes=15, end_offset_seconds=70)
+    events = recent_events(14_000, seed=58, minutes=15, end_offset_seconds=60)
     huntress.add_events(events)
     huntress.token_ttl_seconds = 2.0
     huntress.inject('slow:0.05', count=100_000, path=SIEM_PATH)
-    instance.update(max_window_seconds=900, initial_lookback_seconds=16 * 60, run_deadline_seconds=3, enrich_with_org_tags=False)
+    instance.update(max_window_seconds=900, initial_lookback_seconds=16 * 60 + 30, run_deadline_seconds=3, enrich_with_org_tags=False)
     check = make_check(instance)
     delivered_per_run = []
     for run in range(6):
@@ -201,7 +208,7 @@ def test_window_larger_than_a_run_whose_tokens_die_between_runs_is_delivered(mak
         delivered_per_run.append(len(sink.logs) - before)
         if set(sink.uuids()) >= {e['uuid'] for e in events}:
             break
-    assert_exactly_once(sink, events)
+    assert_exactly_once(sink, events), delivered_per_run
     assert delivered_per_run[0] < len(events), f'one run read the whole window: the test proves nothing {delivered_per_run}'
     aggregator.assert_metric_has_tag('huntress.siem.errors', 'error_type:token_expired')
 

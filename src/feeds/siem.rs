@@ -32,6 +32,9 @@ const MAX_PAGE_ROWS: usize = 200;
 /// The share of a run's page capacity a window is planned to fill: densities
 /// vary within a window, and a window that does not fit costs a replay.
 const PLANNED_FILL: f64 = 0.75;
+/// The share a range is cut to after a pass over it could not finish: that pass
+/// saw only a lower bound of its rows.
+const REPLANNED_FILL: f64 = 0.5;
 
 pub struct SiemPage<'a> {
     pub rows: Vec<Row<'a>>,
@@ -130,20 +133,25 @@ pub fn next_window(
 /// The window length that `capacity` pages can read at `events_per_second`
 /// (unknown: 0), on whole seconds, between one second and `max_window`.
 pub fn planned_length(capacity: u64, events_per_second: f64, max_window: ChronoDuration) -> ChronoDuration {
+    length_for(capacity, PLANNED_FILL, events_per_second, max_window)
+}
+
+fn length_for(capacity: u64, fill: f64, events_per_second: f64, max_window: ChronoDuration) -> ChronoDuration {
     if events_per_second <= 0.0 {
         return max_window;
     }
-    let rows = capacity as f64 * MAX_PAGE_ROWS as f64 * PLANNED_FILL;
+    let rows = capacity as f64 * MAX_PAGE_ROWS as f64 * fill;
     let seconds = (rows / events_per_second).floor().clamp(1.0, max_window.num_seconds().max(1) as f64);
     ChronoDuration::seconds(seconds as i64).min(max_window)
 }
 
 /// Ends the cursor's range earlier when, at `events_per_second`, it holds
-/// more rows than `capacity` pages read: a pass over a range must fit in one run,
-/// since its page tokens may not live until the next. False when it already fits.
+/// more rows than half of `capacity` pages read: a pass over a range must fit in
+/// one run, since its page tokens may not live until the next. False when it
+/// already fits.
 pub fn fit(cursor: &mut Cursor, capacity: u64, events_per_second: f64) -> bool {
     let length = cursor.range_end - cursor.range_start;
-    let planned = planned_length(capacity, events_per_second, length);
+    let planned = length_for(capacity, REPLANNED_FILL, events_per_second, length);
     if planned >= length {
         return false;
     }
@@ -603,9 +611,9 @@ mod tests {
     #[test]
     fn a_window_larger_than_a_run_ends_earlier() {
         let mut cursor = Cursor::new(t(1_000), t(1_900));
-        assert!(!fit(&mut cursor, 100, 14_000.0 / 900.0), "70 pages fit in 100");
+        assert!(!fit(&mut cursor, 140, 14_000.0 / 900.0), "70 pages fit in half of 140");
         assert!(fit(&mut cursor, 58, 14_000.0 / 900.0));
-        assert!(cursor.range_end < t(1_900) && cursor.range_end > t(1_400), "{:?}", cursor.range_end);
+        assert!(cursor.range_end < t(1_900) && cursor.range_end > t(1_300), "{:?}", cursor.range_end);
         let mut dense = Cursor::new(t(1_000), t(1_900));
         assert!(fit(&mut dense, 0, 1e9));
         assert_eq!(dense.range_end, t(1_001), "down to one second, never empty");
