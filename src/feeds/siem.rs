@@ -155,11 +155,9 @@ pub fn fit(cursor: &mut Cursor, capacity: u64, events_per_second: f64) -> bool {
     if planned >= length {
         return false;
     }
-    cursor.range_end = whole_second(cursor.range_start + planned);
-    cursor.range_end > cursor.range_start || {
-        cursor.range_end = cursor.range_start + ChronoDuration::seconds(1);
-        true
-    }
+    // At least one second long, so whole_second never empties the range.
+    cursor.range_end = whole_second(cursor.range_start + planned.max(ChronoDuration::seconds(1)));
+    true
 }
 
 /// Halves the cursor's range, down to `MIN_WINDOW_SECONDS`; false when it cannot.
