@@ -121,6 +121,10 @@ pub struct Cursor {
     pub tokens: Vec<u64>,
 }
 
+/// Rows per SIEM page at most.
+const MAX_PAGE_ROWS: u64 = 200;
+/// A density above this (rows per second of event time) in the cache is not one a run measured.
+const MAX_EVENTS_PER_SECOND: f64 = 1e6;
 /// A page token longer than this in the cache is not one the API handed out.
 pub const MAX_TOKEN_CHARS: usize = 8_192;
 /// Token hashes kept per pass; a loop longer than this is caught by the page cap.
@@ -170,6 +174,8 @@ impl Cursor {
             Some("its range ends in the future")
         } else if self.page_token.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_TOKEN_CHARS) {
             Some("its page token is empty or implausibly long")
+        } else if self.rows > u64::from(self.pages_done) * MAX_PAGE_ROWS {
+            Some("it counts more rows than its pages can hold")
         } else {
             None
         }
@@ -232,7 +238,11 @@ impl Learned {
     fn sanitized(self) -> Learned {
         let finite = |v: f64| v.is_finite() && v >= 0.0;
         Learned {
-            events_per_second: if finite(self.events_per_second) { self.events_per_second } else { 0.0 },
+            events_per_second: if finite(self.events_per_second) && self.events_per_second <= MAX_EVENTS_PER_SECOND {
+                self.events_per_second
+            } else {
+                0.0
+            },
             token_expired_after: self.token_expired_after.filter(|v| finite(*v) && *v > 0.0),
         }
     }
@@ -676,6 +686,7 @@ mod tests {
             Cursor::new(at(940_000), at(950_000)),
             Cursor::new(at(950_000), at(2_000_000)),
             Cursor { page_token: Some("x".repeat(MAX_TOKEN_CHARS + 1)), ..Cursor::new(at(950_000), at(950_900)) },
+            Cursor { page_token: Some("t".into()), pages_done: 1, rows: 201, ..Cursor::new(at(950_000), at(950_900)) },
         ];
         for cursor in defects {
             let mut state = QueryState::new(at(950_000), 10);
@@ -698,9 +709,11 @@ mod tests {
         assert!(position.cursor.is_none());
         assert!(position.unreadable_cursor.unwrap().contains("unreadable cursor"));
         assert_eq!(position.checkpoint.to_rfc3339(), "2026-01-01T00:00:00+00:00");
-        let nonsense = r#"{"v":1,"checkpoint":"2026-01-01T00:00:00Z","cursor":null,"events_per_second":-4,"token_expired_after":"x"}"#;
-        let position = QueryState::decode_position(nonsense).unwrap().unwrap();
-        assert_eq!(position.learned, Learned::default());
+        for nonsense in [r#""events_per_second":-4,"token_expired_after":"x""#, r#""events_per_second":1e300,"token_expired_after":-1"#] {
+            let text = format!(r#"{{"v":1,"checkpoint":"2026-01-01T00:00:00Z","cursor":null,{nonsense}}}"#);
+            let position = QueryState::decode_position(&text).unwrap().unwrap();
+            assert_eq!(position.learned, Learned::default(), "{text}");
+        }
     }
 
     #[test]
