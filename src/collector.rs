@@ -91,7 +91,7 @@ impl Collector {
         self.intake.reset_stats();
         let mut rest = RestRun::default();
         if self.wants_orgs() {
-            self.prepare_orgs(cache, deadline, &mut rest, &mut report);
+            self.prepare_orgs(cache, deadline, &mut rest);
         }
 
         let mut failures = 0;
@@ -366,9 +366,11 @@ impl Collector {
 
     /// Loads the cached directory; with none cached, fetches it before the SIEM
     /// queries (a few requests), so the first logs are tagged too.
-    fn prepare_orgs(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
+    fn prepare_orgs(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun) {
         if let Some(warning) = self.orgs.load(cache) {
-            report.log(Level::Warning, warning);
+            // Reported with the REST health: a WARNING on huntress.api.can_connect, counted as a cache error.
+            let error = HuntressError::Cache(warning.clone());
+            rest.healths.push(Health::failed(Feature::Orgs, Status::Warning, warning, &error));
         }
         if self.orgs.directory().is_none() {
             self.refresh_orgs(cache, deadline, Pacing::Wait, rest);

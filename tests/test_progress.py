@@ -144,6 +144,28 @@ def test_future_incident_checkpoint_warns_and_reports_resume(make_check, dd_run_
     assert len(incident_logs) == 3
 
 
+def test_corrupt_organization_cache_is_dropped_with_a_warning(make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance):
+    orgs = fixtures.organizations(3, seed=60)
+    huntress.set_organizations(orgs)
+    caught_up_once(make_check, dd_run_check, instance)
+    (key,) = [k for k in datadog_agent._cache if k.endswith('orgs_directory')]
+    datadog_agent._cache[key] = '{"v": 1, "orgs": [[1, 2'
+    time.sleep(1.1)
+    now = datetime.now(timezone.utc)
+    events = fixtures.siem_events(100, now - timedelta(seconds=0.5), now, seed=60, org_ids=[o['id'] for o in orgs])
+    huntress.add_events(events)
+    time.sleep(1.1)  # windows end on whole seconds
+    aggregator.reset()
+    dd_run_check(make_check(instance))
+    aggregator.assert_service_check('huntress.api.can_connect', AgentCheck.WARNING)
+    message = ' '.join(c.message or '' for c in aggregator.service_checks('huntress.api.can_connect'))
+    assert 'organization cache' in message and 'fetched again' in message
+    aggregator.assert_metric_has_tag('huntress.siem.errors', 'error_type:cache')
+    assert_exactly_once(sink, events)
+    assert all(log.get('huntress_org_name') for log in sink.logs), 'the directory was fetched again'
+    assert json.loads(datadog_agent._cache[key])['v'] == 1
+
+
 # Cycles are detected on SIEM paging
 def test_repeated_siem_page_token_stops_the_loop_and_loses_nothing(make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance):
     events = recent_events(1000, seed=56)
