@@ -148,6 +148,7 @@ impl Collector {
             max_pages: self.config.max_pages_per_run,
             delay: to_chrono(self.config.collection_delay),
             max_window: to_chrono(self.config.max_window),
+            lookback: to_chrono(self.config.initial_lookback),
         };
         let mut outcome = run.collect(&mut state);
         if !repairs.is_empty() {

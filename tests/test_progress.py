@@ -122,6 +122,39 @@ def test_ancient_checkpoint_moves_to_the_reach_of_the_policy(make_check, dd_run_
     assert huntress.stats['by_path'][SIEM_PATH] <= 3
 
 
+def test_range_the_api_no_longer_holds_is_given_up_with_a_warning(make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance):
+    """A checkpoint within the check's reach but past the API's retention: every
+    first page would be refused with a 400, in every run."""
+    caught_up_once(make_check, dd_run_check, instance)
+    three_hours_ago = iso(datetime.now(timezone.utc) - timedelta(hours=3))
+    edit_position(datadog_agent, lambda p: p.update(checkpoint=three_hours_ago, cursor=None))
+    huntress.retention_seconds = 2 * 3600
+    events = recent_events(300, seed=61)
+    huntress.add_events(events)
+    aggregator.reset()
+    dd_run_check(make_check(instance))
+    aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.WARNING)
+    (message,) = siem_check_messages(aggregator)
+    assert 'refused the range from' in message and three_hours_ago in message
+    assert_exactly_once(sink, events)
+
+
+def test_a_refused_query_keeps_its_old_checkpoint(make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance):
+    """The same 400 on the recent range too: the query is at fault, not the age of the range."""
+    caught_up_once(make_check, dd_run_check, instance)
+    three_hours_ago = iso(datetime.now(timezone.utc) - timedelta(hours=3))
+    edit_position(datadog_agent, lambda p: p.update(checkpoint=three_hours_ago, cursor=None))
+    huntress.retention_seconds = 2 * 3600
+    huntress.inject('status:400', count=2)
+    aggregator.reset()
+    try:
+        dd_run_check(make_check(instance))
+    except Exception as error:
+        assert '400' in str(error)
+    aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.CRITICAL)
+    assert stored_position(datadog_agent)['checkpoint'] == three_hours_ago
+
+
 def test_future_incident_checkpoint_warns_and_reports_resume(make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance):
     instance.update(incidents={'enabled': True})
     caught_up_once(make_check, dd_run_check, instance)

@@ -198,6 +198,9 @@ pub struct QueryOutcome {
     pub repeated_tokens: u64,
     /// This run's budget (pages, rate limit, time) could not read another window.
     pub stopped_by_budget: bool,
+    /// The saved position while a refused old range is probed from the look-back.
+    pub probe: Option<(DateTime<Utc>, Option<Cursor>)>,
+    pub probed: bool,
     /// Requests sent for this query, and when the first went: the pace so far.
     pub requests: u64,
     pub started: Option<Instant>,
@@ -258,6 +261,9 @@ pub struct QueryRun<'a> {
     pub max_pages: u32,
     pub delay: ChronoDuration,
     pub max_window: ChronoDuration,
+    /// `initial_lookback_seconds`: a range the API refuses that starts before
+    /// this is tried again from here once (see `probe_recent`).
+    pub lookback: ChronoDuration,
 }
 
 enum Step {
@@ -293,6 +299,11 @@ impl QueryRun<'_> {
                 Step::Continue => {}
                 Step::Stop => break,
             }
+        }
+        if let Some((checkpoint, cursor)) = outcome.probe.take() {
+            // No page of the recent range came back: nothing is proven, the saved position stays.
+            state.checkpoint = checkpoint;
+            state.cursor = cursor;
         }
         self.flush(state, &mut pending, &mut outcome);
         outcome
@@ -342,6 +353,14 @@ impl QueryRun<'_> {
             outcome.lacks_keep = true;
         }
         self.token_survived(&cursor, state);
+        if let Some((refused_from, _)) = outcome.probe.take() {
+            outcome.repairs.push(format!(
+                "the API refused the range from {} while it reads the last initial_lookback_seconds: that range is beyond its reach, and collection resumes from {}",
+                format_time(refused_from),
+                format_time(state.checkpoint)
+            ));
+            *outcome.recovered.entry(ErrorKind::QueryInvalid).or_default() += 1;
+        }
         let rows = page.rows.len() as u64;
         self.prepare(page.rows, state, pending, outcome);
         let mut after = Cursor {
@@ -460,6 +479,13 @@ impl QueryRun<'_> {
 
     /// Errors a query can work around within the same run; others stop it.
     fn recover(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
+        if let Some((checkpoint, cursor)) = outcome.probe.take() {
+            // The recent range failed too: the refusal was not about age. Keep the saved position.
+            state.checkpoint = checkpoint;
+            state.cursor = cursor;
+        } else if self.probe_recent(state, outcome, &error) {
+            return Step::Continue;
+        }
         let resumable = state.cursor.as_ref().is_some_and(|c| c.page_token.is_some());
         if error.kind() == ErrorKind::QueryInvalid && resumable && outcome.token_restarts < u64::from(MAX_RESTARTS_PER_RUN) {
             self.restart_window(state, outcome);
@@ -484,6 +510,24 @@ impl QueryRun<'_> {
                 Step::Stop
             }
         }
+    }
+
+    /// A first page refused (400) for a range older than the look-back may lie
+    /// beyond what the API can still read (its retention), and would be refused in
+    /// every run. Once per run, the query is tried from now minus the look-back
+    /// instead: when that page is served, the old range is given up (a WARNING);
+    /// when it is refused too, the saved position stays and the error stands.
+    fn probe_recent(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: &HuntressError) -> bool {
+        let recent = self.now - self.lookback;
+        let refused_old_range = error.kind() == ErrorKind::QueryInvalid
+            && state.cursor.as_ref().is_some_and(|c| c.page_token.is_none() && c.range_start < recent);
+        if outcome.probed || !refused_old_range {
+            return false;
+        }
+        outcome.probed = true;
+        outcome.probe = Some((state.checkpoint, state.cursor.take()));
+        state.checkpoint = recent;
+        true
     }
 
     /// The page token expired (or was refused): the range is read again from its
