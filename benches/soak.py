@@ -6,7 +6,10 @@ delivered, lost, duplicated, 429s received and wall time.
     .venv/bin/python benches/soak.py [--events 5000] [--only NAME ...] [--skip-ratelimit]
 
 The ratelimit scenario runs at the real limit (60 requests per minute) for about
-three minutes and also prints the sustained events per minute it reached.
+three minutes and also prints the sustained events per minute it reached. The
+token_lifetime scenario, also at the real limit, is a 15-minute window of 70 pages
+(14,000 events) whose page tokens live 30 s, with runs 70 s apart: every event
+must arrive within 6 runs (about 3 to 7 minutes); it prints the runs it took.
 """
 
 import argparse
@@ -198,6 +201,25 @@ def scenario_ratelimit(s):
         s.note = f'sustained {rows_after / minutes:,.0f} events/min after the first minute (ceiling 12,000)'
 
 
+def scenario_token_lifetime(s):
+    """One run cannot read the window (its rate budget holds 60 requests), and its
+    page tokens are dead by the next run."""
+    s.huntress.token_ttl_seconds = 30
+    s.add(backlog(s.events, minutes=15, seed=12, end_offset=60))
+    instance = s.instance(min_collection_interval=70, max_window_seconds=900, initial_lookback_seconds=990)
+    check = HuntressCheck('huntress', {}, [instance])
+    delivered = []
+    for run in range(6):
+        started = time.monotonic()
+        before = len(s.sink.logs)
+        check.run()
+        delivered.append(len(s.sink.logs) - before)
+        if s.expected <= set(s.sink.uuids()):
+            break
+        time.sleep(max(0.0, 70 - (time.monotonic() - started)))
+    s.note = f'{len(delivered)} runs, delivered per run: {delivered}'
+
+
 SCENARIOS = {
     'backlog': scenario_backlog,
     'restarts': scenario_restarts,
@@ -209,7 +231,10 @@ SCENARIOS = {
     'intake_outage': scenario_intake_outage,
     'older_than_18h': scenario_older_than_18h,
     'ratelimit': scenario_ratelimit,
+    'token_lifetime': scenario_token_lifetime,
 }
+# Scenarios at the real rate limit, with their own event counts.
+REAL_LIMIT = {'ratelimit': None, 'token_lifetime': 14_000}
 
 
 def main():
@@ -219,12 +244,12 @@ def main():
     parser.add_argument('--only', nargs='*')
     parser.add_argument('--skip-ratelimit', action='store_true')
     args = parser.parse_args()
-    names = args.only or [n for n in SCENARIOS if not (args.skip_ratelimit and n == 'ratelimit')]
+    names = args.only or [n for n in SCENARIOS if not (args.skip_ratelimit and n in REAL_LIMIT)]
     print(f'{"scenario":<16} {"events":>7} {"delivered":>9} {"lost":>5} {"duplicated":>10} {"429s":>5} {"wall s":>7}')
     failed = False
     for name in names:
-        events = args.ratelimit_events if name == 'ratelimit' else args.events
-        scenario = Scenario(events, rate_limit=60 if name == 'ratelimit' else 1_000_000)
+        events = (REAL_LIMIT[name] or args.ratelimit_events) if name in REAL_LIMIT else args.events
+        scenario = Scenario(events, rate_limit=60 if name in REAL_LIMIT else 1_000_000)
         scenario.note = ''
         started = time.monotonic()
         try:

@@ -114,6 +114,81 @@ pub struct Cursor {
     /// How often the range restarted from its first page (expired tokens).
     #[serde(default)]
     pub restarts: u32,
+    /// Rows read in this pass over the range (since its first page).
+    #[serde(default)]
+    pub rows: u64,
+    /// When the API handed out `page_token`: its age tells how long tokens live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_at: Option<DateTime<Utc>>,
+    /// Hashes of the page tokens of this pass, to stop on one handed out twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<u64>,
+}
+
+/// Rows per SIEM page at most.
+const MAX_PAGE_ROWS: u64 = 200;
+/// A density above this (rows per second of event time) in the cache is not one a run measured.
+const MAX_EVENTS_PER_SECOND: f64 = 1e6;
+/// A page token longer than this in the cache is not one the API handed out.
+pub const MAX_TOKEN_CHARS: usize = 8_192;
+/// Token hashes kept per pass; a loop longer than this is caught by the page cap.
+pub const MAX_TRACKED_TOKENS: usize = 2_000;
+
+impl Cursor {
+    /// A first pass over `range_start..range_end`.
+    pub fn new(range_start: DateTime<Utc>, range_end: DateTime<Utc>) -> Self {
+        Cursor { range_start, range_end, page_token: None, pages_done: 0, restarts: 0, rows: 0, token_at: None, tokens: Vec::new() }
+    }
+
+    /// Starts the range again from its first page.
+    pub fn restart(&mut self) {
+        self.page_token = None;
+        self.pages_done = 0;
+        self.rows = 0;
+        self.token_at = None;
+        self.tokens.clear();
+        self.restarts = self.restarts.saturating_add(1);
+    }
+
+    /// Records the token of the next page; false when this pass already had it
+    /// (the API is looping).
+    pub fn follow(&mut self, token: &str) -> bool {
+        let hash = token_hash(token);
+        if self.tokens.contains(&hash) {
+            return false;
+        }
+        if self.tokens.len() >= MAX_TRACKED_TOKENS {
+            self.tokens.remove(0);
+        }
+        self.tokens.push(hash);
+        true
+    }
+
+    pub fn length_seconds(&self) -> f64 {
+        (self.range_end - self.range_start).num_milliseconds() as f64 / 1000.0
+    }
+
+    /// Why this cursor cannot be resumed from `checkpoint`, if it cannot.
+    fn defect(&self, checkpoint: DateTime<Utc>, now: DateTime<Utc>) -> Option<&'static str> {
+        if self.range_start >= self.range_end {
+            Some("its range is inverted or empty")
+        } else if self.range_start != checkpoint {
+            Some("its range does not start at the checkpoint")
+        } else if self.range_end > now {
+            Some("its range ends in the future")
+        } else if self.page_token.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_TOKEN_CHARS) {
+            Some("its page token is empty or implausibly long")
+        } else if self.rows > u64::from(self.pages_done) * MAX_PAGE_ROWS {
+            Some("it counts more rows than its pages can hold")
+        } else {
+            None
+        }
+    }
+}
+
+fn token_hash(token: &str) -> u64 {
+    let digest = Sha256::digest(token.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,22 +200,160 @@ pub struct QueryState {
     /// The chunk that new ids go to, and the ids it holds.
     pub chunk: usize,
     pub open_chunk: Vec<u64>,
+    pub learned: Learned,
+    /// Why the stored cursor could not be read (it was dropped), for a warning.
+    pub unreadable_cursor: Option<String>,
+}
+
+/// What earlier runs learned about the query, to size the next windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Learned {
+    /// Rows per second of event time, from recent windows (0: unknown).
+    #[serde(default)]
+    pub events_per_second: f64,
+    /// The youngest age, in seconds, at which a page token was found expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expired_after: Option<f64>,
+}
+
+impl Learned {
+    /// A finished pass over a whole window: a denser window counts at once, a
+    /// sparser one halves the estimate, so one quiet window does not undo a burst.
+    pub fn window_read(&mut self, rows: u64, seconds: f64) {
+        if seconds > 0.0 {
+            self.events_per_second = (rows as f64 / seconds).max(self.events_per_second / 2.0);
+        }
+    }
+
+    /// A partial pass: the window holds at least `rows` rows.
+    pub fn at_least(&mut self, rows: u64, seconds: f64) {
+        if seconds > 0.0 {
+            self.events_per_second = self.events_per_second.max(rows as f64 / seconds);
+        }
+    }
+
+    pub fn token_expired_at_age(&mut self, seconds: f64) {
+        if seconds.is_finite() && seconds > 0.0 {
+            self.token_expired_after = Some(self.token_expired_after.map_or(seconds, |known| known.min(seconds)));
+        }
+    }
+
+    /// Values a hand-edited cache could hold that mean nothing.
+    fn sanitized(self) -> Learned {
+        let finite = |v: f64| v.is_finite() && v >= 0.0;
+        Learned {
+            events_per_second: if finite(self.events_per_second) && self.events_per_second <= MAX_EVENTS_PER_SECOND {
+                self.events_per_second
+            } else {
+                0.0
+            },
+            token_expired_after: self.token_expired_after.filter(|v| finite(*v) && *v > 0.0),
+        }
+    }
 }
 
 /// The position as stored: `chunk` is the index of the open id chunk.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct Position {
     v: u32,
     pub checkpoint: DateTime<Utc>,
     pub cursor: Option<Cursor>,
-    #[serde(default)]
     pub chunk: usize,
+    #[serde(flatten)]
+    pub learned: Learned,
+    /// Why the stored cursor could not be read, when it could not (it is dropped).
+    #[serde(skip)]
+    pub unreadable_cursor: Option<String>,
+}
+
+/// The position as read: the cursor is decoded on its own, so that a damaged
+/// cursor costs the window in progress, not the checkpoint.
+#[derive(Deserialize)]
+struct StoredPosition {
+    v: u32,
+    checkpoint: DateTime<Utc>,
+    #[serde(default)]
+    cursor: Option<serde_json::Value>,
+    #[serde(default)]
+    chunk: usize,
+    #[serde(default)]
+    events_per_second: Option<serde_json::Value>,
+    #[serde(default)]
+    token_expired_after: Option<serde_json::Value>,
+}
+
+impl StoredPosition {
+    fn into_position(self) -> Position {
+        let (cursor, unreadable_cursor) = match self.cursor {
+            None | Some(serde_json::Value::Null) => (None, None),
+            Some(raw) => match serde_json::from_value::<Cursor>(raw) {
+                Ok(cursor) => (Some(cursor), None),
+                Err(error) => (None, Some(format!("unreadable cursor ({error})"))),
+            },
+        };
+        let number = |v: Option<serde_json::Value>| v.and_then(|v| v.as_f64());
+        let learned = Learned {
+            events_per_second: number(self.events_per_second).unwrap_or(0.0),
+            token_expired_after: number(self.token_expired_after),
+        }
+        .sanitized();
+        Position { v: self.v, checkpoint: self.checkpoint, cursor, chunk: self.chunk, learned, unreadable_cursor }
+    }
+}
+
+/// The oldest and newest checkpoints a query can resume from.
+pub struct Reach {
+    pub now: DateTime<Utc>,
+    /// Windows end this far behind now (`collection_delay_seconds`).
+    pub delay: chrono::Duration,
+    /// How far back data can still be read and delivered.
+    pub oldest: DateTime<Utc>,
 }
 
 impl QueryState {
     pub fn new(checkpoint: DateTime<Utc>, dedup_capacity: usize) -> Self {
         let capacity = chunk_count(dedup_capacity) * IDS_PER_CHUNK;
-        QueryState { checkpoint, cursor: None, seen: DedupSet::new(capacity), chunk: 0, open_chunk: Vec::new() }
+        QueryState {
+            checkpoint,
+            cursor: None,
+            seen: DedupSet::new(capacity),
+            chunk: 0,
+            open_chunk: Vec::new(),
+            learned: Learned::default(),
+            unreadable_cursor: None,
+        }
+    }
+
+    /// Checks the position against the clock before it is used, and repairs
+    /// what no run could get past: a checkpoint in the future (nothing would be
+    /// read until the clock caught up) goes back to now minus the delay; one older
+    /// than `reach.oldest` goes forward to it; a cursor that cannot be resumed is
+    /// dropped, and its window is read again from the checkpoint (the ids of
+    /// forwarded events drop what was already sent). Returns what was repaired.
+    pub fn repair(&mut self, reach: &Reach) -> Vec<String> {
+        let mut repairs = Vec::new();
+        let found = self.checkpoint;
+        if found > reach.now {
+            let newest = reach.now - reach.delay;
+            self.checkpoint = DateTime::from_timestamp(newest.timestamp(), 0).unwrap_or(newest);
+            repairs.push(format!(
+                "the checkpoint {} is in the future (a clock step, or a restored or edited cache); collection resumes from {}",
+                found.to_rfc3339(),
+                self.checkpoint.to_rfc3339()
+            ));
+        } else if found < reach.oldest {
+            self.checkpoint = reach.oldest;
+            repairs.push(format!(
+                "the checkpoint {} is older than the data the check can still deliver; collection resumes from {}",
+                found.to_rfc3339(),
+                self.checkpoint.to_rfc3339()
+            ));
+        }
+        if let Some(defect) = self.cursor.as_ref().and_then(|c| c.defect(self.checkpoint, reach.now)) {
+            repairs.push(format!("the saved window in progress was dropped ({defect}); its range is read again from the checkpoint"));
+            self.cursor = None;
+        }
+        repairs
     }
 
     /// The state from a stored position and the decoded id chunks, indexed by
@@ -148,6 +361,8 @@ impl QueryState {
     pub fn restore(position: Position, mut chunks: Vec<Vec<u64>>, dedup_capacity: usize) -> QueryState {
         let mut state = QueryState::new(position.checkpoint, dedup_capacity);
         state.cursor = position.cursor;
+        state.learned = position.learned.sanitized();
+        state.unreadable_cursor = position.unreadable_cursor;
         state.chunk = if position.chunk < chunks.len() { position.chunk } else { 0 };
         state.seen.reserve(chunks.iter().map(Vec::len).sum());
         // Oldest chunk first, so that eviction order survives a restart.
@@ -163,7 +378,14 @@ impl QueryState {
     }
 
     pub fn position(&self) -> Position {
-        Position { v: STATE_VERSION, checkpoint: self.checkpoint, cursor: self.cursor.clone(), chunk: self.chunk }
+        Position {
+            v: STATE_VERSION,
+            checkpoint: self.checkpoint,
+            cursor: self.cursor.clone(),
+            chunk: self.chunk,
+            learned: self.learned,
+            unreadable_cursor: None,
+        }
     }
 
     /// The checkpoint and cursor, as stored under `query_key`.
@@ -173,7 +395,9 @@ impl QueryState {
 
     /// `None` for an empty position entry; an error for one that cannot be read.
     pub fn decode_position(text: &str) -> Result<Option<Position>> {
-        decode_entry(text, "checkpoint", STATE_VERSION, |p: &Position| p.v).map_err(HuntressError::Cache)
+        decode_entry(text, "checkpoint", STATE_VERSION, |p: &StoredPosition| p.v)
+            .map(|stored| stored.map(StoredPosition::into_position))
+            .map_err(HuntressError::Cache)
     }
 
     /// Records a forwarded (or deliberately skipped) event.
@@ -200,6 +424,7 @@ impl QueryState {
     /// The window is fully delivered: move the checkpoint to its end.
     pub fn complete_window(&mut self) {
         if let Some(cursor) = self.cursor.take() {
+            self.learned.window_read(cursor.rows, cursor.length_seconds());
             self.checkpoint = self.checkpoint.max(cursor.range_end);
         }
     }
@@ -293,7 +518,7 @@ impl DedupSet {
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(text.trim())
             .map_err(|e| HuntressError::Cache(format!("unreadable dedup ids ({e})")))?;
-        Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect())
+        Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
     }
 }
 
@@ -319,7 +544,7 @@ mod tests {
     #[test]
     fn state_round_trips_with_nanoseconds_and_ids() {
         let mut state = QueryState::new(at(1_780_000_000), 3_000);
-        state.cursor = Some(Cursor { range_start: at(1), range_end: at(2), page_token: Some("t".into()), pages_done: 3, restarts: 0 });
+        state.cursor = Some(Cursor { page_token: Some("t".into()), pages_done: 3, ..Cursor::new(at(1), at(2)) });
         let mut chunks = vec![String::new(); chunk_count(3_000)];
         let mut position = String::new();
         for id in 0..2_500u64 {
@@ -412,7 +637,7 @@ mod tests {
         for id in 0..5_000 {
             state.remember(id);
         }
-        state.cursor = Some(Cursor { range_start: at(100), range_end: at(200), page_token: None, pages_done: 9, restarts: 0 });
+        state.cursor = Some(Cursor { pages_done: 9, ..Cursor::new(at(100), at(200)) });
         state.complete_window();
         assert_eq!(state.checkpoint, at(200));
         assert!(state.cursor.is_none());
@@ -422,9 +647,101 @@ mod tests {
     #[test]
     fn checkpoint_never_moves_back() {
         let mut state = QueryState::new(at(300), 10);
-        state.cursor = Some(Cursor { range_start: at(100), range_end: at(200), page_token: None, pages_done: 1, restarts: 0 });
+        state.cursor = Some(Cursor { pages_done: 1, ..Cursor::new(at(100), at(200)) });
         state.complete_window();
         assert_eq!(state.checkpoint, at(300));
+    }
+
+    fn reach(now: i64) -> Reach {
+        Reach { now: at(now), delay: chrono::Duration::seconds(300), oldest: at(now - 86_400) }
+    }
+
+    #[test]
+    fn a_checkpoint_in_the_future_goes_back_to_now_minus_the_delay() {
+        let mut state = QueryState::new(at(2_000_000), 10);
+        state.cursor = Some(Cursor { page_token: Some("t".into()), ..Cursor::new(at(2_000_000), at(2_000_900)) });
+        let repairs = state.repair(&reach(1_000_000));
+        assert_eq!(state.checkpoint, Utc.timestamp_opt(1_000_000 - 300, 0).unwrap());
+        assert!(state.cursor.is_none());
+        assert!(repairs[0].contains("in the future") && repairs[0].contains(&at(2_000_000).to_rfc3339()), "{repairs:?}");
+        assert!(state.repair(&reach(1_000_000)).is_empty(), "a repaired state needs no repair");
+    }
+
+    #[test]
+    fn a_checkpoint_behind_the_delay_but_not_past_now_is_left_alone() {
+        let mut state = QueryState::new(at(999_900), 10);
+        assert!(state.repair(&reach(1_000_000)).is_empty());
+        assert_eq!(state.checkpoint, at(999_900));
+    }
+
+    #[test]
+    fn a_checkpoint_out_of_reach_moves_forward_to_the_reach() {
+        let mut state = QueryState::new(at(5), 10);
+        let repairs = state.repair(&reach(1_000_000));
+        assert_eq!(state.checkpoint, at(1_000_000 - 86_400));
+        assert!(repairs[0].contains("older than"), "{repairs:?}");
+    }
+
+    #[test]
+    fn cursors_that_cannot_be_resumed_are_dropped() {
+        let defects = [
+            Cursor::new(at(950_000), at(940_000)),
+            Cursor::new(at(950_000), at(950_000)),
+            Cursor::new(at(940_000), at(950_000)),
+            Cursor::new(at(950_000), at(2_000_000)),
+            Cursor { page_token: Some("x".repeat(MAX_TOKEN_CHARS + 1)), ..Cursor::new(at(950_000), at(950_900)) },
+            Cursor { page_token: Some("t".into()), pages_done: 1, rows: 201, ..Cursor::new(at(950_000), at(950_900)) },
+        ];
+        for cursor in defects {
+            let mut state = QueryState::new(at(950_000), 10);
+            state.cursor = Some(cursor.clone());
+            let repairs = state.repair(&reach(1_000_000));
+            assert!(state.cursor.is_none(), "{cursor:?} kept");
+            assert_eq!(state.checkpoint, at(950_000));
+            assert!(repairs[0].contains("dropped"), "{repairs:?}");
+        }
+        let mut fine = QueryState::new(at(950_000), 10);
+        fine.cursor = Some(Cursor { page_token: Some("t".into()), ..Cursor::new(at(950_000), at(950_900)) });
+        assert!(fine.repair(&reach(1_000_000)).is_empty());
+        assert!(fine.cursor.is_some());
+    }
+
+    #[test]
+    fn an_unreadable_cursor_costs_the_window_not_the_checkpoint() {
+        let text = r#"{"v":1,"checkpoint":"2026-01-01T00:00:00Z","cursor":{"range_start":"yesterday"},"chunk":0}"#;
+        let position = QueryState::decode_position(text).unwrap().unwrap();
+        assert!(position.cursor.is_none());
+        assert!(position.unreadable_cursor.unwrap().contains("unreadable cursor"));
+        assert_eq!(position.checkpoint.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        for nonsense in [r#""events_per_second":-4,"token_expired_after":"x""#, r#""events_per_second":1e300,"token_expired_after":-1"#] {
+            let text = format!(r#"{{"v":1,"checkpoint":"2026-01-01T00:00:00Z","cursor":null,{nonsense}}}"#);
+            let position = QueryState::decode_position(&text).unwrap().unwrap();
+            assert_eq!(position.learned, Learned::default(), "{text}");
+        }
+    }
+
+    #[test]
+    fn learned_density_and_token_life_round_trip() {
+        let mut state = QueryState::new(at(100), 10);
+        state.cursor = Some(Cursor { rows: 1_800, ..Cursor::new(at(100), at(1_000)) });
+        state.complete_window();
+        assert_eq!(state.learned.events_per_second, 2.0);
+        state.learned.token_expired_at_age(30.0);
+        state.learned.token_expired_at_age(70.0);
+        let restored = QueryState::restore(QueryState::decode_position(&state.encode_position()).unwrap().unwrap(), vec![Vec::new()], 10);
+        assert_eq!(restored.learned, Learned { events_per_second: 2.0, token_expired_after: Some(30.0) });
+        let mut quiet = restored.learned;
+        quiet.window_read(0, 900.0);
+        assert_eq!(quiet.events_per_second, 1.0, "an empty window halves the estimate");
+    }
+
+    #[test]
+    fn a_pass_notices_a_token_handed_out_twice() {
+        let mut cursor = Cursor::new(at(0), at(10));
+        assert!(cursor.follow("a") && cursor.follow("b"));
+        assert!(!cursor.follow("a"));
+        cursor.restart();
+        assert!(cursor.follow("a"), "a new pass starts a new chain");
     }
 
     #[test]

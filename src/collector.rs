@@ -25,8 +25,8 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Value;
 
 use crate::boundary::PanicPoint;
-use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState};
-use crate::config::{AgentContext, Config, IncidentsConfig, LogQuery};
+use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState, Reach};
+use crate::config::{AgentContext, Config, IncidentsConfig, LogQuery, StalePolicy};
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
@@ -46,6 +46,11 @@ use crate::feeds::siem::{QueryOutcome, QueryRun};
 use crate::datadog::transform::LogTemplate;
 
 pub const SIEM_SERVICE_CHECK: &str = "huntress.siem.can_connect";
+/// A checkpoint older than this moves forward under `stale_log_policy: skip`:
+/// the intake's 18 h limit.
+const STALE_REACH_SECONDS: i64 = 18 * 3600;
+/// ... and under `rewrite_date`: the longest `initial_lookback_seconds` allowed.
+const MAX_BACKLOG_SECONDS: i64 = 7 * 24 * 3600;
 pub const API_SERVICE_CHECK: &str = "huntress.api.can_connect";
 
 /// What the REST features (orgs, incidents, agents) did in one run.
@@ -109,7 +114,7 @@ impl Collector {
         self.intake.reset_stats();
         let mut rest = RestRun::default();
         if self.wants_orgs() {
-            self.prepare_orgs(cache, deadline, &mut rest, &mut report);
+            self.prepare_orgs(cache, deadline, &mut rest);
         }
         self.run_soc_feeds(cache, deadline, &mut rest, &mut report);
 
@@ -163,6 +168,12 @@ impl Collector {
                 return QueryOutcome { error: Some(error), ..QueryOutcome::default() };
             }
         };
+        let repairs = self.repair_state(&mut state, now);
+        if !repairs.is_empty() {
+            if let Err(error) = cache.write(&key, &state.encode_position()) {
+                return QueryOutcome { error: Some(HuntressError::Cache(format!("cannot save the repaired checkpoint ({error})"))), ..QueryOutcome::default() };
+            }
+        }
         let template = self.template(query);
         let mut run = QueryRun {
             huntress: &mut self.huntress,
@@ -180,8 +191,13 @@ impl Collector {
             max_pages: self.config.max_pages_per_run,
             delay: to_chrono(self.config.collection_delay),
             max_window: to_chrono(self.config.max_window),
+            lookback: to_chrono(self.config.initial_lookback),
         };
-        let outcome = run.collect(&mut state);
+        let mut outcome = run.collect(&mut state);
+        if !repairs.is_empty() {
+            *outcome.recovered.entry(ErrorKind::Cache).or_default() += repairs.len() as u64;
+            outcome.repairs = repairs;
+        }
         let tags = self.query_tags(query);
         let lag = (Utc::now() - state.checkpoint).num_milliseconds() as f64 / 1000.0;
         report.gauge("huntress.siem.checkpoint_lag_seconds", lag.max(0.0), &tags);
@@ -222,6 +238,30 @@ impl Collector {
         }
     }
 
+    /// Checks the loaded position against the clock and the reach of the data
+    /// (see `reach_seconds`); what was repaired, for a WARNING.
+    fn repair_state(&self, state: &mut QueryState, now: chrono::DateTime<Utc>) -> Vec<String> {
+        let reach = Reach { now, delay: to_chrono(self.config.collection_delay), oldest: now - ChronoDuration::seconds(self.reach_seconds()) };
+        let mut repairs = state.repair(&reach);
+        if let Some(why) = state.unreadable_cursor.take() {
+            repairs.push(format!("the saved window in progress was dropped ({why}); its range is read again from the checkpoint"));
+        }
+        repairs
+    }
+
+    /// How far back a checkpoint may lie. With `skip`, events older than the
+    /// intake's 18 h are not sent, so reading them only spends the rate budget;
+    /// with `rewrite_date` every event is sent, back to the longest allowed
+    /// look-back. Never less than `initial_lookback_seconds`.
+    fn reach_seconds(&self) -> i64 {
+        let lookback = i64::try_from(self.config.initial_lookback.as_secs()).unwrap_or(i64::MAX);
+        let reach = match self.config.stale_policy {
+            StalePolicy::Skip => STALE_REACH_SECONDS,
+            StalePolicy::RewriteDate => MAX_BACKLOG_SECONDS,
+        };
+        reach.max(lookback)
+    }
+
     fn template(&self, query: &LogQuery) -> LogTemplate {
         let tags: Vec<String> = self.query_tags(query).into_iter().chain(query.tags.iter().cloned()).collect();
         LogTemplate {
@@ -255,7 +295,7 @@ impl Collector {
     fn query_status(&mut self, query: &LogQuery, outcome: &QueryOutcome, report: &mut Report) -> (Status, Option<String>) {
         let name = &query.name;
         if let Some(error) = &outcome.error {
-            let message = format!("query {name:?}: {error}");
+            let message = std::iter::once(format!("query {name:?}: {error}")).chain(outcome.repairs.iter().cloned()).collect::<Vec<_>>().join("; ");
             report.log(Level::Error, message.clone());
             return (Status::Critical, Some(message));
         }
@@ -279,12 +319,18 @@ impl Collector {
         if outcome.truncated > 0 {
             warnings.push(format!("query {name:?}: {} logs over 1 MB were truncated", outcome.truncated));
         }
+        for repair in &outcome.repairs {
+            warnings.push(format!("query {name:?}: {repair}"));
+        }
         if outcome.token_restarts > 0 {
             warnings.push(format!("query {name:?}: an expired page token restarted the window {} time(s)", outcome.token_restarts));
         }
         if let Some(reason) = &self.intake.stats.last_rejection {
             let rejected = self.intake.stats.rejected;
             warnings.push(format!("{rejected} logs were refused by the intake even alone, and dropped: {reason}"));
+        }
+        if outcome.stopped_by_budget {
+            report.log(Level::Info, format!("query {name:?}: this run's pages, rate budget or time cannot read another window; the next run continues"));
         }
         if outcome.stopped_by_deadline {
             report.log(Level::Info, format!("query {name:?}: run deadline reached; the next run resumes from the saved cursor"));
@@ -379,9 +425,11 @@ impl Collector {
 
     /// Loads the cached directory; with none cached, fetches it before the SIEM
     /// queries (a few requests), so the first logs are tagged too.
-    fn prepare_orgs(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun, report: &mut Report) {
+    fn prepare_orgs(&mut self, cache: &mut dyn Cache, deadline: Deadline, rest: &mut RestRun) {
         if let Some(warning) = self.orgs.load(cache) {
-            report.log(Level::Warning, warning);
+            // Reported with the REST health: a WARNING on huntress.api.can_connect, counted as a cache error.
+            let error = HuntressError::Cache(warning.clone());
+            rest.healths.push(Health::failed(Feature::Orgs, Status::Warning, warning, &error));
         }
         if self.orgs.directory().is_none() {
             self.refresh_orgs(cache, deadline, Pacing::Wait, rest);

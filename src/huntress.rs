@@ -97,6 +97,12 @@ impl HuntressClient {
         self.budget.free_slots()
     }
 
+    /// Requests that could be sent before `until` with no pause longer than
+    /// `max_gap` (see `RateBudget::slots_before`).
+    pub fn slots_before(&self, until: std::time::Instant, max_gap: Option<Duration>) -> u32 {
+        self.budget.slots_before(until, max_gap)
+    }
+
     /// The per-minute limit, as the server last reported it.
     pub fn rate_limit(&self) -> u32 {
         self.budget.limit()

@@ -169,6 +169,35 @@ impl RateBudget {
         state.prune(Instant::now());
         state.limit.saturating_sub(state.used)
     }
+
+    /// How many requests could be sent from now until `until`, one after the
+    /// other, without ever pausing longer than `max_gap` for a slot (a page token
+    /// that outlives no such pause). Takes nothing and never blocks. Counts only
+    /// the slots that requests already in the window free up.
+    pub fn slots_before(&self, until: Instant, max_gap: Option<Duration>) -> u32 {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.prune(now);
+        let limit = state.limit;
+        let mut used = state.used;
+        let mut slots = limit.saturating_sub(used);
+        let mut last = now;
+        for sent in &state.sent {
+            let opens = sent.at + state.window + MARGIN;
+            if opens > until || max_gap.is_some_and(|gap| opens.saturating_duration_since(last) > gap) {
+                break;
+            }
+            // Requests beyond the limit (other clients) free nothing until the count drops below it.
+            let free_before = limit.saturating_sub(used);
+            used = used.saturating_sub(sent.count);
+            let freed = limit.saturating_sub(used) - free_before;
+            if freed > 0 {
+                slots += freed;
+                last = last.max(opens);
+            }
+        }
+        slots
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +290,19 @@ mod tests {
         assert_eq!(budget.free_slots(), 3);
         budget.observe(Some(3), Some(1));
         assert_eq!(budget.free_slots(), 1, "requests by other clients of the key count too");
+    }
+
+    #[test]
+    fn slots_before_counts_what_frees_up_in_time_and_without_long_pauses() {
+        let budget = RateBudget::new(3, Duration::from_millis(300));
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(budget.slots_before(far, None), 3);
+        for _ in 0..3 {
+            budget.acquire(far).unwrap();
+        }
+        assert_eq!(budget.slots_before(Instant::now() + Duration::from_millis(50), None), 0);
+        assert_eq!(budget.slots_before(far, None), 3, "the three slots free up before the deadline");
+        assert_eq!(budget.slots_before(far, Some(Duration::from_millis(100))), 0, "but only after a pause longer than a token lives");
     }
 
     #[test]

@@ -435,4 +435,17 @@ mod tests {
         assert_eq!(report.events.len(), 1);
         assert_eq!(report.events[0].alert_type, "success");
     }
+
+    #[test]
+    fn a_checkpoint_in_the_future_is_read_again_from_the_lookback() {
+        let mut cache = MemoryCache::default();
+        cache.0.insert(INCIDENTS_KEY.into(), IncidentState::new(at(NOW + 86_400 * 365)).encode());
+        let reports = vec![incident(3, NOW - 60, "sent", "high")];
+        let mut sink = FakeSink { accept: true, sent: 0 };
+        let (report, health) = run_once(&reports, &[], &mut sink, &mut cache);
+        assert_eq!(health.status, Status::Warning);
+        assert!(health.message.unwrap().contains("in the future"));
+        assert_eq!(report.events.len(), 1, "the report changed before the bad checkpoint is forwarded");
+        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
+    }
 }

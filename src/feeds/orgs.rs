@@ -388,7 +388,8 @@ impl Orgs {
     pub fn due(&self, now: DateTime<Utc>) -> bool {
         match &self.directory {
             None => true,
-            Some(d) => (now - d.fetched_at).to_std().is_ok_and(|age| age >= self.ttl) || self.ttl.is_zero(),
+            // A fetch time in the future (clock step, edited cache) is due too, or it never would be.
+            Some(d) => (now - d.fetched_at).to_std().map_or(true, |age| age >= self.ttl) || self.ttl.is_zero(),
         }
     }
 
@@ -623,5 +624,20 @@ mod tests {
         assert_eq!(d.len(), 4, "organizations the cut listing did not reach are kept");
         assert_eq!(d.get("101").unwrap().name, "Acme Dental Group");
         assert!(!d.complete);
+    }
+
+    #[test]
+    fn a_directory_fetched_in_the_future_is_due_and_a_corrupt_one_is_refetched() {
+        let mut orgs = Orgs::new(Duration::from_secs(3600));
+        orgs.directory = Some(directory());
+        assert!(orgs.due(at(500)), "fetched after now: a clock step or an edited cache");
+        assert!(!orgs.due(at(1_500)));
+        for corrupt in ["{", "[]", r#"{"v":1,"fetched_at":"soon"}"#, "\u{0}"] {
+            let mut cache = MemoryCache::default();
+            cache.0.insert(ORGS_KEY.into(), corrupt.into());
+            let mut fresh = Orgs::new(Duration::from_secs(3600));
+            assert!(fresh.load(&mut cache).unwrap().contains("fetched again"), "{corrupt}");
+            assert!(fresh.directory().is_none() && fresh.due(at(1_000)));
+        }
     }
 }

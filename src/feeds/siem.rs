@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasherDefault;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde::Deserialize;
@@ -29,6 +30,12 @@ const MAX_RESTARTS_PER_RUN: u32 = 3;
 const MAX_SHAPE_RETRIES: u32 = 2;
 /// Huntress returns at most this many rows per page.
 const MAX_PAGE_ROWS: usize = 200;
+/// The share of a run's page capacity a window is planned to fill: densities
+/// vary within a window, and a window that does not fit costs a replay.
+const PLANNED_FILL: f64 = 0.75;
+/// The share a range is cut to after a pass over it could not finish: that pass
+/// saw only a lower bound of its rows.
+const REPLANNED_FILL: f64 = 0.5;
 
 pub struct SiemPage<'a> {
     pub rows: Vec<Row<'a>>,
@@ -123,7 +130,37 @@ pub fn next_window(
     if limit <= checkpoint {
         return None;
     }
-    Some((checkpoint, limit.min(checkpoint + max_window)))
+    Some((checkpoint, checkpoint.checked_add_signed(max_window).map_or(limit, |end| end.min(limit))))
+}
+
+/// The window length that `capacity` pages can read at `events_per_second`
+/// (unknown: 0), on whole seconds, between one second and `max_window`.
+pub fn planned_length(capacity: u64, events_per_second: f64, max_window: ChronoDuration) -> ChronoDuration {
+    length_for(capacity, PLANNED_FILL, events_per_second, max_window)
+}
+
+fn length_for(capacity: u64, fill: f64, events_per_second: f64, max_window: ChronoDuration) -> ChronoDuration {
+    if events_per_second <= 0.0 {
+        return max_window;
+    }
+    let rows = capacity as f64 * MAX_PAGE_ROWS as f64 * fill;
+    let seconds = (rows / events_per_second).floor().clamp(1.0, max_window.num_seconds().max(1) as f64);
+    ChronoDuration::seconds(seconds as i64).min(max_window)
+}
+
+/// Ends the cursor's range earlier when, at `events_per_second`, it holds
+/// more rows than half of `capacity` pages read: a pass over a range must fit in
+/// one run, since its page tokens may not live until the next. False when it
+/// already fits.
+pub fn fit(cursor: &mut Cursor, capacity: u64, events_per_second: f64) -> bool {
+    let length = cursor.range_end - cursor.range_start;
+    let planned = length_for(capacity, REPLANNED_FILL, events_per_second, length);
+    if planned >= length {
+        return false;
+    }
+    // At least one second long, so whole_second never empties the range.
+    cursor.range_end = whole_second(cursor.range_start + planned.max(ChronoDuration::seconds(1)));
+    true
 }
 
 /// Halves the cursor's range, down to `MIN_WINDOW_SECONDS`; false when it cannot.
@@ -158,6 +195,18 @@ pub struct QueryOutcome {
     pub stopped_by_deadline: bool,
     pub token_restarts: u64,
     pub window_shrinks: u64,
+    /// What was wrong with the saved state and was repaired before the run.
+    pub repairs: Vec<String>,
+    /// Windows stopped because the API handed out a page token twice.
+    pub repeated_tokens: u64,
+    /// This run's budget (pages, rate limit, time) could not read another window.
+    pub stopped_by_budget: bool,
+    /// The saved position while a refused old range is probed from the look-back.
+    pub probe: Option<(DateTime<Utc>, Option<Cursor>)>,
+    pub probed: bool,
+    /// Requests sent for this query, and when the first went: the pace so far.
+    pub requests: u64,
+    pub started: Option<Instant>,
     pub error: Option<HuntressError>,
     /// Malformed pages in a row, for the bounded refetch.
     pub malformed_streak: u32,
@@ -218,6 +267,9 @@ pub struct QueryRun<'a> {
     pub max_pages: u32,
     pub delay: ChronoDuration,
     pub max_window: ChronoDuration,
+    /// `initial_lookback_seconds`: a range the API refuses that starts before
+    /// this is tried again from here once (see `probe_recent`).
+    pub lookback: ChronoDuration,
 }
 
 enum Step {
@@ -227,7 +279,7 @@ enum Step {
 
 impl QueryRun<'_> {
     pub fn collect(&mut self, state: &mut QueryState) -> QueryOutcome {
-        let mut outcome = QueryOutcome::default();
+        let mut outcome = QueryOutcome { started: Some(Instant::now()), ..QueryOutcome::default() };
         let mut pending = Pending::default();
         while outcome.error.is_none() {
             if outcome.pages >= u64::from(self.max_pages) {
@@ -238,10 +290,14 @@ impl QueryRun<'_> {
                 break;
             }
             if state.cursor.is_none() {
-                match next_window(state.checkpoint, self.now, self.delay, self.max_window) {
-                    Some((range_start, range_end)) => {
-                        state.cursor = Some(Cursor { range_start, range_end, page_token: None, pages_done: 0, restarts: 0 })
-                    }
+                let capacity = self.page_capacity(state, &outcome);
+                if capacity == 0 {
+                    outcome.stopped_by_budget = true;
+                    break;
+                }
+                let length = planned_length(capacity, state.learned.events_per_second, self.max_window);
+                match next_window(state.checkpoint, self.now, self.delay, length) {
+                    Some((range_start, range_end)) => state.cursor = Some(Cursor::new(range_start, range_end)),
                     None => break,
                 }
             }
@@ -250,12 +306,38 @@ impl QueryRun<'_> {
                 Step::Stop => break,
             }
         }
+        if let Some((checkpoint, cursor)) = outcome.probe.take() {
+            // No page of the recent range came back: nothing is proven, the saved position stays.
+            state.checkpoint = checkpoint;
+            state.cursor = cursor;
+        }
         self.flush(state, &mut pending, &mut outcome);
         outcome
     }
 
+    /// Pages this query can still read in this run, in one pass: within the
+    /// page cap, within the rate budget before the deadline (with no pause for a
+    /// slot that a page token is known not to outlive), and within the time left
+    /// at the pace of this run's requests so far.
+    fn page_capacity(&self, state: &QueryState, outcome: &QueryOutcome) -> u64 {
+        let by_cap = u64::from(self.max_pages).saturating_sub(outcome.pages);
+        let max_gap = state.learned.token_expired_after.map(|seconds| Duration::from_secs_f64(seconds / 2.0));
+        let by_budget = u64::from(self.huntress.slots_before(self.deadline.0, max_gap));
+        let by_time = match outcome.started {
+            Some(started) if outcome.requests > 0 => {
+                let pace = started.elapsed().as_secs_f64() / outcome.requests as f64;
+                (self.deadline.remaining().as_secs_f64() / pace.max(1e-3)) as u64
+            }
+            _ => u64::MAX,
+        };
+        by_cap.min(by_budget).min(by_time)
+    }
+
     fn step(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> Step {
-        let cursor = pending.cursor().or(state.cursor.as_ref()).cloned().expect("a window is planned before each step");
+        let Some(cursor) = pending.cursor().or(state.cursor.as_ref()).cloned() else {
+            return Step::Stop;
+        };
+        outcome.requests += 1;
         let body = match self.fetch(&cursor) {
             Ok(body) => body,
             Err(error) => {
@@ -276,10 +358,30 @@ impl QueryRun<'_> {
         if page.rows.first().is_some_and(transform::lacks_keep) {
             outcome.lacks_keep = true;
         }
+        self.token_survived(&cursor, state);
+        if let Some((refused_from, _)) = outcome.probe.take() {
+            outcome.repairs.push(format!(
+                "the API refused the range from {} while it reads the last initial_lookback_seconds: that range is beyond its reach, and collection resumes from {}",
+                format_time(refused_from),
+                format_time(state.checkpoint)
+            ));
+            *outcome.recovered.entry(ErrorKind::QueryInvalid).or_default() += 1;
+        }
+        let rows = page.rows.len() as u64;
         self.prepare(page.rows, state, pending, outcome);
-        let after = Cursor { page_token: page.next_page_token, pages_done: cursor.pages_done + 1, ..cursor };
+        let mut after = Cursor {
+            page_token: page.next_page_token,
+            pages_done: cursor.pages_done.saturating_add(1),
+            rows: cursor.rows.saturating_add(rows),
+            token_at: Some(Utc::now()),
+            ..cursor
+        };
+        let repeated = after.page_token.clone().is_some_and(|token| !after.follow(&token));
         let closes_window = after.page_token.is_none();
         pending.pages.push(PageMark { end: pending.logs.len(), cursor: after });
+        if repeated {
+            return self.stop_on_repeated_token(state, pending, outcome);
+        }
         if (closes_window || pending.is_full()) && !self.flush(state, pending, outcome) {
             return Step::Stop;
         }
@@ -307,6 +409,8 @@ impl QueryRun<'_> {
             state.cursor = Some(mark.cursor.clone());
             if mark.cursor.page_token.is_none() {
                 state.complete_window();
+            } else {
+                state.learned.at_least(mark.cursor.rows, mark.cursor.length_seconds());
             }
         }
         pending.clear();
@@ -350,26 +454,62 @@ impl QueryRun<'_> {
         self.huntress.post_for_bytes(Feature::Siem, QUERY_PATH, &body, &self.deadline)
     }
 
+    /// The API handed out a page token it had handed out before in this pass:
+    /// following it would loop. What was read is delivered; then the window is
+    /// halved and read again from its first page by the next run (the ids drop what
+    /// was sent), in case the loop belongs to this range. A window too short to
+    /// halve is ended at the last new page: its rows past the loop cannot be read.
+    fn stop_on_repeated_token(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> Step {
+        outcome.repeated_tokens += 1;
+        if !self.flush(state, pending, outcome) {
+            return Step::Stop;
+        }
+        let mut ended = false;
+        if let Some(cursor) = state.cursor.as_mut() {
+            if shrink(cursor) {
+                cursor.restart();
+            } else {
+                cursor.page_token = None;
+                ended = true;
+            }
+        }
+        if ended {
+            state.complete_window();
+        }
+        self.save(state, outcome);
+        let what = if ended { "the window was ended at the last new page" } else { "the next run reads the first half of the window again" };
+        outcome.error.get_or_insert(malformed(format!("the API handed out the same page token twice within one window; stopped paging to avoid a loop, and {what}")));
+        Step::Stop
+    }
+
+    /// A token that worked after a pause longer than the age at which one was
+    /// found expired: that expiry was not about age.
+    fn token_survived(&self, cursor: &Cursor, state: &mut QueryState) {
+        let (Some(issued), Some(bound)) = (cursor.token_at, state.learned.token_expired_after) else { return };
+        if cursor.page_token.is_some() && (Utc::now() - issued).num_milliseconds() as f64 / 1000.0 > bound {
+            state.learned.token_expired_after = None;
+        }
+    }
+
     /// Errors a query can work around within the same run; others stop it.
     fn recover(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
-        let cursor = state.cursor.as_mut().expect("cursor present");
+        if let Some((checkpoint, cursor)) = outcome.probe.take() {
+            // The recent range failed too: the refusal was not about age. Keep the saved position.
+            state.checkpoint = checkpoint;
+            state.cursor = cursor;
+        } else if self.probe_recent(state, outcome, &error) {
+            return Step::Continue;
+        }
+        let resumable = state.cursor.as_ref().is_some_and(|c| c.page_token.is_some());
+        if error.kind() == ErrorKind::QueryInvalid && resumable && outcome.token_restarts < u64::from(MAX_RESTARTS_PER_RUN) {
+            self.restart_window(state, outcome);
+            return Step::Continue;
+        }
+        let Some(cursor) = state.cursor.as_mut() else {
+            outcome.error = Some(error);
+            return Step::Stop;
+        };
         match error.kind() {
-            ErrorKind::QueryInvalid if cursor.page_token.is_some() && outcome.token_restarts < u64::from(MAX_RESTARTS_PER_RUN) => {
-                // The token expired (or was refused): replay the range; the dedup set
-                // drops what was already sent. A replay that cannot even get back to
-                // where it was within this run's page budget would start over every
-                // run, so the range is halved until it fits.
-                let pages_left = u64::from(self.max_pages).saturating_sub(outcome.pages);
-                if u64::from(cursor.pages_done) >= pages_left {
-                    shrink(cursor);
-                }
-                cursor.page_token = None;
-                cursor.pages_done = 0;
-                cursor.restarts += 1;
-                outcome.token_restarts += 1;
-                *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
-                Step::Continue
-            }
             ErrorKind::QueryTooLarge | ErrorKind::QueryTimeout if cursor.page_token.is_none() && shrink(cursor) => {
                 outcome.window_shrinks += 1;
                 *outcome.recovered.entry(error.kind()).or_default() += 1;
@@ -384,6 +524,46 @@ impl QueryRun<'_> {
                 Step::Stop
             }
         }
+    }
+
+    /// A first page refused (400) for a range older than the look-back may lie
+    /// beyond what the API can still read (its retention), and would be refused in
+    /// every run. Once per run, the query is tried from now minus the look-back
+    /// instead: when that page is served, the old range is given up (a WARNING);
+    /// when it is refused too, the saved position stays and the error stands.
+    fn probe_recent(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: &HuntressError) -> bool {
+        let recent = self.now - self.lookback;
+        let refused_old_range = error.kind() == ErrorKind::QueryInvalid
+            && state.cursor.as_ref().is_some_and(|c| c.page_token.is_none() && c.range_start < recent);
+        if outcome.probed || !refused_old_range {
+            return false;
+        }
+        outcome.probed = true;
+        outcome.probe = Some((state.checkpoint, state.cursor.take()));
+        state.checkpoint = recent;
+        true
+    }
+
+    /// The page token expired (or was refused): the range is read again from its
+    /// first page, and the ids drop what was already sent. What the pass so far
+    /// showed (rows, the token's age) is learned first, and the range ends early
+    /// when this run cannot read it whole: a pass that cannot finish within one
+    /// run would start over in every run.
+    fn restart_window(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) {
+        let Some(cursor) = state.cursor.as_mut() else { return };
+        if let Some(issued) = cursor.token_at {
+            state.learned.token_expired_at_age((Utc::now() - issued).num_milliseconds() as f64 / 1000.0);
+        }
+        state.learned.at_least(cursor.rows, cursor.length_seconds());
+        cursor.restart();
+        let capacity = self.page_capacity(state, outcome);
+        if let Some(cursor) = state.cursor.as_mut() {
+            if fit(cursor, capacity, state.learned.events_per_second) {
+                outcome.window_shrinks += 1;
+            }
+        }
+        outcome.token_restarts += 1;
+        *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
     }
 
     fn prepare(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
@@ -489,12 +669,35 @@ mod tests {
 
     #[test]
     fn windows_halve_down_to_a_floor() {
-        let mut cursor = Cursor { range_start: t(1_000), range_end: t(1_900), page_token: None, pages_done: 0, restarts: 0 };
+        let mut cursor = Cursor::new(t(1_000), t(1_900));
         assert!(shrink(&mut cursor));
         assert_eq!(cursor.range_end, t(1_450));
         let mut small = Cursor { range_end: t(1_015), ..cursor.clone() };
         assert!(!shrink(&mut small));
         assert_eq!(small.range_end, t(1_015));
+    }
+
+    #[test]
+    fn windows_are_planned_to_fit_the_pages_a_run_can_read() {
+        let cap = ChronoDuration::seconds(900);
+        assert_eq!(planned_length(58, 0.0, cap), cap, "unknown density: the longest window");
+        // 14,000 events in 15 minutes, 58 pages left: 58 * 200 * 0.75 rows.
+        let density = 14_000.0 / 900.0;
+        let planned = planned_length(58, density, cap).num_seconds();
+        assert!(planned * 14_000 / 900 <= 58 * 200 && planned > 400, "{planned}");
+        assert_eq!(planned_length(0, density, cap), ChronoDuration::seconds(1), "never shorter than a second");
+        assert_eq!(planned_length(1_000, 0.001, cap), cap);
+    }
+
+    #[test]
+    fn a_window_larger_than_a_run_ends_earlier() {
+        let mut cursor = Cursor::new(t(1_000), t(1_900));
+        assert!(!fit(&mut cursor, 140, 14_000.0 / 900.0), "70 pages fit in half of 140");
+        assert!(fit(&mut cursor, 58, 14_000.0 / 900.0));
+        assert!(cursor.range_end < t(1_900) && cursor.range_end > t(1_300), "{:?}", cursor.range_end);
+        let mut dense = Cursor::new(t(1_000), t(1_900));
+        assert!(fit(&mut dense, 0, 1e9));
+        assert_eq!(dense.range_end, t(1_001), "down to one second, never empty");
     }
 
     #[test]

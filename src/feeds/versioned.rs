@@ -238,6 +238,17 @@ impl VersionedState {
     pub fn load(cache: &mut dyn Cache, key: &str, what: &str, now: DateTime<Utc>, lookback: Duration, warnings: &mut Vec<String>) -> Self {
         let fresh = || VersionedState::new(now - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::zero()));
         match cache.read(key).map_err(|e| format!("cannot read the {what} ({e})")).and_then(|t| VersionedState::decode(&t, what)) {
+            Ok(Some(state)) if state.checkpoint > now => {
+                // Nothing changes after now: from a future checkpoint every scan would stop at
+                // once. The look-back is read again; the known versions drop what was sent.
+                let fresh = fresh();
+                warnings.push(format!(
+                    "the {what} {} is in the future (a clock step, or a restored or edited cache); items are read again from {}",
+                    state.checkpoint.to_rfc3339(),
+                    fresh.checkpoint.to_rfc3339()
+                ));
+                VersionedState { checkpoint: fresh.checkpoint, ..state }
+            }
             Ok(Some(state)) => state,
             Ok(None) => fresh(),
             Err(message) => {

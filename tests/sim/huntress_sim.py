@@ -167,6 +167,8 @@ class HuntressSimulator(ServerBase):
         self.siem_enabled = True      # False -> POST /v1/siem/query answers 404
         self.null_columns = True      # KEEP columns missing in a row come back as null
         self.siem_raw_page = None     # bytes -> every SIEM query answers 200 with exactly these bytes
+        self.repeat_page_tokens = False  # True -> a SIEM page read with a token hands the same token out again
+        self.retention_seconds = None  # a number -> a SIEM range starting earlier than that far back answers 400
         self._lock = threading.RLock()
         self._secret = os.urandom(16)
         self._token_generation = 0
@@ -579,6 +581,8 @@ class HuntressSimulator(ServerBase):
             raise _ApiError(400, f"range_start/range_end must be ISO 8601 with a time zone: {e}") from None
         if rs_ns > re_ns:
             raise _ApiError(400, "range_start must not be after range_end")
+        if self.retention_seconds is not None and rs_ns < (self.clock() - self.retention_seconds) * 1e9:
+            raise _ApiError(400, "range_start is older than the retention period")
         try:
             q = _esql.parse(esql)
         except _esql.QueryError as e:
@@ -630,6 +634,8 @@ class HuntressSimulator(ServerBase):
             pagination["next_page_token"] = self._make_token({
                 "k": last.key[0], "s": last.key[1], "f": fp, "t": now,
                 "g": generation, "n": emitted + len(out)})
+        if self.repeat_page_tokens and page_token and pagination:
+            pagination["next_page_token"] = page_token
         return {"logs": logs, "pagination": pagination}
 
     # REST lists ------------------------------------------------------------
