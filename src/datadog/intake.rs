@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure};
 use crate::huntress::short_reqwest;
+use crate::datadog::compression::Encoding;
 use crate::datadog::transform::PreparedLog;
 
 pub const MAX_BATCH_LOGS: usize = 1000;
@@ -39,6 +40,7 @@ pub struct IntakeClient {
     http: HttpClient,
     url: String,
     api_key: HeaderValue,
+    encoding: Encoding,
     pub stats: IntakeStats,
 }
 
@@ -57,6 +59,7 @@ impl IntakeClient {
             http: HttpClient::new(config)?,
             url: config.intake_url.clone(),
             api_key,
+            encoding: config.encoding,
             stats: IntakeStats::default(),
         })
     }
@@ -97,18 +100,18 @@ impl IntakeClient {
     }
 
     fn post_batch(&mut self, logs: &LogBuffer, range: Range<usize>, deadline: &Deadline) -> Result<BatchOutcome> {
-        let body = gzip_json_array(logs.joined(range.clone()))
-            .map_err(|e| HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot gzip a batch ({e})")))?;
+        let body = self.encoding.encode_json_array(logs.joined(range.clone())).map_err(|e| {
+            HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot compress a batch with {} ({e})", self.encoding.describe()))
+        })?;
         let body = Bytes::from(body);
         let mut attempt = 0;
         loop {
             self.stats.requests += 1;
-            let request = self
-                .http
-                .post(&self.url)
-                .header("DD-API-KEY", self.api_key.clone())
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
+            let mut request = self.http.post(&self.url).header("DD-API-KEY", self.api_key.clone()).header("content-type", "application/json");
+            if let Some(content_encoding) = self.encoding.content_encoding() {
+                request = request.header("content-encoding", content_encoding);
+            }
+            let request = request
                 // No deadline clamp here: a send cut short cannot tell whether the
                 // intake kept the batch, and a resend could duplicate it.
                 .body(body.clone());
