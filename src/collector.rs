@@ -359,6 +359,7 @@ impl Collector {
                 let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Incidents, deadline, pacing };
                 let mut run = IncidentRun {
                     sink: &mut self.intake,
+                    rules: &self.config.processing_rules,
                     cache: &mut *cache,
                     deadline,
                     directory: self.orgs.directory(),

@@ -30,6 +30,7 @@ use crate::config::StalePolicy;
 use crate::http::Deadline;
 use crate::huntress::Feature;
 use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
+use crate::datadog::processing::{ProcessingRules, Verdict};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::datadog::report::{with_tag, Event, Report, Status};
 use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
@@ -424,6 +425,21 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     }
 }
 
+/// The logs the rules keep, each with the index of its change, and the count
+/// of logs each rule dropped.
+fn apply_rules(rules: &ProcessingRules, logs: impl Iterator<Item = Option<PreparedLog>>) -> (Vec<(usize, PreparedLog)>, BTreeMap<String, u64>) {
+    let mut kept = Vec::new();
+    let mut excluded: BTreeMap<String, u64> = BTreeMap::new();
+    for (index, log) in logs.enumerate() {
+        let Some(mut log) = log else { continue };
+        match rules.apply(&mut log.json, 0) {
+            Verdict::Keep => kept.push((index, log)),
+            Verdict::Excluded(rule) => *excluded.entry(rule.to_string()).or_default() += 1,
+        }
+    }
+    (kept, excluded)
+}
+
 /// Where incident logs go: the intake, or a fake in tests.
 pub trait LogSink {
     fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery;
@@ -454,6 +470,8 @@ pub fn count_open(source: &mut dyn PageSource, max_pages: u32) -> (Option<BTreeM
 /// Everything one incident run needs besides the page source.
 pub struct IncidentRun<'a> {
     pub sink: &'a mut dyn LogSink,
+    /// The Agent's processing rules, applied to incident logs as to every log source.
+    pub rules: &'a ProcessingRules,
     pub cache: &'a mut dyn Cache,
     pub deadline: Deadline,
     pub directory: Option<&'a OrgDirectory>,
@@ -483,10 +501,18 @@ impl IncidentRun<'_> {
         let changes = new_versions(scan.reports, &state.known);
         let now_ms = self.now.timestamp_millis();
         let template = LogTemplate { service: SERVICE.into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
-        let logs: Vec<PreparedLog> = changes.iter().filter_map(|(r, _, change)| log_for(r, *change, self.directory, &template, now_ms)).collect();
+        let prepared = changes.iter().map(|(r, _, change)| log_for(r, *change, self.directory, &template, now_ms));
+        let (kept, excluded) = apply_rules(self.rules, prepared);
+        for (rule, count) in excluded {
+            let tags = with_tag(&with_tag(self.base_tags, format!("rule:{rule}")), "feature:incidents".to_string());
+            report.count("huntress.siem.logs_excluded", count as f64, &tags);
+        }
+        let (indexes, logs): (Vec<usize>, Vec<PreparedLog>) = kept.into_iter().unzip();
         let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { self.sink.send_logs(&logs, &self.deadline) };
+        // Changes before the first log not delivered are handled: delivered, or dropped by a rule.
+        let handled = indexes.get(delivery.accepted_prefix).map_or(changes.len(), |index| *index);
         let mut collected: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
-        for (r, version, change) in changes.iter().take(delivery.accepted_prefix) {
+        for (r, version, change) in changes.iter().take(handled) {
             state.known.record(*version);
             report.events.push(event_for(r, *change, self.directory, self.base_tags, self.now));
             *collected.entry(tags::value_or_unknown(Some(text(r, "severity")))).or_default() += 1;
@@ -709,10 +735,21 @@ mod tests {
     }
 
     fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut FakeSink, cache: &mut MemoryCache) -> (Report, Health) {
+        run_with_rules(reports, open, sink, cache, &ProcessingRules::default())
+    }
+
+    fn run_with_rules(
+        reports: &[Map<String, Value>],
+        open: &[Map<String, Value>],
+        sink: &mut FakeSink,
+        cache: &mut MemoryCache,
+        rules: &ProcessingRules,
+    ) -> (Report, Health) {
         let mut source = FakeSource::new(vec![page(reports, None), page(open, None)]);
         let mut report = Report::default();
         let mut run = IncidentRun {
             sink,
+            rules,
             cache,
             deadline: Deadline::after(Duration::from_secs(30)),
             directory: None,
@@ -751,5 +788,34 @@ mod tests {
         let (report, _) = run_once(&closed, &[], &mut sink, &mut cache);
         assert_eq!(report.events.len(), 1);
         assert_eq!(report.events[0].alert_type, "success");
+    }
+
+    #[test]
+    fn processing_rules_drop_and_mask_incident_logs_and_dropped_ones_are_handled() {
+        let rules = ProcessingRules::parse(
+            &json!([{"type": "exclude_at_match", "name": "no_low", "pattern": "^LOW -"}]),
+            &json!([{"type": "mask_sequences", "name": "hosts", "replace_placeholder": "WS-[host]", "pattern": r"WS-\d+"}]),
+        )
+        .unwrap();
+        let reports = vec![incident(3, NOW - 30, "sent", "high"), incident(2, NOW - 60, "sent", "low"), incident(1, NOW - 90, "sent", "critical")];
+        let template = LogTemplate { service: SERVICE.into(), ddtags: String::new(), stale_policy: StalePolicy::RewriteDate };
+        let logs = reports.iter().map(|r| log_for(r, Change::New, None, &template, NOW * 1000));
+        let (kept, excluded) = apply_rules(&rules, logs);
+        assert_eq!(kept.iter().map(|(index, _)| *index).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(excluded, BTreeMap::from([("no_low".to_string(), 1)]));
+        let message: Value = serde_json::from_slice(&kept[0].1.json).unwrap();
+        assert!(message["message"].as_str().unwrap().starts_with("HIGH - Incident on WS-[host] (Acme)"), "{message}");
+
+        let mut cache = MemoryCache::default();
+        let mut sink = FakeSink { accept: true, sent: 0 };
+        let (report, health) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
+        assert_eq!(health.status, Status::Ok);
+        assert_eq!(sink.sent, 2, "the excluded log is not sent");
+        assert_eq!(report.events.len(), 3, "rules apply to logs; every change still has its event");
+        let excluded: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.siem.logs_excluded").map(|m| (m.tags.clone(), m.value)).collect();
+        assert_eq!(excluded, vec![(vec!["rule:no_low".to_string(), "feature:incidents".to_string()], 1.0)]);
+        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY]).unwrap().unwrap().checkpoint, at(NOW - 30));
+        let (report, _) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
+        assert!(report.events.is_empty() && sink.sent == 2, "handled changes are not sent again");
     }
 }
