@@ -21,8 +21,8 @@ uuids (or by whole logs, for a query that does not keep `uuid`).
 
 Variants run side by side in one table, in alternating check processes
 (`--repeat` rounds; the table shows each variant's median round):
-  --encodings gzip:1,zstd:1   the Agent's compression settings (kind:level), sent to
-                              the sink as logs_config.logs_dd_url, where zstd is used
+  --encodings gzip:1,zstd:1   the Agent's compression settings (kind:level, or none), sent
+                              to the sink as logs_config.logs_dd_url, where zstd is used
   --core LABEL=PATH.so        another build of the native module, e.g. one built from an
                               older commit; it sends to the sink as logs_intake_url
                               (gzip level 1 in every build), as does the default variant
@@ -109,7 +109,10 @@ def run_check(urls, size, page_size, query, variant):
         kind, _, level = variant['encoding'].partition(':')
         del instance['logs_intake_url']
         datadog_agent._config['logs_config.logs_dd_url'] = urls['intake'].rsplit('/api/v2/logs', 1)[0]
-        datadog_agent._config['logs_config.compression_kind'] = kind
+        if kind == 'none':
+            datadog_agent._config['logs_config.use_compression'] = False
+        else:
+            datadog_agent._config['logs_config.compression_kind'] = kind
         if level:
             datadog_agent._config['logs_config.zstd_compression_level' if kind == 'zstd' else 'logs_config.compression_level'] = int(level)
     check = HuntressCheck('huntress', {}, [instance])
