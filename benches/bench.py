@@ -26,6 +26,7 @@ Variants run side by side in one table, in alternating check processes
   --core LABEL=PATH.so        another build of the native module, e.g. one built from an
                               older commit; it sends to the sink as logs_intake_url
                               (gzip level 1 in every build), as does the default variant
+  --rules JSON                 each variant again with these log_processing_rules
 """
 
 import argparse
@@ -115,6 +116,8 @@ def run_check(urls, size, page_size, query, variant):
             datadog_agent._config['logs_config.compression_kind'] = kind
         if level:
             datadog_agent._config['logs_config.zstd_compression_level' if kind == 'zstd' else 'logs_config.compression_level'] = int(level)
+    if variant.get('rules'):
+        instance['log_processing_rules'] = variant['rules']
     check = HuntressCheck('huntress', {}, [instance])
     # One-time work of a check's first run (config models, imports) is not per event: measured apart.
     init_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -164,7 +167,11 @@ def variants(args):
     for entry in args.core:
         label, _, path = entry.partition('=')
         found.append({'label': label, 'core': os.path.abspath(path)})
-    return found or [{'label': 'this build'}]
+    found = found or [{'label': 'this build'}]
+    if args.rules:
+        rules = json.loads(args.rules)
+        found += [dict(variant, label=variant['label'] + '+rules', rules=rules) for variant in found]
+    return found
 
 
 def median_round(rounds):
@@ -183,6 +190,7 @@ def main():
     parser.add_argument('--encodings', default='', help='comma-separated kind:level, e.g. gzip:1,zstd:1')
     parser.add_argument('--core', action='append', default=[], help='LABEL=PATH.so: another build of the native module')
     parser.add_argument('--repeat', type=int, default=1)
+    parser.add_argument('--rules', help='JSON list of log_processing_rules: each variant also runs with them (LABEL+rules)')
     parser.add_argument('--variant', default='{}')
     args = parser.parse_args()
     if args.run_check:

@@ -12,12 +12,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-try:  # Python 3.14+
-    from compression import zstd as _stdlib_zstd
-except ImportError:
-    _stdlib_zstd = None
-    import zstandard as _zstandard
-
 from ._http import FaultQueue, Headers, ServerBase, monotonic, parse_fault, validate_fault
 from .timeutil import parse_iso_ns
 
@@ -59,9 +53,27 @@ class ZstdError(ValueError):
     pass
 
 
+def _zstd_modules():
+    """The stdlib's zstd (Python 3.14+), or the zstandard package; imported on
+    the first zstd body, so that the sink runs without either."""
+    try:
+        from compression import zstd
+
+        return zstd, None
+    except ImportError:
+        pass
+    try:
+        import zstandard
+
+        return None, zstandard
+    except ImportError:
+        raise ZstdError("zstd needs Python 3.14 or the zstandard package") from None
+
+
 def zstd_decompress(raw: bytes, limit: int) -> bytes:
     """At most `limit + 1` bytes of a zstd body; ZstdError when it is not one
     whole zstd stream."""
+    _stdlib_zstd, _zstandard = _zstd_modules()
     if _stdlib_zstd is not None:
         d = _stdlib_zstd.ZstdDecompressor()
         try:
