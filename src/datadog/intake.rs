@@ -1,6 +1,6 @@
 //! Forwards prepared logs to the Datadog Logs intake (v2): batches within the
-//! intake's limits, gzip bodies, retries what may succeed later, splits what the
-//! intake refuses as too large or malformed.
+//! intake's limits, compresses bodies (`compression::Encoding`), retries what
+//! may succeed later, splits what the intake refuses as too large or malformed.
 
 use std::ops::Range;
 

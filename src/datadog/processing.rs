@@ -17,6 +17,7 @@
 //! `user.name`, `source.ip`...), and a mask that left them would not keep the
 //! masked text in.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use regex::Regex;
@@ -101,10 +102,23 @@ impl ProcessingRules {
         if self.rules.is_empty() {
             return Verdict::Keep;
         }
-        let Ok(mut log) = serde_json::from_slice::<Members>(&out[start..]) else {
+        match self.decide(&out[start..]) {
+            Decision::Drop(name) => Verdict::Excluded(name),
+            Decision::Keep(None) => Verdict::Keep,
+            Decision::Keep(Some(rewritten)) => {
+                out.truncate(start);
+                out.extend_from_slice(&rewritten);
+                Verdict::Keep
+            }
+        }
+    }
+
+    /// The rules' decision on one serialized log, with its new text when a mask changed it.
+    fn decide(&self, log: &[u8]) -> Decision<'_> {
+        let Ok(mut log) = serde_json::from_slice::<Members>(log) else {
             // Every prepared log is a JSON object; should one not be, nothing is
             // sent unmasked: it is dropped under the first rule's name.
-            return Verdict::Excluded(&self.rules[0].name);
+            return Decision::Drop(&self.rules[0].name);
         };
         let mut changed = false;
         for rule in &self.rules {
@@ -118,15 +132,16 @@ impl ProcessingRules {
                 }
             };
             if dropped {
-                return Verdict::Excluded(&rule.name);
+                return Decision::Drop(&rule.name);
             }
         }
-        if changed {
-            out.truncate(start);
-            log.write(out);
-        }
-        Verdict::Keep
+        Decision::Keep(changed.then(|| log.to_bytes()))
     }
+}
+
+enum Decision<'a> {
+    Drop(&'a str),
+    Keep(Option<Vec<u8>>),
 }
 
 fn parse_rule(key: &str, entry: &Value) -> Result<Option<Rule>> {
@@ -200,20 +215,34 @@ fn ascii_perl_classes(pattern: &str) -> String {
     out
 }
 
-/// A log's members in their order; strings are decoded once a rule needs them.
-struct Members(Vec<(String, Member)>);
+/// A log's members in their order, borrowed from its text; a string becomes
+/// `Text` once a mask changed it.
+struct Members<'a>(Vec<(String, Member<'a>)>);
 
-enum Member {
-    Raw(Box<RawValue>),
+enum Member<'a> {
+    Raw(&'a RawValue),
     Text(String),
+    /// A masked object or array, as JSON text.
+    Json(String),
 }
 
-impl Members {
-    fn message(&self) -> String {
+/// The content of a JSON string literal: borrowed when it has no escapes.
+fn string_content(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+impl Members<'_> {
+    fn message(&self) -> Cow<'_, str> {
         match self.0.iter().find(|(key, _)| key == "message") {
-            Some((_, Member::Text(text))) => text.clone(),
-            Some((_, Member::Raw(raw))) => serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string()),
-            None => String::new(),
+            Some((_, Member::Text(text))) => Cow::Borrowed(text),
+            Some((_, Member::Raw(raw))) => string_content(raw).unwrap_or(Cow::Borrowed(raw.get())),
+            Some((_, Member::Json(json))) => Cow::Borrowed(json),
+            None => Cow::Borrowed(""),
         }
     }
 
@@ -228,17 +257,23 @@ impl Members {
             match value {
                 Member::Text(text) => changed |= mask_text(text, regex, placeholder),
                 Member::Raw(raw) if raw.get().starts_with('"') => {
-                    let Ok(mut text) = serde_json::from_str::<String>(raw.get()) else { continue };
-                    if mask_text(&mut text, regex, placeholder) {
-                        *value = Member::Text(text);
-                        changed = true;
+                    let Some(content) = string_content(raw) else { continue };
+                    if let Cow::Owned(masked) = regex.replace_all(&content, placeholder) {
+                        if masked != content {
+                            *value = Member::Text(masked);
+                            changed = true;
+                        }
                     }
                 }
                 Member::Raw(raw) if raw.get().starts_with(['{', '[']) => {
-                    let Ok(mut nested) = serde_json::from_str::<Value>(raw.get()) else { continue };
-                    if mask_value(&mut nested, regex, placeholder) {
-                        let text = serde_json::to_string(&nested).expect("a Value serializes");
-                        *value = Member::Raw(RawValue::from_string(text).expect("serde_json wrote valid JSON"));
+                    if let Some(masked) = mask_json(raw.get(), regex, placeholder) {
+                        *value = Member::Json(masked);
+                        changed = true;
+                    }
+                }
+                Member::Json(json) => {
+                    if let Some(masked) = mask_json(json, regex, placeholder) {
+                        *json = masked;
                         changed = true;
                     }
                 }
@@ -248,27 +283,36 @@ impl Members {
         changed
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
         out.push(b'{');
         for (index, (key, value)) in self.0.iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+            serde_json::to_writer(&mut out, key).expect("writing to a Vec cannot fail");
             out.push(b':');
             match value {
                 Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
-                Member::Text(text) => serde_json::to_writer(&mut *out, text).expect("writing to a Vec cannot fail"),
+                Member::Json(json) => out.extend_from_slice(json.as_bytes()),
+                Member::Text(text) => serde_json::to_writer(&mut out, text).expect("writing to a Vec cannot fail"),
             }
         }
         out.push(b'}');
+        out
     }
+}
+
+/// An object or array with its strings masked, as JSON text; None when unchanged.
+fn mask_json(json: &str, regex: &Regex, placeholder: &str) -> Option<String> {
+    let mut nested = serde_json::from_str::<Value>(json).ok()?;
+    mask_value(&mut nested, regex, placeholder).then(|| serde_json::to_string(&nested).expect("a Value serializes"))
 }
 
 fn mask_text(text: &mut String, regex: &Regex, placeholder: &str) -> bool {
     match regex.replace_all(text, placeholder) {
-        std::borrow::Cow::Borrowed(_) => false,
-        std::borrow::Cow::Owned(masked) => {
+        Cow::Borrowed(_) => false,
+        Cow::Owned(masked) => {
             let changed = masked != *text;
             *text = masked;
             changed
@@ -285,17 +329,17 @@ fn mask_value(value: &mut Value, regex: &Regex, placeholder: &str) -> bool {
     }
 }
 
-impl<'de> Deserialize<'de> for Members {
+impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         struct InOrder;
         impl<'de> Visitor<'de> for InOrder {
-            type Value = Members;
+            type Value = Members<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Members, A::Error> {
-                let mut members = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(32);
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
                     members.push((key, Member::Raw(value)));
                 }
                 Ok(Members(members))
@@ -389,6 +433,17 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             r#"{"z":"x.x.x.x","message":"from x.x.x.x","ddtags":"ip:10.0.0.1","nested":{"a":["x.x.x.x",3]},"big":123456789012345678901234567890}"#
         );
+        // Escaped strings are decoded before matching, and written back escaped; two
+        // masks in a row both reach a nested value.
+        let two = rules(Value::Null, json!([
+            {"type": "mask_sequences", "name": "ip", "replace_placeholder": "x.x.x.x", "pattern": r"\d+\.\d+\.\d+\.\d+"},
+            {"type": "mask_sequences", "name": "user", "replace_placeholder": "<user>", "pattern": "alice"}
+        ]));
+        let (log, _) = run(&two, json!({"message": "\"alice\"\tfrom 10.0.0.1\n", "nested": {"who": ["alice@10.2.3.4"]}}));
+        let log = log.unwrap();
+        assert_eq!(log["message"], "\"<user>\"\tfrom x.x.x.x\n");
+        assert_eq!(log["nested"]["who"][0], "<user>@x.x.x.x");
+        assert!(compile(r"\Qa.b\E").is_err(), "the regex crate does not take Go's \\Q...\\E quoting");
         let untouched = r#"{"message":"nothing here",  "n": 1.50}"#;
         let mut out = untouched.as_bytes().to_vec();
         mask.apply(&mut out, 0);
