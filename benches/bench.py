@@ -1,6 +1,7 @@
 """Throughput, CPU and memory of the check on a SIEM backlog.
 
     .venv/bin/python benches/bench.py [--sizes 20000 100000] [--page-size 200] [--query ESQL]
+        [--encodings gzip:1,zstd:1] [--core LABEL=PATH.so ...] [--repeat N]
 
 The default query keeps a wide set of columns (`event.*` and more), so rows carry
 about 1 KB, half of it the raw message; `--query` measures another, such as
@@ -14,9 +15,18 @@ process is measured:
   CPU us/event      user+system CPU of the check process during its runs / events
   peak RSS          the check process's maximum resident set size
   requests          Huntress requests (pages) and intake requests
-  wire B/log        gzip bytes sent to the intake per log
+  wire B/log        compressed bytes sent to the intake per log
 It also verifies delivery: lost and duplicated events, counted by the sink's
 uuids (or by whole logs, for a query that does not keep `uuid`).
+
+Variants run side by side in one table, in alternating check processes
+(`--repeat` rounds; the table shows each variant's median round):
+  --encodings gzip:1,zstd:1   the Agent's compression settings (kind:level, or none), sent
+                              to the sink as logs_config.logs_dd_url, where zstd is used
+  --core LABEL=PATH.so        another build of the native module, e.g. one built from an
+                              older commit; it sends to the sink as logs_intake_url
+                              (gzip level 1 in every build), as does the default variant
+  --rules JSON                 each variant again with these log_processing_rules
 """
 
 import argparse
@@ -63,8 +73,20 @@ def serve(size, page_size, conn):
 DEFAULT_QUERY = 'FROM logs | KEEP @timestamp, uuid, organization_id, message, host.hostname, event.*, user.name, source.ip'
 
 
-def run_check(urls, size, page_size, query):
+def load_core(path):
+    """Makes `path` the package's native module, before the check imports it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('datadog_checks.huntress._core', path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
+def run_check(urls, size, page_size, query, variant):
     """Runs in a fresh process: the measured side."""
+    if variant.get('core'):
+        load_core(variant['core'])
     from datadog_checks.base.stubs import datadog_agent
 
     from datadog_checks.huntress import HuntressCheck
@@ -84,6 +106,18 @@ def run_check(urls, size, page_size, query):
         'log_queries': [{'name': 'all', 'esql_query': query}],
     }
     datadog_agent.reset()
+    if variant.get('encoding'):
+        kind, _, level = variant['encoding'].partition(':')
+        del instance['logs_intake_url']
+        datadog_agent._config['logs_config.logs_dd_url'] = urls['intake'].rsplit('/api/v2/logs', 1)[0]
+        if kind == 'none':
+            datadog_agent._config['logs_config.use_compression'] = False
+        else:
+            datadog_agent._config['logs_config.compression_kind'] = kind
+        if level:
+            datadog_agent._config['logs_config.zstd_compression_level' if kind == 'zstd' else 'logs_config.compression_level'] = int(level)
+    if variant.get('rules'):
+        instance['log_processing_rules'] = variant['rules']
     check = HuntressCheck('huntress', {}, [instance])
     # One-time work of a check's first run (config models, imports) is not per event: measured apart.
     init_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -106,13 +140,16 @@ def run_check(urls, size, page_size, query):
     print(json.dumps({'wall': wall, 'cpu': cpu, 'user': after.ru_utime - before.ru_utime, 'init_cpu': init_cpu, 'maxrss_kb': after.ru_maxrss, 'runs': runs}))
 
 
-def measure(size, page_size, query):
+def measure(size, page_size, query, variant):
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=serve, args=(size, page_size, child), daemon=True)
     server.start()
     urls = parent.recv()
     out = subprocess.run(
-        [sys.executable, __file__, '--run-check', json.dumps(urls), '--size', str(size), '--page-size', str(page_size), '--query', query],
+        [
+            sys.executable, __file__, '--run-check', json.dumps(urls), '--size', str(size), '--page-size', str(page_size),
+            '--query', query, '--variant', json.dumps(variant),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -125,6 +162,24 @@ def measure(size, page_size, query):
     return check, sink
 
 
+def variants(args):
+    found = [{'label': spec, 'encoding': spec} for spec in args.encodings.split(',') if spec]
+    for entry in args.core:
+        label, _, path = entry.partition('=')
+        found.append({'label': label, 'core': os.path.abspath(path)})
+    found = found or [{'label': 'this build'}]
+    if args.rules:
+        rules = json.loads(args.rules)
+        found += [dict(variant, label=variant['label'] + '+rules', rules=rules) for variant in found]
+    return found
+
+
+def median_round(rounds):
+    """The round with the median CPU per event."""
+    ordered = sorted(rounds, key=lambda r: r[0]['cpu'] / max(r[1]['delivered'], 1))
+    return ordered[len(ordered) // 2]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', type=int, nargs='+', default=[20_000, 100_000])
@@ -132,19 +187,29 @@ def main():
     parser.add_argument('--run-check')
     parser.add_argument('--size', type=int)
     parser.add_argument('--query', default=DEFAULT_QUERY)
+    parser.add_argument('--encodings', default='', help='comma-separated kind:level, e.g. gzip:1,zstd:1')
+    parser.add_argument('--core', action='append', default=[], help='LABEL=PATH.so: another build of the native module')
+    parser.add_argument('--repeat', type=int, default=1)
+    parser.add_argument('--rules', help='JSON list of log_processing_rules: each variant also runs with them (LABEL+rules)')
+    parser.add_argument('--variant', default='{}')
     args = parser.parse_args()
     if args.run_check:
-        run_check(json.loads(args.run_check), args.size, args.page_size, args.query)
+        run_check(json.loads(args.run_check), args.size, args.page_size, args.query, json.loads(args.variant))
         return
-    print(f'{"backlog":>8} {"events/s":>10} {"CPU us/event":>13} {"peak RSS MB":>12} {"huntress req":>13} {"intake req":>11} {"lost":>5} {"dup":>5} {"wire B/log":>10}')
+    print(f'{"variant":>14} {"backlog":>8} {"events/s":>10} {"CPU us/event":>13} {"peak RSS MB":>12} {"huntress req":>13} {"intake req":>11} {"lost":>5} {"dup":>5} {"wire B/log":>10}')
     for size in args.sizes:
-        check, sink = measure(size, args.page_size, args.query)
-        delivered = sink['delivered']
-        print(
-            f'{size:>8} {delivered / check["wall"]:>10.0f} {check["cpu"] * 1e6 / delivered:>13.2f} '
-            f'{check["maxrss_kb"] / 1024:>12.1f} {sink["huntress_requests"]:>13} {sink["intake_requests"]:>11} '
-            f'{size - delivered:>5} {sink["duplicated"]:>5} {sink["raw_bytes"] / max(delivered, 1):>10.0f}'
-        )
+        rounds = {variant['label']: [] for variant in variants(args)}
+        for _ in range(args.repeat):
+            for variant in variants(args):
+                rounds[variant['label']].append(measure(size, args.page_size, args.query, variant))
+        for label, measured in rounds.items():
+            check, sink = median_round(measured)
+            delivered = sink['delivered']
+            print(
+                f'{label:>14} {size:>8} {delivered / check["wall"]:>10.0f} {check["cpu"] * 1e6 / delivered:>13.2f} '
+                f'{check["maxrss_kb"] / 1024:>12.1f} {sink["huntress_requests"]:>13} {sink["intake_requests"]:>11} '
+                f'{size - delivered:>5} {sink["duplicated"]:>5} {sink["raw_bytes"] / max(delivered, 1):>10.1f}'
+            )
 
 
 if __name__ == '__main__':

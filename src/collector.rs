@@ -74,6 +74,8 @@ pub struct Collector {
     redactor: Redactor,
     /// The organization scope, with what it dropped in this run.
     scope: Scope,
+    /// Said in the Agent log at the first run: the settings the check could not follow as given.
+    startup_notes: Vec<String>,
 }
 
 impl Collector {
@@ -82,6 +84,7 @@ impl Collector {
         let config = Config::parse(instance, agent)?;
         let cache_id = cache_id(&config.base_url, &config.api_key);
         let budget = RateBudget::shared(&cache_id);
+        let startup_notes = config.encoding_note.iter().cloned().collect();
         Ok(Collector {
             huntress: HuntressClient::new(&config, budget)?,
             intake: IntakeClient::new(&config)?,
@@ -92,6 +95,7 @@ impl Collector {
             config,
             warned_keep: HashSet::new(),
             last_pages: BTreeMap::new(),
+            startup_notes,
         })
     }
 
@@ -112,6 +116,9 @@ impl Collector {
         let mut errors: BTreeMap<(ErrorKind, Option<String>), u64> = BTreeMap::new();
         self.huntress.reset_stats();
         self.intake.reset_stats();
+        for note in self.startup_notes.drain(..) {
+            report.log(Level::Info, note);
+        }
         let mut rest = RestRun::default();
         if self.wants_orgs() {
             self.prepare_orgs(cache, deadline, &mut rest);
@@ -185,6 +192,7 @@ impl Collector {
             cache_key: &key,
             chunk_keys: &chunk_keys,
             template: &template,
+            rules: &self.config.processing_rules,
             enricher: Enricher::new(self.orgs.directory(), self.config.enrich_with_org_tags),
             scope: &self.scope,
             directory: self.orgs.directory(),
@@ -283,6 +291,9 @@ impl Collector {
         report.count("huntress.siem.logs_deduplicated", outcome.deduplicated as f64, &tags);
         report.count("huntress.siem.logs_truncated", outcome.truncated as f64, &tags);
         report.count("huntress.siem.pages_fetched", outcome.pages as f64, &tags);
+        for (rule, count) in &outcome.excluded {
+            report.count("huntress.siem.logs_excluded", *count as f64, &with_tag(&tags, format!("rule:{rule}")));
+        }
         report.count(
             "huntress.siem.logs_stale",
             outcome.stale as f64,
@@ -460,6 +471,7 @@ impl Collector {
             let mut run = VersionedRun {
                 feed,
                 sink: &mut self.intake,
+                rules: &self.config.processing_rules,
                 cache: &mut *cache,
                 deadline,
                 directory: self.orgs.directory(),
@@ -485,6 +497,7 @@ impl Collector {
                 let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Signals, deadline, pacing };
                 let mut run = SignalRun {
                     sink: &mut self.intake,
+                    rules: &self.config.processing_rules,
                     cache: &mut *cache,
                     deadline,
                     directory: self.orgs.directory(),

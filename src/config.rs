@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::datadog::compression::{self, CompressionSettings, Encoding};
+use crate::datadog::processing::ProcessingRules;
 use crate::error::{HuntressError, Result};
 use crate::feeds::scope::ScopeRules;
 
@@ -21,6 +23,9 @@ pub struct AgentContext {
     pub site: String,
     pub min_collection_interval: f64,
     pub proxy: Option<ProxyConfig>,
+    /// The Agent's `logs_config` settings the check follows, by their key under
+    /// `logs_config` (`processing_rules`, `logs_dd_url`, `use_compression`...).
+    pub logs_config: Value,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -100,6 +105,10 @@ pub struct Config {
     pub escalations: IncidentsConfig,
     pub signals: IncidentsConfig,
     pub scope: ScopeRules,
+    pub processing_rules: ProcessingRules,
+    pub encoding: Encoding,
+    /// Said once in the Agent log: why `encoding` is not what the Agent's settings ask.
+    pub encoding_note: Option<String>,
 }
 
 /// How one HTTP client checks the server's certificate.
@@ -155,7 +164,11 @@ impl Config {
             .ok_or_else(|| HuntressError::config("instances", "each instance must be a mapping of options"))?;
         let reader = Reader { obj };
         let site = if agent.site.trim().is_empty() { "datadoghq.com" } else { agent.site.trim() };
-        let intake_default = format!("https://http-intake.logs.{site}/api/v2/logs");
+        let logs = LogsSettings::parse(&agent.logs_config)?;
+        let intake_default = logs.dd_url.clone().unwrap_or_else(|| format!("https://http-intake.logs.{site}/api/v2/logs"));
+        let intake_url = reader.url("logs_intake_url", &intake_default)?;
+        let to_logs_dd_url = logs.dd_url.as_ref() == Some(&intake_url);
+        let (encoding, encoding_note) = compression::for_endpoint(&logs.compression, &intake_url, to_logs_dd_url);
         let deadline_default = default_deadline(reader.f64_opt("min_collection_interval")?.unwrap_or(agent.min_collection_interval));
 
         let config = Config {
@@ -173,7 +186,7 @@ impl Config {
             run_deadline: Duration::from_secs_f64(reader.positive("run_deadline_seconds", deadline_default, 86_400.0)?),
             dedup_cache_size: reader.uint("dedup_cache_size", 50_000, 1_000, 1_000_000)? as usize,
             stale_policy: parse_stale_policy(&reader)?,
-            intake_url: reader.url("logs_intake_url", &intake_default)?,
+            intake_url,
             dd_api_key: dd_api_key(&reader, agent)?,
             tls_verify: reader.bool("tls_verify", true)?,
             tls_ca_cert: reader.ca_cert("tls_ca_cert")?,
@@ -190,9 +203,80 @@ impl Config {
             escalations: parse_feed(obj, "escalations")?,
             signals: parse_feed(obj, "signals")?,
             scope: crate::feeds::scope::parse(obj)?,
+            processing_rules: ProcessingRules::parse(&logs.processing_rules, obj.get("log_processing_rules").unwrap_or(&Value::Null))?,
+            encoding,
+            encoding_note,
         };
         Ok(config)
     }
+}
+
+/// The Agent's `logs_config` settings, as the Agent reads them from datadog.yaml.
+struct LogsSettings {
+    processing_rules: Value,
+    /// `logs_dd_url` as an intake URL.
+    dd_url: Option<String>,
+    compression: CompressionSettings,
+}
+
+impl LogsSettings {
+    fn parse(logs_config: &Value) -> Result<LogsSettings> {
+        let empty = Map::new();
+        let reader = Reader { obj: logs_config.as_object().unwrap_or(&empty) };
+        let named = |key: &'static str| move |error: HuntressError| rename(error, &format!("logs_config.{key}"));
+        let defaults = CompressionSettings::default();
+        let kind = reader.string("compression_kind", &defaults.kind).map_err(named("compression_kind"))?.to_ascii_lowercase();
+        if kind != "zstd" && kind != "gzip" {
+            return Err(HuntressError::config("logs_config.compression_kind", format!("{kind:?} is not a compression the Agent knows: use zstd or gzip")));
+        }
+        let compression = CompressionSettings {
+            use_compression: reader.bool("use_compression", true).map_err(named("use_compression"))?,
+            kind,
+            zstd_level: zstd_level(&reader)?,
+            gzip_level: reader.uint("compression_level", u64::from(defaults.gzip_level), 0, 9).map_err(named("compression_level"))? as u32,
+        };
+        let no_ssl = reader.bool("logs_no_ssl", false).map_err(named("logs_no_ssl"))?;
+        let dd_url = reader.string_opt("logs_dd_url").map_err(named("logs_dd_url"))?.map(|url| logs_dd_url(&url, no_ssl)).transpose()?;
+        Ok(LogsSettings { processing_rules: rules_list(logs_config.get("processing_rules"))?, dd_url, compression })
+    }
+}
+
+fn zstd_level(reader: &Reader) -> Result<i32> {
+    let Some(level) = reader.number("zstd_compression_level").map_err(|e| rename(e, "logs_config.zstd_compression_level"))? else {
+        return Ok(compression::DEFAULT_ZSTD_LEVEL);
+    };
+    if level.fract() != 0.0 || !(-7.0..=22.0).contains(&level) {
+        return Err(HuntressError::config("logs_config.zstd_compression_level", format!("{level} is out of range: use a whole number from -7 to 22")));
+    }
+    Ok(level as i32)
+}
+
+/// `processing_rules` arrives as a list, or as JSON text when set through
+/// `DD_LOGS_CONFIG_PROCESSING_RULES`.
+fn rules_list(value: Option<&Value>) -> Result<Value> {
+    match value {
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(Value::Null),
+        Some(Value::String(text)) => serde_json::from_str(text)
+            .map_err(|e| HuntressError::config("logs_config.processing_rules", format!("is text that is not a JSON list of rules ({e})"))),
+        Some(value) => Ok(value.clone()),
+        None => Ok(Value::Null),
+    }
+}
+
+/// `host:port`, or a URL; `logs_no_ssl` picks http when no scheme is given.
+fn logs_dd_url(value: &str, no_ssl: bool) -> Result<String> {
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None => ((if no_ssl { "http" } else { "https" }).to_string(), value),
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if !(scheme == "http" || scheme == "https") || host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(HuntressError::config(
+            "logs_config.logs_dd_url",
+            format!("{value:?} is not host:port or an http(s) URL, e.g. opw.internal:8282"),
+        ));
+    }
+    Ok(format!("{scheme}://{host}/api/v2/logs"))
 }
 
 fn secs(value: u64) -> Duration {
@@ -495,7 +579,7 @@ mod tests {
     use serde_json::json;
 
     fn agent() -> AgentContext {
-        AgentContext { api_key: "agent-dd-key".into(), site: "datadoghq.eu".into(), min_collection_interval: 900.0, proxy: None }
+        AgentContext { api_key: "agent-dd-key".into(), site: "datadoghq.eu".into(), min_collection_interval: 900.0, ..AgentContext::default() }
     }
 
     fn minimal() -> Value {
@@ -653,5 +737,66 @@ mod tests {
         instance["huntress_secret_key"] = json!("SECRET456");
         let printed = format!("{:?}", Config::parse(&instance, &agent()).unwrap());
         assert!(!printed.contains("PUBLICKEY123") && !printed.contains("SECRET456") && !printed.contains("agent-dd-key"));
+    }
+
+    fn with_logs(logs_config: Value) -> AgentContext {
+        AgentContext { logs_config, ..agent() }
+    }
+
+    #[test]
+    fn logs_dd_url_replaces_the_site_intake_and_logs_intake_url_wins() {
+        let relay = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "opw.internal:8282", "logs_no_ssl": true}))).unwrap();
+        assert_eq!(relay.intake_url, "http://opw.internal:8282/api/v2/logs");
+        assert_eq!(relay.encoding, Encoding::Zstd(1), "the Agent's default, sent where the Agent sends it");
+        assert!(relay.encoding_note.is_none());
+        let tls = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "opw.internal:8282", "logs_no_ssl": "false"}))).unwrap();
+        assert_eq!(tls.intake_url, "https://opw.internal:8282/api/v2/logs");
+        let schemed = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "http://relay:80/"}))).unwrap();
+        assert_eq!(schemed.intake_url, "http://relay:80/api/v2/logs");
+        let mut instance = minimal();
+        instance["logs_intake_url"] = json!("https://intake.example/api/v2/logs");
+        let overridden = Config::parse(&instance, &with_logs(json!({"logs_dd_url": "opw.internal:8282"}))).unwrap();
+        assert_eq!(overridden.intake_url, "https://intake.example/api/v2/logs");
+        assert_eq!(overridden.encoding, Encoding::Gzip(compression::FALLBACK_GZIP_LEVEL));
+        assert!(overridden.encoding_note.unwrap().contains("https://intake.example/api/v2/logs"));
+        let bad = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "ftp://relay:21"})));
+        assert!(matches!(bad, Err(HuntressError::Config { key, .. }) if key == "logs_config.logs_dd_url"));
+    }
+
+    #[test]
+    fn compression_follows_the_agent_settings() {
+        let site = Config::parse(&minimal(), &agent()).unwrap();
+        assert_eq!(site.encoding, Encoding::Gzip(compression::FALLBACK_GZIP_LEVEL), "zstd is not documented for the public intake");
+        assert!(site.encoding_note.is_some());
+        let gzip = Config::parse(&minimal(), &with_logs(json!({"compression_kind": "gzip", "compression_level": 4}))).unwrap();
+        assert_eq!((gzip.encoding, gzip.encoding_note), (Encoding::Gzip(4), None));
+        let off = Config::parse(&minimal(), &with_logs(json!({"use_compression": false}))).unwrap();
+        assert_eq!(off.encoding, Encoding::None);
+        let mut instance = minimal();
+        instance["logs_intake_url"] = json!("https://agent-http-intake.logs.datadoghq.eu/api/v2/logs");
+        let agent_endpoint = Config::parse(&instance, &with_logs(json!({"zstd_compression_level": "3"}))).unwrap();
+        assert_eq!(agent_endpoint.encoding, Encoding::Zstd(3));
+        for (settings, key) in [
+            (json!({"compression_kind": "brotli"}), "logs_config.compression_kind"),
+            (json!({"zstd_compression_level": 40}), "logs_config.zstd_compression_level"),
+            (json!({"compression_level": 10}), "logs_config.compression_level"),
+            (json!({"processing_rules": "[not json"}), "logs_config.processing_rules"),
+        ] {
+            match Config::parse(&minimal(), &with_logs(settings.clone())) {
+                Err(HuntressError::Config { key: got, .. }) => assert_eq!(got, key, "{settings}"),
+                other => panic!("{settings}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn instance_rules_follow_the_global_ones() {
+        let mut instance = minimal();
+        instance["log_processing_rules"] = json!([{"type": "exclude_at_match", "name": "instance_rule", "pattern": "b"}]);
+        let global = r#"[{"type": "exclude_at_match", "name": "global_rule", "pattern": "a"}]"#;
+        let config = Config::parse(&instance, &with_logs(json!({"processing_rules": global}))).unwrap();
+        assert_eq!(config.processing_rules.names().collect::<Vec<_>>(), ["global_rule", "instance_rule"]);
+        instance["log_processing_rules"] = json!([{"type": "mask_sequences", "name": "no_placeholder", "pattern": "b"}]);
+        assert_eq!(error_key(instance), "log_processing_rules[0]");
     }
 }

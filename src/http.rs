@@ -280,7 +280,7 @@ mod tests {
             "huntress_api_key": "k", "huntress_secret_key": "s", "dd_api_key": "d",
             "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
         });
-        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, proxy: None };
+        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, ..Default::default() };
         let config = Config::parse(&instance, &agent).unwrap();
         HttpClient::new(&config, &config.huntress_tls()).unwrap()
     }

@@ -87,7 +87,8 @@ fn raw_tags(instance: &serde_json::Value) -> Vec<String> {
 #[pymethods]
 impl PyCollector {
     /// `instance_json`: the instance as JSON. `agent`: `api_key`, `site`,
-    /// `min_collection_interval` and `proxy` as the Agent knows them.
+    /// `min_collection_interval` and `proxy` as the Agent knows them, and
+    /// `logs_config`, the Agent's logs settings as JSON.
     #[new]
     fn new(instance_json: &str, agent: &Bound<'_, PyDict>) -> PyResult<Self> {
         let instance: serde_json::Value = serde_json::from_str(instance_json)
@@ -145,7 +146,11 @@ fn agent_context(agent: &Bound<'_, PyDict>) -> PyResult<AgentContext> {
         Some(value) if value.is_instance_of::<PyDict>() => Some(proxy_config(value.cast::<PyDict>()?)?),
         _ => None,
     };
-    Ok(AgentContext { api_key: text("api_key")?, site: text("site")?, min_collection_interval: interval, proxy })
+    let logs_config = match text("logs_config")?.as_str() {
+        "" => serde_json::Value::Null,
+        json => serde_json::from_str(json).map_err(|e| ConfigError::new_err(format!("configuration error in `logs_config`: not valid JSON ({e})")))?,
+    };
+    Ok(AgentContext { api_key: text("api_key")?, site: text("site")?, min_collection_interval: interval, proxy, logs_config })
 }
 
 fn proxy_config(proxy: &Bound<'_, PyDict>) -> PyResult<ProxyConfig> {

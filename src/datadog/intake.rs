@@ -1,6 +1,6 @@
 //! Forwards prepared logs to the Datadog Logs intake (v2): batches within the
-//! intake's limits, gzip bodies, retries what may succeed later, splits what the
-//! intake refuses as too large or malformed.
+//! intake's limits, compresses bodies (`compression::Encoding`), retries what
+//! may succeed later, splits what the intake refuses as too large or malformed.
 
 use std::ops::Range;
 
@@ -12,6 +12,7 @@ use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure, MAX_INTAKE_BODY};
 use crate::huntress::short_reqwest;
 use crate::redact::Redactor;
+use crate::datadog::compression::Encoding;
 use crate::datadog::transform::PreparedLog;
 
 pub const MAX_BATCH_LOGS: usize = 1000;
@@ -42,6 +43,7 @@ pub struct IntakeClient {
     api_key: HeaderValue,
     request_timeout: std::time::Duration,
     redactor: Redactor,
+    encoding: Encoding,
     pub stats: IntakeStats,
 }
 
@@ -62,6 +64,7 @@ impl IntakeClient {
             api_key,
             request_timeout: config.request_timeout,
             redactor: Redactor::for_config(config),
+            encoding: config.encoding,
             stats: IntakeStats::default(),
         })
     }
@@ -117,18 +120,18 @@ impl IntakeClient {
     }
 
     fn post_batch(&mut self, logs: &LogBuffer, range: Range<usize>, deadline: &Deadline) -> Result<BatchOutcome> {
-        let body = gzip_json_array(logs.joined(range.clone()))
-            .map_err(|e| HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot gzip a batch ({e})")))?;
+        let body = self.encoding.encode_json_array(logs.joined(range.clone())).map_err(|e| {
+            HuntressError::intake(ErrorKind::IntakeUnavailable, format!("cannot compress a batch with {} ({e})", self.encoding.describe()))
+        })?;
         let body = Bytes::from(body);
         let mut attempt = 0;
         loop {
             self.stats.requests += 1;
-            let request = self
-                .http
-                .post(&self.url)
-                .header("DD-API-KEY", self.api_key.clone())
-                .header("content-type", "application/json")
-                .header("content-encoding", "gzip")
+            let mut request = self.http.post(&self.url).header("DD-API-KEY", self.api_key.clone()).header("content-type", "application/json");
+            if let Some(content_encoding) = self.encoding.content_encoding() {
+                request = request.header("content-encoding", content_encoding);
+            }
+            let request = request
                 // No deadline clamp here: a send cut short cannot tell whether the
                 // intake kept the batch, and a resend could duplicate it.
                 .body(body.clone());
@@ -427,7 +430,7 @@ mod tests {
             "huntress_api_key": "k", "huntress_secret_key": "s", "dd_api_key": "d", "logs_intake_url": url,
             "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
         });
-        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, proxy: None };
+        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, ..Default::default() };
         IntakeClient::new(&Config::parse(&instance, &agent).unwrap()).unwrap()
     }
 

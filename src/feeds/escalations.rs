@@ -188,6 +188,7 @@ impl VersionedFeed for Escalations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datadog::processing::ProcessingRules;
     use crate::config::StalePolicy;
     use crate::datadog::report::Status;
     use crate::feeds::rest::tests::FakeSource;
@@ -280,6 +281,7 @@ mod tests {
             let mut run = VersionedRun {
                 feed: &Escalations,
                 sink: &mut sink,
+                rules: &ProcessingRules::default(),
                 cache: &mut cache,
                 deadline: Deadline::after(Duration::from_secs(30)),
                 directory: None,

@@ -227,6 +227,7 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datadog::processing::ProcessingRules;
     use crate::config::StalePolicy;
     use crate::datadog::intake::Delivery;
     use crate::datadog::report::{Report, Status};
@@ -389,12 +390,23 @@ mod tests {
     }
 
     fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut FakeSink, cache: &mut MemoryCache) -> (Report, Health) {
+        run_with_rules(reports, open, sink, cache, &ProcessingRules::default())
+    }
+
+    fn run_with_rules(
+        reports: &[Map<String, Value>],
+        open: &[Map<String, Value>],
+        sink: &mut FakeSink,
+        cache: &mut MemoryCache,
+        rules: &ProcessingRules,
+    ) -> (Report, Health) {
         let mut source = FakeSource::new(vec![page(reports, None), page(open, None)]);
         let mut report = Report::default();
         let scope = Scope::default();
         let mut run = VersionedRun {
             feed: &Incidents,
             sink,
+            rules,
             scope: &scope,
             cache,
             deadline: Deadline::after(Duration::from_secs(30)),
@@ -447,5 +459,26 @@ mod tests {
         assert!(health.message.unwrap().contains("in the future"));
         assert_eq!(report.events.len(), 1, "the report changed before the bad checkpoint is forwarded");
         assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
+    }
+
+    #[test]
+    fn processing_rules_drop_and_mask_incident_logs_and_dropped_ones_are_handled() {
+        let rules = ProcessingRules::parse(
+            &json!([{"type": "exclude_at_match", "name": "no_low", "pattern": "^LOW -"}]),
+            &json!([{"type": "mask_sequences", "name": "hosts", "replace_placeholder": "WS-[host]", "pattern": r"WS-\d+"}]),
+        )
+        .unwrap();
+        let reports = vec![incident(3, NOW - 30, "sent", "high"), incident(2, NOW - 60, "sent", "low"), incident(1, NOW - 90, "sent", "critical")];
+        let mut cache = MemoryCache::default();
+        let mut sink = FakeSink { accept: true, sent: 0 };
+        let (report, health) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
+        assert_eq!(health.status, Status::Ok);
+        assert_eq!(sink.sent, 2, "the excluded log is not sent");
+        assert_eq!(report.events.len(), 3, "rules apply to logs; every change still has its event");
+        let excluded: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.siem.logs_excluded").map(|m| (m.tags.clone(), m.value)).collect();
+        assert_eq!(excluded, vec![(vec!["rule:no_low".to_string(), "feature:incidents".to_string()], 1.0)]);
+        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 30));
+        let (report, _) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
+        assert!(report.events.is_empty() && sink.sent == 2, "handled changes are not sent again");
     }
 }

@@ -17,6 +17,7 @@ use crate::huntress::{Feature, HuntressClient};
 use crate::datadog::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
 use crate::feeds::orgs::{row_org_id, row_org_name, Enricher, OrgDirectory};
 use crate::feeds::scope::{OrgRef, Scope};
+use crate::datadog::processing::{ProcessingRules, Verdict};
 use crate::row::Row;
 use crate::scan::{Kind, ScanError, Scanner};
 use crate::datadog::transform::{self, LogTemplate, Written};
@@ -212,6 +213,8 @@ pub struct QueryOutcome {
     pub malformed_streak: u32,
     /// Non-fatal errors to count, by kind.
     pub recovered: BTreeMap<ErrorKind, u64>,
+    /// Logs dropped by a processing rule, by rule name: handled, never sent.
+    pub excluded: BTreeMap<String, u64>,
 }
 
 /// Logs of fetched pages not yet sent: they go to the intake together, up to
@@ -260,6 +263,8 @@ pub struct QueryRun<'a> {
     /// The keys of the id chunks, by chunk number.
     pub chunk_keys: &'a [String],
     pub template: &'a LogTemplate,
+    /// Applied to each log as it is prepared, before it is buffered.
+    pub rules: &'a ProcessingRules,
     pub enricher: Enricher<'a>,
     /// Rows of organizations outside it are dropped here, not in the ES|QL.
     pub scope: &'a Scope,
@@ -579,10 +584,25 @@ impl QueryRun<'_> {
             }
             let enrichment = self.enricher.enrich(&row);
             let mut written = Written::SkippedStale;
+            let mut excluded_by = None;
             pending.logs.push_with(id, |out| {
+                let start = out.len();
                 written = transform::prepare_into(&row, self.template, enrichment, now_ms, out);
-                matches!(written, Written::Log { .. })
+                if !matches!(written, Written::Log { .. }) {
+                    return false;
+                }
+                if let Verdict::Excluded(rule) = self.rules.apply(out, start) {
+                    excluded_by = Some(rule);
+                    return false;
+                }
+                true
             });
+            if let Some(rule) = excluded_by {
+                // Handled: remembered like a sent log, so a replayed page drops it again without a send.
+                *outcome.excluded.entry(rule.to_string()).or_default() += 1;
+                state.remember(id);
+                continue;
+            }
             match written {
                 Written::Log { stale, truncated } => {
                     outcome.stale += u64::from(stale);

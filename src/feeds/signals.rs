@@ -24,7 +24,8 @@ use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, Prepare
 use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::rest::{list_pages, End, Health, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
-use crate::feeds::versioned::{text, timestamp, LogSink, Version, VersionedState};
+use crate::datadog::processing::ProcessingRules;
+use crate::feeds::versioned::{forward_items, text, timestamp, LogSink, Version, VersionedState};
 use crate::http::Deadline;
 use crate::huntress::Feature;
 use crate::tags::{self, cap_values, MAX_TAG_VALUES};
@@ -73,6 +74,8 @@ pub fn log_for(signal: &Map<String, Value>, directory: Option<&OrgDirectory>, te
 /// Everything one signal run needs besides the page source.
 pub struct SignalRun<'a> {
     pub sink: &'a mut dyn LogSink,
+    /// The Agent's processing rules, applied to these logs as to every log source.
+    pub rules: &'a ProcessingRules,
     pub cache: &'a mut dyn Cache,
     pub deadline: Deadline,
     pub directory: Option<&'a OrgDirectory>,
@@ -153,8 +156,8 @@ impl SignalRun<'_> {
     fn deliver(&mut self, fresh: &[(Map<String, Value>, Version)], state: &mut VersionedState, report: &mut Report) -> Delivery {
         let template = LogTemplate { service: SERVICE.into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
         let now_ms = self.now.timestamp_millis();
-        let logs: Vec<PreparedLog> = fresh.iter().filter_map(|(signal, _)| log_for(signal, self.directory, &template, now_ms)).collect();
-        let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { self.sink.send_logs(&logs, &self.deadline) };
+        let logs = fresh.iter().map(|(signal, _)| log_for(signal, self.directory, &template, now_ms));
+        let delivery = forward_items(self.sink, self.rules, &self.deadline, logs, Feature::Signals, self.base_tags, report);
         let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
         for (signal, version) in fresh.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);
@@ -215,6 +218,7 @@ mod tests {
         let mut report = Report::default();
         let mut run = SignalRun {
             sink,
+            rules: &ProcessingRules::default(),
             cache,
             deadline: Deadline::after(Duration::from_secs(30)),
             directory: None,

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::checkpoint::{decode_entry, Cache};
 use crate::config::StalePolicy;
 use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
+use crate::datadog::processing::{ProcessingRules, Verdict};
 use crate::datadog::report::{with_tag, Event, Report, Status};
 use crate::datadog::transform::{self, LogTemplate, PreparedLog};
 use crate::feeds::orgs::{id_text, OrgDirectory};
@@ -462,10 +463,49 @@ fn in_scope(feed: &dyn VersionedFeed, scope: &Scope, item: &Map<String, Value>, 
     }
 }
 
+/// Applies the processing rules to the logs of consecutive items (`None`: an
+/// item without a log), sends the logs they keep, and counts what each rule
+/// dropped. The returned prefix counts items, not logs: those handled from the
+/// start (delivered, without a log, or dropped by a rule), so that none of them
+/// is sent again.
+pub fn forward_items(
+    sink: &mut dyn LogSink,
+    rules: &ProcessingRules,
+    deadline: &Deadline,
+    logs: impl Iterator<Item = Option<PreparedLog>>,
+    feature: Feature,
+    base_tags: &[String],
+    report: &mut Report,
+) -> Delivery {
+    let (mut kept, mut excluded, mut items) = (Vec::new(), Vec::new(), 0);
+    for (index, log) in logs.enumerate() {
+        items = index + 1;
+        let Some(mut log) = log else { continue };
+        match rules.apply(&mut log.json, 0) {
+            Verdict::Keep => kept.push((index, log)),
+            Verdict::Excluded(rule) => excluded.push((index, rule.to_string())),
+        }
+    }
+    let (indexes, logs): (Vec<usize>, Vec<PreparedLog>) = kept.into_iter().unzip();
+    let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { sink.send_logs(&logs, deadline) };
+    let handled = indexes.get(delivery.accepted_prefix).map_or(items, |index| *index);
+    let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, rule) in excluded.into_iter().filter(|(index, _)| *index < handled) {
+        *by_rule.entry(rule).or_default() += 1;
+    }
+    for (rule, count) in by_rule {
+        let tags = with_tag(&with_tag(base_tags, format!("rule:{rule}")), format!("feature:{}", feature.tag()));
+        report.count("huntress.siem.logs_excluded", count as f64, &tags);
+    }
+    Delivery { accepted_prefix: handled, error: delivery.error }
+}
+
 /// Everything one run of a versioned feed needs besides the page source.
 pub struct VersionedRun<'a> {
     pub feed: &'a dyn VersionedFeed,
     pub sink: &'a mut dyn LogSink,
+    /// The Agent's processing rules, applied to these logs as to every log source.
+    pub rules: &'a ProcessingRules,
     pub cache: &'a mut dyn Cache,
     pub deadline: Deadline,
     pub directory: Option<&'a OrgDirectory>,
@@ -534,8 +574,8 @@ impl VersionedRun<'_> {
     fn deliver(&mut self, changes: &[(Map<String, Value>, Version, Change)], state: &mut VersionedState, report: &mut Report) -> Delivery {
         let now_ms = self.now.timestamp_millis();
         let template = LogTemplate { service: self.feed.service().into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
-        let logs: Vec<PreparedLog> = changes.iter().filter_map(|(item, _, change)| self.feed.log_for(item, *change, self.directory, &template, now_ms)).collect();
-        let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { self.sink.send_logs(&logs, &self.deadline) };
+        let logs = changes.iter().map(|(item, _, change)| self.feed.log_for(item, *change, self.directory, &template, now_ms));
+        let delivery = forward_items(self.sink, self.rules, &self.deadline, logs, self.feed.feature(), self.base_tags, report);
         let mut collected: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
         for (item, version, change) in changes.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);

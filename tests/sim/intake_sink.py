@@ -32,6 +32,75 @@ MAX_FUTURE_SECONDS = 2 * 3600
 
 _SECRET_HEADERS = ("dd-api-key", "dd-application-key", "authorization")
 
+# How each Content-Encoding's body starts: a body that does not start so, or an
+# unencoded body that does, was labelled wrong by the client.
+_MAGIC = {"gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
+ENCODINGS = ("identity", "gzip", "deflate", "zstd")
+
+
+def encoding_mismatch(encoding: str, raw: bytes):
+    """Why `raw` cannot be a body with this Content-Encoding, or None."""
+    magic = _MAGIC.get(encoding)
+    if magic is not None and not raw.startswith(magic):
+        return f"Content-Encoding {encoding} but the body is not {encoding} (starts {raw[:4].hex()})"
+    if encoding in ("", "identity"):
+        for name, other in _MAGIC.items():
+            if raw.startswith(other):
+                return f"no Content-Encoding but the body is {name}"
+    return None
+
+
+class ZstdError(ValueError):
+    pass
+
+
+def _zstd_modules():
+    """The stdlib's zstd (Python 3.14+), or the zstandard package; imported on
+    the first zstd body, so that the sink runs without either."""
+    try:
+        from compression import zstd
+
+        return zstd, None
+    except ImportError:
+        pass
+    try:
+        import zstandard
+
+        return None, zstandard
+    except ImportError:
+        raise ZstdError("zstd needs Python 3.14 or the zstandard package") from None
+
+
+def zstd_decompress(raw: bytes, limit: int) -> bytes:
+    """At most `limit + 1` bytes of a zstd body; ZstdError when it is not one
+    whole zstd stream."""
+    _stdlib_zstd, _zstandard = _zstd_modules()
+    if _stdlib_zstd is not None:
+        d = _stdlib_zstd.ZstdDecompressor()
+        try:
+            body = d.decompress(raw, limit + 1)
+        except _stdlib_zstd.ZstdError as e:
+            raise ZstdError(str(e)) from None
+        if len(body) <= limit and not d.eof:
+            raise ZstdError("truncated stream")
+        return body
+    declared = _zstandard.frame_content_size(raw) if len(raw) >= 18 else -1
+    if declared > limit:
+        return b"\0" * (limit + 1)
+    d = _zstandard.ZstdDecompressor().decompressobj()
+    out = bytearray()
+    try:
+        # fed in small pieces, so a decompression bomb stops near the limit
+        for start in range(0, len(raw), 4096):
+            out += d.decompress(raw[start:start + 4096])
+            if len(out) > limit:
+                return bytes(out[: limit + 1])
+    except _zstandard.ZstdError as e:
+        raise ZstdError(str(e)) from None
+    if not d.eof:
+        raise ZstdError("truncated stream")
+    return bytes(out)
+
 
 def _redact(headers) -> Headers:
     return Headers((k, "<redacted>" if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items())
@@ -59,7 +128,9 @@ def log_date_seconds(log: dict, attributes=DEFAULT_DATE_ATTRIBUTES):
 
 
 class IntakeSink(ServerBase):
-    """Local fake of https://http-intake.logs.<site>/api/v2/logs."""
+    """Local fake of https://http-intake.logs.<site>/api/v2/logs. Takes bodies
+    unencoded or with Content-Encoding gzip, deflate or zstd, and answers 400
+    when the header does not match the body."""
 
     _path_suffix = LOGS_PATH
 
@@ -120,7 +191,7 @@ class IntakeSink(ServerBase):
             "status": None,
             "n_logs": 0,
             "raw_bytes": len(raw),
-            "compressed": encoding in ("gzip", "deflate"),
+            "compressed": encoding in ("gzip", "deflate", "zstd"),
             "encoding": encoding or None,
             "headers": _redact(h.headers),
             "api_key_ok": h.headers.get("DD-API-KEY") == self.api_key,
@@ -192,6 +263,9 @@ class IntakeSink(ServerBase):
         if h.headers.get("DD-API-KEY") != self.api_key:
             return self._error(h, rec, 403, "Forbidden: invalid or missing DD-API-KEY")
         # decode
+        mismatch = encoding_mismatch(encoding, raw)
+        if mismatch:
+            return self._error(h, rec, 400, mismatch)
         if encoding in ("", "identity"):
             if len(raw) > self.max_body_bytes:
                 return self._error(h, rec, 413, "payload too large")
@@ -207,6 +281,13 @@ class IntakeSink(ServerBase):
                 return self._error(h, rec, 413, "payload too large (uncompressed)")
             if not d.eof:
                 return self._error(h, rec, 400, f"invalid {encoding} body: truncated stream")
+        elif encoding == "zstd":
+            try:
+                body = zstd_decompress(raw, self.max_body_bytes)
+            except ZstdError as e:
+                return self._error(h, rec, 400, f"invalid zstd body: {e}")
+            if len(body) > self.max_body_bytes:
+                return self._error(h, rec, 413, "payload too large (uncompressed)")
         else:
             return self._error(h, rec, 415, f"unsupported Content-Encoding {encoding!r}")
         rec["uncompressed_bytes"] = len(body)

@@ -676,6 +676,30 @@ def test_sink_rejections(sink):
     assert request(sink.base_url, "POST", "/v1/input", b"[]").status == 404
 
 
+def test_sink_decodes_zstd_and_checks_the_header_against_the_body(sink):
+    import zstandard
+
+    logs = [{"uuid": f"z{i}", "message": "zstd", "date": now_ms()} for i in range(4)]
+    body = zstandard.ZstdCompressor(level=1).compress(json.dumps(logs).encode())
+    r = post_logs(sink, None, raw=body, extra={"Content-Encoding": "zstd"})
+    assert r.status == 202
+    assert sink.uuids() == {f"z{i}": 1 for i in range(4)}
+    assert sink.requests[-1]["encoding"] == "zstd" and sink.requests[-1]["compressed"]
+    # Each label must match the body: zstd sent as gzip, gzip as zstd, either unlabelled.
+    gz = gzip.compress(json.dumps(logs).encode())
+    mislabelled = [(body, "gzip"), (gz, "zstd"), (body, None), (gz, None), (b"[]", "zstd")]
+    for raw, label in mislabelled:
+        r = post_logs(sink, None, raw=raw, extra={"Content-Encoding": label} if label else None)
+        assert r.status == 400, (raw[:4], label)
+    assert post_logs(sink, None, raw=body[:-4], extra={"Content-Encoding": "zstd"}).status == 400
+    bomb = zstandard.ZstdCompressor(level=3).compress(b" " * (10 * 1024 * 1024))
+    assert post_logs(sink, None, raw=bomb, extra={"Content-Encoding": "zstd"}).status == 413
+    streamed = zstandard.ZstdCompressor().compressobj()
+    no_size = streamed.compress(b" " * (10 * 1024 * 1024)) + streamed.flush()
+    assert post_logs(sink, None, raw=no_size, extra={"Content-Encoding": "zstd"}).status == 413
+    assert len(sink.logs) == 4
+
+
 def test_sink_truncates_big_logs(sink):
     r = post_logs(sink, [{"uuid": "big", "message": "z" * 10_000, "service": "s"}, {"uuid": "small"}])
     assert r.status == 202

@@ -23,7 +23,10 @@ class Report(TypedDict):
     fatal: Optional[str]
 
 class Collector:
-    """One check instance. Raises ConfigError, naming the key, for an invalid instance."""
+    """One check instance. Raises ConfigError, naming the key, for an invalid instance.
+
+    `agent`: `api_key`, `site`, `proxy`, `min_collection_interval`, and `logs_config`,
+    the Agent's logs settings as JSON text keyed by their name under `logs_config`."""
 
     def __init__(self, instance_json: str, agent: dict[str, Any]) -> None: ...
     @property

@@ -32,6 +32,26 @@ class HuntressCheck(AgentCheck, ConfigMixin):
         except _core.ConfigError as e:
             raise ConfigurationError(str(e)) from None
 
+    # The Agent's logs settings the check follows, under their own datadog.yaml keys.
+    _LOGS_CONFIG_KEYS = (
+        'processing_rules',
+        'logs_dd_url',
+        'logs_no_ssl',
+        'use_compression',
+        'compression_kind',
+        'zstd_compression_level',
+        'compression_level',
+    )
+
+    def _logs_config(self):
+        settings = {}
+        for key in self._LOGS_CONFIG_KEYS:
+            value = datadog_agent.get_config('logs_config.' + key)
+            # Unset reads as None in the Agent and '' in its test stub: the core's default applies.
+            if value is not None and value != '':
+                settings[key] = value
+        return json.dumps(settings, default=str)
+
     def _agent_context(self):
         interval = self.instance.get('min_collection_interval') or self.init_config.get('min_collection_interval') or 15
         return {
@@ -39,6 +59,7 @@ class HuntressCheck(AgentCheck, ConfigMixin):
             'site': datadog_agent.get_config('site'),
             'proxy': datadog_agent.get_config('proxy'),
             'min_collection_interval': interval,
+            'logs_config': self._logs_config(),
         }
 
     def persistent_cache_id(self):
