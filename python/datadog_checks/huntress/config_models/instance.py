@@ -34,6 +34,17 @@ class Incidents(BaseModel):
     max_pages: Optional[int] = Field(None, ge=1)
 
 
+class LogProcessingRule(BaseModel):
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        frozen=True,
+    )
+    name: str
+    pattern: Optional[str] = None
+    replace_placeholder: Optional[str] = None
+    type: str
+
+
 class LogQuery(BaseModel):
     model_config = ConfigDict(
         arbitrary_types_allowed=True,
@@ -111,6 +122,7 @@ class InstanceConfig(BaseModel):
     initial_lookback_seconds: Optional[int] = Field(None, ge=1, le=604800)
     intake_tls_ca_cert: Optional[str] = None
     intake_tls_verify: Optional[bool] = None
+    log_processing_rules: Optional[tuple[LogProcessingRule, ...]] = None
     log_queries: tuple[LogQuery, ...]
     logs_intake_url: Optional[str] = None
     max_pages_per_run: Optional[int] = Field(None, ge=1)
