@@ -1,7 +1,9 @@
 //! The line no panic crosses: the Python entry points run the core through
 //! `catch`, and a panic becomes an `internal` error in the run's report
 //! instead of a `PanicException` (a `BaseException`, which the Agent's check
-//! machinery does not handle) reaching the Agent.
+//! machinery does not handle) reaching the Agent. Inside a run, each SIEM
+//! query and each REST feed is caught on its own too, so that one failing
+//! part leaves the rest of the run's report intact.
 //!
 //! `inject_panic` is the test hook: it arms a one-shot panic at one entry
 //! point. Only Python code calling `_core._inject_panic` can arm it; no
@@ -17,6 +19,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub enum PanicPoint {
     New = 1,
     Run = 2,
+    /// Inside the collection of one SIEM query.
+    Query = 3,
+    /// Inside one REST feed (incidents, escalations, signals, agents).
+    Feed = 4,
 }
 
 impl PanicPoint {
@@ -24,6 +30,8 @@ impl PanicPoint {
         match name {
             "new" => Some(PanicPoint::New),
             "run" => Some(PanicPoint::Run),
+            "query" => Some(PanicPoint::Query),
+            "feed" => Some(PanicPoint::Feed),
             _ => None,
         }
     }

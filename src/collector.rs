@@ -127,7 +127,11 @@ impl Collector {
 
         let mut failures = 0;
         for query in self.config.queries.clone() {
-            let outcome = self.collect_query(&query, cache, deadline, &mut report);
+            let outcome = crate::boundary::catch(|| {
+                crate::boundary::panic_if_injected(PanicPoint::Query);
+                self.collect_query(&query, cache, deadline, &mut report)
+            })
+            .unwrap_or_else(|message| QueryOutcome { error: Some(HuntressError::Internal(message)), ..QueryOutcome::default() });
             failures += usize::from(outcome.error.is_some());
             for (kind, count) in &outcome.recovered {
                 *errors.entry((*kind, Some(query.name.clone()))).or_default() += count;
@@ -481,7 +485,7 @@ impl Collector {
                 initial_lookback: self.config.initial_lookback,
                 now: Utc::now(),
             };
-            let (health, pages) = run.run(&mut source, report);
+            let (health, pages) = guarded(feature, || run.run(&mut source, report));
             if health.is_none() {
                 report.log(Level::Warning, format!("{} deferred to a later run: the SOC share of the rate budget was spent (or the run deadline reached)", feature.tag()));
             }
@@ -507,7 +511,7 @@ impl Collector {
                     initial_lookback: self.config.initial_lookback,
                     now: Utc::now(),
                 };
-                let (health, pages) = run.run(&mut source, report);
+                let (health, pages) = guarded(Feature::Signals, || run.run(&mut source, report));
                 self.record(Feature::Signals, health, pages, rest);
             }
         }
@@ -516,15 +520,9 @@ impl Collector {
             let need = self.estimate(Feature::Agents, first_guess).min(self.config.agents.max_pages);
             if let Some(pacing) = self.pacing_for(Feature::Agents, need, deadline, rest, report) {
                 let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Agents, deadline, pacing };
-                let (health, pages) = crate::feeds::agents::run(
-                    &mut source,
-                    &self.config.agents,
-                    Utc::now(),
-                    self.orgs.directory(),
-                    &self.scope,
-                    &self.config.tags,
-                    report,
-                );
+                let (agents, directory, scope, tags) = (&self.config.agents, self.orgs.directory(), &self.scope, &self.config.tags);
+                let (health, pages) =
+                    guarded(Feature::Agents, || crate::feeds::agents::run(&mut source, agents, Utc::now(), directory, scope, tags, report));
                 self.record(Feature::Agents, health, pages, rest);
             }
         }
@@ -586,6 +584,19 @@ impl Collector {
             report.service_check(API_SERVICE_CHECK, status, tags, message);
         }
     }
+}
+
+/// Runs one REST feed; a panic in it fails that feed alone, as an `internal`
+/// error, and the run goes on with the others.
+fn guarded(feature: Feature, work: impl FnOnce() -> (Option<Health>, u32)) -> (Option<Health>, u32) {
+    crate::boundary::catch(|| {
+        crate::boundary::panic_if_injected(PanicPoint::Feed);
+        work()
+    })
+    .unwrap_or_else(|message| {
+        let error = HuntressError::Internal(message);
+        (Some(Health::failed(feature, Status::Critical, error.to_string(), &error)), 0)
+    })
 }
 
 fn to_chrono(duration: std::time::Duration) -> ChronoDuration {

@@ -23,7 +23,7 @@ pub enum ErrorKind {
     Cache,
     Deadline,
     Config,
-    /// A bug in the check itself (a panic caught at the Python boundary).
+    /// A bug in the check itself (a panic caught in a run or at the Python boundary).
     Internal,
 }
 
@@ -70,6 +70,10 @@ pub enum HuntressError {
 
     #[error("run deadline reached: {0}")]
     Deadline(String),
+
+    /// A panic caught inside a run: one query or feed fails, the others go on.
+    #[error("internal error in the check: {0}")]
+    Internal(String),
 }
 
 impl HuntressError {
@@ -91,6 +95,7 @@ impl HuntressError {
             HuntressError::Api { kind, .. } | HuntressError::Intake { kind, .. } => *kind,
             HuntressError::Cache(_) => ErrorKind::Cache,
             HuntressError::Deadline(_) => ErrorKind::Deadline,
+            HuntressError::Internal(_) => ErrorKind::Internal,
         }
     }
 }

@@ -19,6 +19,7 @@ create_exception!(_core, ApiError, HuntressCoreError, "The Huntress API failed."
 create_exception!(_core, IntakeError, HuntressCoreError, "The Datadog Logs intake failed.");
 create_exception!(_core, CacheError, HuntressCoreError, "The persistent cache failed.");
 create_exception!(_core, DeadlineError, HuntressCoreError, "The run deadline was reached.");
+create_exception!(_core, InternalError, HuntressCoreError, "A bug in the core (a caught panic).");
 
 impl From<HuntressError> for PyErr {
     fn from(error: HuntressError) -> PyErr {
@@ -29,6 +30,7 @@ impl From<HuntressError> for PyErr {
             HuntressError::Intake { .. } => IntakeError::new_err(message),
             HuntressError::Cache(_) => CacheError::new_err(message),
             HuntressError::Deadline(_) => DeadlineError::new_err(message),
+            HuntressError::Internal(_) => InternalError::new_err(message),
         }
     }
 }
@@ -210,6 +212,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("IntakeError", py.get_type::<IntakeError>())?;
     module.add("CacheError", py.get_type::<CacheError>())?;
     module.add("DeadlineError", py.get_type::<DeadlineError>())?;
+    module.add("InternalError", py.get_type::<InternalError>())?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

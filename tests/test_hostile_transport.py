@@ -260,6 +260,41 @@ def test_a_panic_in_a_run_is_a_critical_internal_error_and_the_next_run_works(
     aggregator.assert_service_check(SIEM, AgentCheck.OK, tags=QUERY_TAGS)
 
 
+def test_a_panic_in_one_query_fails_that_query_alone(make_check, dd_run_check, aggregator, huntress, sink, instance):
+    huntress.add_events(recent_events(50, seed=109))
+    instance['log_queries'].append({'name': 'second', 'esql_query': instance['log_queries'][0]['esql_query']})
+    check = make_check(instance)
+    _core._inject_panic('query')
+    assert run(dd_run_check, check) is None, 'one query failing is not a failed run'
+    aggregator.assert_service_check(SIEM, AgentCheck.CRITICAL, tags=QUERY_TAGS)
+    aggregator.assert_service_check(SIEM, AgentCheck.OK, tags=['team:secops', 'query_name:second'])
+    aggregator.assert_metric('huntress.siem.errors', value=1, tags=QUERY_TAGS + ['error_type:internal'])
+    aggregator.assert_metric('huntress.siem.logs_forwarded', value=50, tags=['team:secops', 'query_name:second'])
+    assert len(sink.uuids()) == 50
+
+    aggregator.reset()
+    assert run(dd_run_check, check) is None
+    aggregator.assert_service_check(SIEM, AgentCheck.OK, tags=QUERY_TAGS)
+    aggregator.assert_metric('huntress.siem.logs_forwarded', value=50, tags=QUERY_TAGS)
+
+
+def test_a_panic_in_one_feed_fails_that_feed_alone(make_check, dd_run_check, aggregator, huntress, sink, instance):
+    huntress.add_events(recent_events(50, seed=110))
+    instance['incidents'] = {'enabled': True}
+    check = make_check(instance)
+    _core._inject_panic('feed')
+    assert run(dd_run_check, check) is None
+    aggregator.assert_service_check(SIEM, AgentCheck.OK, tags=QUERY_TAGS)
+    aggregator.assert_metric('huntress.siem.logs_forwarded', value=50, tags=QUERY_TAGS)
+    aggregator.assert_metric('huntress.siem.errors', value=1, tags=['team:secops', 'error_type:internal'])
+    checks = aggregator.service_checks(API)
+    assert len(checks) == 1 and checks[0].status != AgentCheck.OK and 'internal error' in checks[0].message
+
+    aggregator.reset()
+    assert run(dd_run_check, check) is None
+    aggregator.assert_service_check(API, AgentCheck.OK)
+
+
 def test_a_panic_while_the_check_starts_is_reported_on_every_run(make_check, dd_run_check, aggregator, instance):
     _core._inject_panic('new')
     check = make_check(instance)

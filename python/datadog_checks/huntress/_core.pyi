@@ -10,6 +10,7 @@ class ApiError(HuntressCoreError): ...
 class IntakeError(HuntressCoreError): ...
 class CacheError(HuntressCoreError): ...
 class DeadlineError(HuntressCoreError): ...
+class InternalError(HuntressCoreError): ...
 
 MetricRow = tuple[Literal['gauge', 'count'], str, float, list[str]]
 ServiceCheckRow = tuple[str, int, list[str], Optional[str]]
@@ -34,6 +35,7 @@ class Collector:
     def run(self, read_cache: Callable[[str], str], write_cache: Callable[[str, str], None]) -> Report:
         """Runs every query once, with the GIL released during network work."""
 
-def _inject_panic(point: Literal['new', 'run']) -> None:
-    """Test hook: the next `Collector()` ('new') or `run` ('run') panics once.
+def _inject_panic(point: Literal['new', 'run', 'query', 'feed']) -> None:
+    """Test hook: the next `Collector()` ('new'), `run` ('run'), SIEM query ('query')
+    or REST feed ('feed') panics once.
     Not part of the check's interface; no option or environment variable arms it."""
