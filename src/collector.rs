@@ -30,6 +30,7 @@ use crate::config::{AgentContext, Config, IncidentsConfig, LogQuery, StalePolicy
 use crate::error::{ErrorKind, HuntressError, Result};
 use crate::http::Deadline;
 use crate::huntress::{Feature, HuntressClient};
+use crate::feeds::context::FeedContext;
 use crate::feeds::escalations::Escalations;
 use crate::feeds::incidents::Incidents;
 use crate::feeds::orgs::id_text;
@@ -37,7 +38,7 @@ use crate::feeds::scope::Scope;
 use crate::feeds::signals::SignalRun;
 use crate::feeds::versioned::{VersionedFeed, VersionedRun};
 use crate::datadog::intake::IntakeClient;
-use crate::feeds::orgs::{Enricher, Orgs};
+use crate::feeds::orgs::{Enricher, OrgDirectory, Orgs};
 use crate::ratelimit::RateBudget;
 use crate::redact::Redactor;
 use crate::datadog::report::{with_tag, Level, Report, Status};
@@ -472,19 +473,8 @@ impl Collector {
         for (feed, settings) in feeds.into_iter().filter(|(_, settings)| settings.enabled) {
             let feature = feed.feature();
             let mut source = ClientSource { client: &mut self.huntress, feature, deadline, pacing };
-            let mut run = VersionedRun {
-                feed,
-                sink: &mut self.intake,
-                rules: &self.config.processing_rules,
-                cache: &mut *cache,
-                deadline,
-                directory: self.orgs.directory(),
-                scope: &self.scope,
-                base_tags: &self.config.tags,
-                max_pages: settings.max_pages,
-                initial_lookback: self.config.initial_lookback,
-                now: Utc::now(),
-            };
+            let ctx = feed_context(&mut self.intake, &self.config, self.orgs.directory(), &self.scope, &mut *cache, deadline, settings.max_pages);
+            let mut run = VersionedRun { feed, ctx };
             let (health, pages) = guarded(feature, || run.run(&mut source, report));
             if health.is_none() {
                 report.log(Level::Warning, format!("{} deferred to a later run: the SOC share of the rate budget was spent (or the run deadline reached)", feature.tag()));
@@ -499,18 +489,9 @@ impl Collector {
         if self.config.signals.enabled {
             if let Some(pacing) = self.pacing_for(Feature::Signals, self.estimate(Feature::Signals, 1), deadline, rest, report) {
                 let mut source = ClientSource { client: &mut self.huntress, feature: Feature::Signals, deadline, pacing };
-                let mut run = SignalRun {
-                    sink: &mut self.intake,
-                    rules: &self.config.processing_rules,
-                    cache: &mut *cache,
-                    deadline,
-                    directory: self.orgs.directory(),
-                    scope: &self.scope,
-                    base_tags: &self.config.tags,
-                    max_pages: self.config.signals.max_pages,
-                    initial_lookback: self.config.initial_lookback,
-                    now: Utc::now(),
-                };
+                let max_pages = self.config.signals.max_pages;
+                let ctx = feed_context(&mut self.intake, &self.config, self.orgs.directory(), &self.scope, &mut *cache, deadline, max_pages);
+                let mut run = SignalRun { ctx };
                 let (health, pages) = guarded(Feature::Signals, || run.run(&mut source, report));
                 self.record(Feature::Signals, health, pages, rest);
             }
@@ -583,6 +564,32 @@ impl Collector {
         if let Some((status, message)) = api_status(&rest.healths) {
             report.service_check(API_SERVICE_CHECK, status, tags, message);
         }
+    }
+}
+
+/// What a log-forwarding REST feed is given for one run: built from the
+/// collector's fields one by one, so that it can live beside the page source
+/// that borrows the Huntress client.
+fn feed_context<'a>(
+    intake: &'a mut IntakeClient,
+    config: &'a Config,
+    directory: Option<&'a OrgDirectory>,
+    scope: &'a Scope,
+    cache: &'a mut dyn Cache,
+    deadline: Deadline,
+    max_pages: u32,
+) -> FeedContext<'a> {
+    FeedContext {
+        sink: intake,
+        rules: &config.processing_rules,
+        cache,
+        deadline,
+        directory,
+        scope,
+        base_tags: &config.tags,
+        max_pages,
+        initial_lookback: config.initial_lookback,
+        now: Utc::now(),
     }
 }
 

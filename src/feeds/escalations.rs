@@ -194,14 +194,12 @@ mod tests {
     use crate::feeds::rest::tests::FakeSource;
     use crate::feeds::scope::{parse, Scope};
     use crate::feeds::versioned::{LogSink, VersionedRun, VersionedState};
+    use crate::feeds::context::tests::{context, NOW};
     use crate::checkpoint::MemoryCache;
     use crate::datadog::intake::Delivery;
     use crate::datadog::report::Report;
     use crate::http::Deadline;
     use chrono::{SecondsFormat, TimeZone};
-    use std::time::Duration;
-
-    const NOW: i64 = 1_780_000_000;
 
     fn iso(secs: i64) -> String {
         Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -276,21 +274,10 @@ mod tests {
         let overdue = vec![items[1].clone()];
         let mut sink = Sink(0);
         let mut report = Report::default();
+        let rules = ProcessingRules::default();
         for _ in 0..2 {
             let mut source = FakeSource::new(vec![page(&items), page(&open), page(&overdue)]);
-            let mut run = VersionedRun {
-                feed: &Escalations,
-                sink: &mut sink,
-                rules: &ProcessingRules::default(),
-                cache: &mut cache,
-                deadline: Deadline::after(Duration::from_secs(30)),
-                directory: None,
-                scope: &scope,
-                base_tags: &[],
-                max_pages: 10,
-                initial_lookback: Duration::from_secs(3600),
-                now: Utc.timestamp_opt(NOW, 0).unwrap(),
-            };
+            let mut run = VersionedRun { feed: &Escalations, ctx: context(&mut sink, &rules, &mut cache, &scope) };
             let (health, pages) = run.run(&mut source, &mut report);
             assert_eq!(health.unwrap().status, Status::Ok);
             assert_eq!(pages, 3);

@@ -235,13 +235,11 @@ mod tests {
     use crate::feeds::rest::{End, Health};
     use crate::http::Deadline;
     use chrono::SecondsFormat;
-    use std::time::Duration;
+    use crate::feeds::context::tests::{context, NOW};
     use crate::feeds::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
     use crate::checkpoint::MemoryCache;
-
-    const NOW: i64 = 1_780_000_000;
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()
@@ -403,19 +401,7 @@ mod tests {
         let mut source = FakeSource::new(vec![page(reports, None), page(open, None)]);
         let mut report = Report::default();
         let scope = Scope::default();
-        let mut run = VersionedRun {
-            feed: &Incidents,
-            sink,
-            rules,
-            scope: &scope,
-            cache,
-            deadline: Deadline::after(Duration::from_secs(30)),
-            directory: None,
-            base_tags: &[],
-            max_pages: 10,
-            initial_lookback: Duration::from_secs(3600),
-            now: at(NOW),
-        };
+        let mut run = VersionedRun { feed: &Incidents, ctx: context(sink, rules, cache, &scope) };
         let (health, _) = run.run(&mut source, &mut report);
         (report, health.unwrap())
     }

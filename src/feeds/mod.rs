@@ -7,11 +7,14 @@
 //! - `escalations`: SOC requests for action, forwarded as logs and events;
 //! - `signals`: the detections the SOC investigated, forwarded as logs;
 //!
-//! and what they share: `rest` (paging, budget rule), `versioned` (one log and
-//! event per version of an item that changes: incidents, escalations) and
-//! `scope` (which organizations an instance forwards, for every feed).
+//! and what they share: `rest` (paging, budget rule), `context` (what a feed
+//! that forwards logs is given for a run, and the steps on it they share),
+//! `versioned` (one log and event per version of an item that changes:
+//! incidents, escalations) and `scope` (which organizations an instance
+//! forwards, for every feed).
 
 pub mod agents;
+pub mod context;
 pub mod escalations;
 pub mod incidents;
 pub mod orgs;

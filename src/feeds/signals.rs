@@ -11,22 +11,19 @@
 //! * Signals outside the organization scope are dropped and counted.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{Cache, SIGNALS_KEY};
-use crate::config::StalePolicy;
+use crate::checkpoint::SIGNALS_KEY;
 use crate::datadog::intake::Delivery;
 use crate::datadog::report::{with_tag, Report, Status};
 use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
 use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::rest::{list_pages, End, Health, PageSource};
-use crate::feeds::scope::{OrgRef, Scope};
-use crate::datadog::processing::ProcessingRules;
-use crate::feeds::versioned::{forward_items, text, timestamp, LogSink, Version, VersionedState};
-use crate::http::Deadline;
+use crate::feeds::context::FeedContext;
+use crate::feeds::scope::OrgRef;
+use crate::feeds::versioned::{text, timestamp, Version, VersionedState};
 use crate::huntress::Feature;
 use crate::tags::{self, cap_values, MAX_TAG_VALUES};
 
@@ -71,19 +68,9 @@ pub fn log_for(signal: &Map<String, Value>, directory: Option<&OrgDirectory>, te
     }
 }
 
-/// Everything one signal run needs besides the page source.
+/// One run of the signals feed.
 pub struct SignalRun<'a> {
-    pub sink: &'a mut dyn LogSink,
-    /// The Agent's processing rules, applied to these logs as to every log source.
-    pub rules: &'a ProcessingRules,
-    pub cache: &'a mut dyn Cache,
-    pub deadline: Deadline,
-    pub directory: Option<&'a OrgDirectory>,
-    pub scope: &'a Scope,
-    pub base_tags: &'a [String],
-    pub max_pages: u32,
-    pub initial_lookback: Duration,
-    pub now: DateTime<Utc>,
+    pub ctx: FeedContext<'a>,
 }
 
 impl SignalRun<'_> {
@@ -94,16 +81,16 @@ impl SignalRun<'_> {
             return (None, 0);
         }
         let mut warnings = Vec::new();
-        let mut state = VersionedState::load(self.cache, SIGNALS_KEY, CHECKPOINT, self.now, self.initial_lookback, &mut warnings);
+        let mut state = self.ctx.load_state(SIGNALS_KEY, CHECKPOINT, &mut warnings);
         let mut filters = vec![
             ("investigated_at_min", state.checkpoint.to_rfc3339_opts(SecondsFormat::Secs, true)),
             ("sort_field", "id".to_string()),
             ("sort_direction", "asc".to_string()),
         ];
-        filters.extend(self.scope.api_filter());
+        filters.extend(self.ctx.scope.api_filter());
         let mut signals = Vec::new();
         let mut newest: Option<DateTime<Utc>> = None;
-        let listing = list_pages(source, SIGNALS_PATH, "signals", &filters, self.max_pages, |page| {
+        let listing = list_pages(source, SIGNALS_PATH, "signals", &filters, self.ctx.max_pages, |page| {
             for signal in page {
                 if let Some(at) = timestamp(&signal, "investigated_at") {
                     newest = Some(newest.map_or(at, |n| n.max(at)));
@@ -124,14 +111,12 @@ impl SignalRun<'_> {
             End::Complete | End::Enough if delivery.error.is_none() => state.checkpoint = state.checkpoint.max(newest.unwrap_or(state.checkpoint)),
             End::Failed(error) => warnings.push(format!("reading signals failed part way ({error}); the next run reads them again")),
             end => {
-                if let Some(why) = end.shortfall("signals", self.max_pages, "signals.max_pages") {
+                if let Some(why) = end.shortfall("signals", self.ctx.max_pages, "signals.max_pages") {
                     warnings.push(format!("{why}; the next run reads from the same checkpoint"));
                 }
             }
         }
-        if let Err(e) = self.cache.write(SIGNALS_KEY, &state.encode()) {
-            warnings.push(format!("cannot save the {CHECKPOINT} ({e})"));
-        }
+        self.ctx.save_state(SIGNALS_KEY, CHECKPOINT, &state, &mut warnings);
         if let Some(error) = &delivery.error {
             warnings.push(format!("signals could not be forwarded; the checkpoint stays: {error}"));
             return (Some(Health::failed(Feature::Signals, Status::Warning, warnings.join("; "), error)), listing.pages);
@@ -148,23 +133,23 @@ impl SignalRun<'_> {
             .filter_map(|signal| {
                 let version = Version::of_id(&signal);
                 let new = seen_now.insert(version.report) && state.known.classify(&version) == crate::feeds::versioned::Change::New;
-                (new && self.scope.admits(Feature::Signals.tag(), &organization(&signal), self.directory)).then_some((signal, version))
+                (new && self.ctx.scope.admits(Feature::Signals.tag(), &organization(&signal), self.ctx.directory)).then_some((signal, version))
             })
             .collect()
     }
 
     fn deliver(&mut self, fresh: &[(Map<String, Value>, Version)], state: &mut VersionedState, report: &mut Report) -> Delivery {
-        let template = LogTemplate { service: SERVICE.into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
-        let now_ms = self.now.timestamp_millis();
-        let logs = fresh.iter().map(|(signal, _)| log_for(signal, self.directory, &template, now_ms));
-        let delivery = forward_items(self.sink, self.rules, &self.deadline, logs, Feature::Signals, self.base_tags, report);
+        let template = self.ctx.template(SERVICE);
+        let (directory, now_ms) = (self.ctx.directory, self.ctx.now.timestamp_millis());
+        let logs = fresh.iter().map(|(signal, _)| log_for(signal, directory, &template, now_ms));
+        let delivery = self.ctx.forward(logs, Feature::Signals, report);
         let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
         for (signal, version) in fresh.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);
             *by_type.entry(tags::value_or_unknown(Some(text(signal, "type")))).or_default() += 1;
         }
         for (kind, count) in cap_values(by_type, MAX_TAG_VALUES) {
-            report.count("huntress.signals.collected", count as f64, &with_tag(self.base_tags, format!("signal_type:{kind}")));
+            report.count("huntress.signals.collected", count as f64, &with_tag(self.ctx.base_tags, format!("signal_type:{kind}")));
         }
         delivery
     }
@@ -174,13 +159,15 @@ impl SignalRun<'_> {
 mod tests {
     use super::*;
     use crate::checkpoint::MemoryCache;
+    use crate::datadog::processing::ProcessingRules;
     use crate::error::{ErrorKind, HuntressError};
+    use crate::feeds::context::tests::{context, NOW};
     use crate::feeds::rest::tests::FakeSource;
-    use crate::feeds::scope::parse;
+    use crate::feeds::scope::{parse, Scope};
+    use crate::feeds::versioned::LogSink;
+    use crate::http::Deadline;
     use chrono::TimeZone;
     use serde_json::json;
-
-    const NOW: i64 = 1_780_000_000;
 
     fn iso(secs: i64) -> String {
         Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -216,18 +203,8 @@ mod tests {
     fn run_once(signals: &[Map<String, Value>], sink: &mut Sink, cache: &mut MemoryCache, scope: &Scope) -> (Health, FakeSource) {
         let mut source = FakeSource::new(vec![Ok(json!({"signals": signals, "pagination": {}}))]);
         let mut report = Report::default();
-        let mut run = SignalRun {
-            sink,
-            rules: &ProcessingRules::default(),
-            cache,
-            deadline: Deadline::after(Duration::from_secs(30)),
-            directory: None,
-            scope,
-            base_tags: &[],
-            max_pages: 10,
-            initial_lookback: Duration::from_secs(3600),
-            now: Utc.timestamp_opt(NOW, 0).unwrap(),
-        };
+        let rules = ProcessingRules::default();
+        let mut run = SignalRun { ctx: context(sink, &rules, cache, scope) };
         let (health, _) = run.run(&mut source, &mut report);
         (health.unwrap(), source)
     }

@@ -27,7 +27,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{decode_entry, Cache};
-use crate::config::StalePolicy;
 use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
 use crate::datadog::processing::{ProcessingRules, Verdict};
 use crate::datadog::report::{with_tag, Event, Report, Status};
@@ -38,6 +37,7 @@ use crate::feeds::scope::{OrgRef, Scope};
 use crate::http::Deadline;
 use crate::huntress::Feature;
 use crate::feeds::agents::MAX_ORGS_TAGGED;
+use crate::feeds::context::FeedContext;
 use crate::tags::{self, cap_values, MAX_TAG_VALUES};
 
 pub const SEVERITIES: [&str; 3] = ["low", "high", "critical"];
@@ -500,20 +500,10 @@ pub fn forward_items(
     Delivery { accepted_prefix: handled, error: delivery.error }
 }
 
-/// Everything one run of a versioned feed needs besides the page source.
+/// One run of a versioned feed: the feed and what its run is given.
 pub struct VersionedRun<'a> {
     pub feed: &'a dyn VersionedFeed,
-    pub sink: &'a mut dyn LogSink,
-    /// The Agent's processing rules, applied to these logs as to every log source.
-    pub rules: &'a ProcessingRules,
-    pub cache: &'a mut dyn Cache,
-    pub deadline: Deadline,
-    pub directory: Option<&'a OrgDirectory>,
-    pub scope: &'a Scope,
-    pub base_tags: &'a [String],
-    pub max_pages: u32,
-    pub initial_lookback: Duration,
-    pub now: DateTime<Utc>,
+    pub ctx: FeedContext<'a>,
 }
 
 impl VersionedRun<'_> {
@@ -531,9 +521,9 @@ impl VersionedRun<'_> {
         let what = self.feed.what();
         let mut warnings = Vec::new();
         let name = self.checkpoint_name();
-        let mut state = VersionedState::load(self.cache, self.feed.cache_key(), &name, self.now, self.initial_lookback, &mut warnings);
-        let extra: Vec<_> = self.scope.api_filter().into_iter().collect();
-        let scan = scan_changes_where(source, self.feed.path(), self.feed.plural(), &extra, state.checkpoint, self.max_pages);
+        let mut state = self.ctx.load_state(self.feed.cache_key(), &name, &mut warnings);
+        let extra: Vec<_> = self.ctx.scope.api_filter().into_iter().collect();
+        let scan = scan_changes_where(source, self.feed.path(), self.feed.plural(), &extra, state.checkpoint, self.ctx.max_pages);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {
@@ -541,23 +531,21 @@ impl VersionedRun<'_> {
                 return (Some(health), pages);
             }
         }
-        let in_scope: Vec<_> = scan.reports.into_iter().filter(|item| in_scope(self.feed, self.scope, item, self.directory, true)).collect();
+        let in_scope: Vec<_> = scan.reports.into_iter().filter(|item| in_scope(self.feed, self.ctx.scope, item, self.ctx.directory, true)).collect();
         let changes = new_versions(in_scope, &state.known);
         let delivery = self.deliver(&changes, &mut state, report);
         match &scan.listing.end {
             End::Complete | End::Enough if delivery.error.is_none() => state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint)),
             End::PageCap | End::RepeatedToken if delivery.error.is_none() => {
                 state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint));
-                let why = scan.listing.end.shortfall(what, self.max_pages, self.feed.max_pages_option()).unwrap_or_default();
+                let why = scan.listing.end.shortfall(what, self.ctx.max_pages, self.feed.max_pages_option()).unwrap_or_default();
                 warnings.push(format!("{why}; older changes since the last run were skipped"));
             }
             End::Budget => warnings.push("the rate budget ran out before the checkpoint was reached; the next run reads these changes again".into()),
             End::Failed(error) => warnings.push(format!("reading {what} failed part way ({error}); the next run reads them again")),
             _ => {}
         }
-        if let Err(e) = self.cache.write(self.feed.cache_key(), &state.encode()) {
-            warnings.push(format!("cannot save the {} ({e})", self.checkpoint_name()));
-        }
+        self.ctx.save_state(self.feed.cache_key(), &name, &state, &mut warnings);
         if let Some(error) = &delivery.error {
             warnings.push(format!("{what} could not be forwarded; the checkpoint stays: {error}"));
             let health = Health::failed(feature, Status::Warning, warnings.join("; "), error);
@@ -572,39 +560,41 @@ impl VersionedRun<'_> {
 
     /// Sends the logs; records the versions and emits the events of the accepted prefix.
     fn deliver(&mut self, changes: &[(Map<String, Value>, Version, Change)], state: &mut VersionedState, report: &mut Report) -> Delivery {
-        let now_ms = self.now.timestamp_millis();
-        let template = LogTemplate { service: self.feed.service().into(), ddtags: self.base_tags.join(","), stale_policy: StalePolicy::RewriteDate };
-        let logs = changes.iter().map(|(item, _, change)| self.feed.log_for(item, *change, self.directory, &template, now_ms));
-        let delivery = forward_items(self.sink, self.rules, &self.deadline, logs, self.feed.feature(), self.base_tags, report);
+        let now_ms = self.ctx.now.timestamp_millis();
+        let template = self.ctx.template(self.feed.service());
+        let (feed, directory) = (self.feed, self.ctx.directory);
+        let logs = changes.iter().map(|(item, _, change)| feed.log_for(item, *change, directory, &template, now_ms));
+        let delivery = self.ctx.forward(logs, feed.feature(), report);
         let mut collected: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
         for (item, version, change) in changes.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);
-            report.events.push(self.feed.event_for(item, *change, self.directory, self.base_tags, self.now));
+            report.events.push(self.feed.event_for(item, *change, self.ctx.directory, self.ctx.base_tags, self.ctx.now));
             *collected.entry(tags::value_or_unknown(Some(text(item, "severity")))).or_default() += 1;
         }
         let metric = format!("{}.collected", self.feed.metric_prefix());
         for (severity, count) in cap_values(collected, MAX_TAG_VALUES) {
-            report.count(&metric, count as f64, &with_tag(self.base_tags, format!("severity:{severity}")));
+            report.count(&metric, count as f64, &with_tag(self.ctx.base_tags, format!("severity:{severity}")));
         }
         delivery
     }
 
     fn report_status(&mut self, source: &mut dyn PageSource, suffix: &str, status: &str, report: &mut Report, warnings: &mut Vec<String>) -> u32 {
         let metric = format!("{}.{suffix}", self.feed.metric_prefix());
-        let (counts, listing) = count_by_status(source, self.feed, status, self.max_pages, self.scope, self.directory);
+        let ctx = &self.ctx;
+        let (counts, listing) = count_by_status(source, self.feed, status, ctx.max_pages, ctx.scope, ctx.directory);
         match (counts, &listing.end) {
             (Some(counts), _) => {
                 for (severity, count) in counts.by_severity {
-                    report.gauge(&metric, count as f64, &with_tag(self.base_tags, format!("severity:{severity}")));
+                    report.gauge(&metric, count as f64, &with_tag(ctx.base_tags, format!("severity:{severity}")));
                 }
                 if suffix == "open" {
                     let by_org_metric = format!("{}.open_by_organization", self.feed.metric_prefix());
-                    report_by_org(&by_org_metric, &counts.by_org, self.directory, self.base_tags, report);
+                    report_by_org(&by_org_metric, &counts.by_org, ctx.directory, ctx.base_tags, report);
                 }
             }
             (None, End::Failed(error)) => warnings.push(format!("{metric} not submitted: {error}")),
             (None, end) => {
-                let why = end.shortfall(&format!("{} ({status})", self.feed.what()), self.max_pages, self.feed.max_pages_option()).unwrap_or_default();
+                let why = end.shortfall(&format!("{} ({status})", self.feed.what()), ctx.max_pages, self.feed.max_pages_option()).unwrap_or_default();
                 warnings.push(format!("{metric} not submitted ({why})"));
             }
         }
