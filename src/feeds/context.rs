@@ -1,18 +1,19 @@
 //! What every REST feed that forwards logs (incidents, escalations, signals)
 //! is given for one run besides its page source, and the steps they share on
-//! it: the checkpoint in the cache, the log template, and the forwarding of
-//! logs through the processing rules to the intake.
+//! it: the checkpoint in the cache, the log template, the forwarding of logs
+//! through the processing rules to the intake, and how an item becomes a log.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
 
 use crate::checkpoint::Cache;
 use crate::config::StalePolicy;
 use crate::datadog::intake::Delivery;
 use crate::datadog::processing::ProcessingRules;
 use crate::datadog::report::Report;
-use crate::datadog::transform::{LogTemplate, PreparedLog};
+use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
 use crate::feeds::orgs::OrgDirectory;
 use crate::feeds::scope::Scope;
 use crate::feeds::versioned::{forward_items, LogSink, VersionedState};
@@ -60,13 +61,70 @@ impl FeedContext<'_> {
     }
 }
 
+/// The item's `status` moved to `aside`, and `status` set to the log level
+/// (`status` is the level in Datadog).
+pub fn set_level(row: &mut Map<String, Value>, aside: &str, level: &str) {
+    if let Some(value) = row.remove("status") {
+        row.insert(aside.into(), value);
+    }
+    row.insert("status".into(), Value::from(level));
+}
+
+/// The parts that are not empty, joined by `separator`.
+pub fn join_present(parts: &[&str], separator: &str) -> String {
+    parts.iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(separator)
+}
+
+/// The log of one item: `row` with the organization's attributes, its tags
+/// and then `tags`; `None` when the template skips it as stale.
+pub fn prepare_log(row: Map<String, Value>, org: Enrichment, tags: &[String], template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
+    let all: Vec<&str> = std::iter::once(org.tags.as_str()).filter(|t| !t.is_empty()).chain(tags.iter().map(String::as_str)).collect();
+    let enrichment = Enrichment::new(org.attributes, all.join(","));
+    match transform::prepare_value(row, template, &enrichment, now_ms) {
+        Prepared::Log(log) => Some(log),
+        Prepared::SkippedStale { .. } => None,
+    }
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use crate::error::{ErrorKind, HuntressError};
+    use chrono::{SecondsFormat, TimeZone};
 
     /// The time the feed tests run at.
     pub const NOW: i64 = 1_780_000_000;
+
+    /// `secs` as the API writes times.
+    pub fn iso(secs: i64) -> String {
+        Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    /// An intake that accepts every log (and keeps it, parsed) or refuses every batch.
+    pub struct TestSink {
+        pub accept: bool,
+        pub logs: Vec<Map<String, Value>>,
+    }
+
+    impl TestSink {
+        pub fn accepting() -> Self {
+            TestSink { accept: true, logs: Vec::new() }
+        }
+
+        pub fn refusing() -> Self {
+            TestSink { accept: false, logs: Vec::new() }
+        }
+    }
+
+    impl LogSink for TestSink {
+        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
+            if !self.accept {
+                return Delivery { accepted_prefix: 0, error: Some(HuntressError::intake(ErrorKind::IntakeUnavailable, "503")) };
+            }
+            self.logs.extend(logs.iter().map(|l| serde_json::from_slice::<Map<String, Value>>(&l.json).unwrap()));
+            Delivery { accepted_prefix: logs.len(), error: None }
+        }
+    }
 
     /// A context as the feed tests use it: no organization directory, no tags,
     /// 10 pages, an hour of look-back, at `NOW`.

@@ -15,7 +15,8 @@ use serde_json::{json, Map, Value};
 
 use crate::checkpoint::ESCALATIONS_KEY;
 use crate::datadog::report::Event;
-use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::datadog::transform::{Enrichment, LogTemplate, PreparedLog};
+use crate::feeds::context::{join_present, prepare_log, set_level};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::feeds::scope::OrgRef;
 use crate::feeds::versioned::{alert_type, log_status, text, truncate, updated_at, Change, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
@@ -101,25 +102,16 @@ impl VersionedFeed for Escalations {
         let mut row = item.clone();
         let severity = text(item, "severity").to_string();
         let status = text(item, "status").to_string();
-        if let Some(value) = row.remove("status") {
-            row.insert("escalation_status".into(), value);
-        }
-        row.insert("status".into(), Value::from(log_status(&severity, is_resolved(item))));
+        set_level(&mut row, "escalation_status", log_status(&severity, is_resolved(item)));
         if let Some(updated) = item.get("updated_at").filter(|v| v.is_string()) {
             row.insert("@timestamp".into(), updated.clone());
         }
-        let message = [text(item, "type"), text(item, "subject")].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(": ");
+        let message = join_present(&[text(item, "type"), text(item, "subject")], ": ");
         row.insert("message".into(), Value::String(message));
         row.insert("huntress.escalation_change".into(), Value::from(change.tag()));
         let org = enrichment_of(item, directory);
-        let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
-        extra.push(tags::tag("severity", &severity));
-        extra.push(tags::tag("escalation_status", &status));
-        let enrichment = Enrichment::new(org.attributes, extra.join(","));
-        match transform::prepare_value(row, template, &enrichment, now_ms) {
-            Prepared::Log(log) => Some(log),
-            Prepared::SkippedStale { .. } => None,
-        }
+        let tags = [tags::tag("severity", &severity), tags::tag("escalation_status", &status)];
+        prepare_log(row, org, &tags, template, now_ms)
     }
 
     fn event_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event {
@@ -193,17 +185,10 @@ mod tests {
     use crate::datadog::report::Status;
     use crate::feeds::rest::tests::FakeSource;
     use crate::feeds::scope::{parse, Scope};
-    use crate::feeds::versioned::{LogSink, VersionedRun, VersionedState};
-    use crate::feeds::context::tests::{context, NOW};
+    use crate::feeds::versioned::{VersionedRun, VersionedState};
+    use crate::feeds::context::tests::{context, iso, TestSink, NOW};
     use crate::checkpoint::MemoryCache;
-    use crate::datadog::intake::Delivery;
     use crate::datadog::report::Report;
-    use crate::http::Deadline;
-    use chrono::{SecondsFormat, TimeZone};
-
-    fn iso(secs: i64) -> String {
-        Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
-    }
 
     fn escalation(id: u64, updated: i64, status: &str, severity: &str, org: u64) -> Map<String, Value> {
         json!({
@@ -214,15 +199,6 @@ mod tests {
         .as_object()
         .unwrap()
         .clone()
-    }
-
-    struct Sink(usize);
-
-    impl LogSink for Sink {
-        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
-            self.0 += logs.len();
-            Delivery { accepted_prefix: logs.len(), error: None }
-        }
     }
 
     fn page(items: &[Map<String, Value>]) -> crate::error::Result<Value> {
@@ -272,7 +248,7 @@ mod tests {
         let items = vec![escalation(2, NOW - 60, "open", "critical", 101), escalation(1, NOW - 120, "open", "low", 202)];
         let open = items.clone();
         let overdue = vec![items[1].clone()];
-        let mut sink = Sink(0);
+        let mut sink = TestSink::accepting();
         let mut report = Report::default();
         let rules = ProcessingRules::default();
         for _ in 0..2 {
@@ -287,7 +263,7 @@ mod tests {
                 assert!(query.contains(&("organization_id".to_string(), "101".to_string())), "the single included id is passed to the API");
             }
         }
-        assert_eq!(sink.0, 1, "one escalation in scope, forwarded once over two runs");
+        assert_eq!(sink.logs.len(), 1, "one escalation in scope, forwarded once over two runs");
         assert_eq!(report.events.len(), 1);
         assert!(report.events[0].tags.contains(&"huntress_org_id:101".to_string()));
         let gauge = |name: &str, severity: &str| {

@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 
 use crate::checkpoint::INCIDENTS_KEY;
 use crate::datadog::report::Event;
-use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::datadog::transform::{LogTemplate, PreparedLog};
+use crate::feeds::context::{join_present, prepare_log, set_level};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::feeds::rest::{Listing, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
@@ -203,25 +204,16 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     let mut row = report.clone();
     let severity = text(report, "severity").to_string();
     let status = text(report, "status").to_string();
-    if let Some(value) = row.remove("status") {
-        row.insert("incident_status".into(), value);
-    }
-    row.insert("status".into(), Value::from(log_status(&severity, &status)));
+    set_level(&mut row, "incident_status", log_status(&severity, &status));
     if let Some(updated) = report.get("updated_at").filter(|v| v.is_string()) {
         row.insert("@timestamp".into(), updated.clone());
     }
-    let message = [text(report, "subject"), text(report, "summary")].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("\n\n");
+    let message = join_present(&[text(report, "subject"), text(report, "summary")], "\n\n");
     row.insert("message".into(), Value::String(message));
     row.insert("huntress.incident_change".into(), Value::from(change.tag()));
     let org = enrich_row(directory, report).into_owned();
-    let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
-    extra.push(tags::tag("severity", &severity));
-    extra.push(tags::tag("incident_status", &status));
-    let enrichment = Enrichment::new(org.attributes, extra.join(","));
-    match transform::prepare_value(row, template, &enrichment, now_ms) {
-        Prepared::Log(log) => Some(log),
-        Prepared::SkippedStale { .. } => None,
-    }
+    let tags = [tags::tag("severity", &severity), tags::tag("incident_status", &status)];
+    prepare_log(row, org, &tags, template, now_ms)
 }
 
 #[cfg(test)]
@@ -229,13 +221,9 @@ mod tests {
     use super::*;
     use crate::datadog::processing::ProcessingRules;
     use crate::config::StalePolicy;
-    use crate::datadog::intake::Delivery;
     use crate::datadog::report::{Report, Status};
-    use crate::error::{ErrorKind, HuntressError};
     use crate::feeds::rest::{End, Health};
-    use crate::http::Deadline;
-    use chrono::SecondsFormat;
-    use crate::feeds::context::tests::{context, NOW};
+    use crate::feeds::context::tests::{context, iso, TestSink, NOW};
     use crate::feeds::rest::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
@@ -243,10 +231,6 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()
-    }
-
-    fn iso(secs: i64) -> String {
-        at(secs).to_rfc3339_opts(SecondsFormat::Secs, true)
     }
 
     fn incident(id: u64, updated: i64, status: &str, severity: &str) -> Map<String, Value> {
@@ -371,30 +355,14 @@ mod tests {
         assert!(log["message"].as_str().unwrap().starts_with("HIGH - Incident on WS-9"));
     }
 
-    struct FakeSink {
-        accept: bool,
-        sent: usize,
-    }
-
-    impl LogSink for FakeSink {
-        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
-            if self.accept {
-                self.sent += logs.len();
-                Delivery { accepted_prefix: logs.len(), error: None }
-            } else {
-                Delivery { accepted_prefix: 0, error: Some(HuntressError::intake(ErrorKind::IntakeUnavailable, "503")) }
-            }
-        }
-    }
-
-    fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut FakeSink, cache: &mut MemoryCache) -> (Report, Health) {
+    fn run_once(reports: &[Map<String, Value>], open: &[Map<String, Value>], sink: &mut TestSink, cache: &mut MemoryCache) -> (Report, Health) {
         run_with_rules(reports, open, sink, cache, &ProcessingRules::default())
     }
 
     fn run_with_rules(
         reports: &[Map<String, Value>],
         open: &[Map<String, Value>],
-        sink: &mut FakeSink,
+        sink: &mut TestSink,
         cache: &mut MemoryCache,
         rules: &ProcessingRules,
     ) -> (Report, Health) {
@@ -410,13 +378,13 @@ mod tests {
     fn the_checkpoint_moves_only_after_the_intake_accepted() {
         let mut cache = MemoryCache::default();
         let reports = vec![incident(2, NOW - 60, "sent", "critical"), incident(1, NOW - 120, "sent", "low")];
-        let (report, health) = run_once(&reports, &reports[..1], &mut FakeSink { accept: false, sent: 0 }, &mut cache);
+        let (report, health) = run_once(&reports, &reports[..1], &mut TestSink::refusing(), &mut cache);
         assert_eq!(health.status, Status::Warning);
         assert!(report.events.is_empty(), "no event for a log the intake did not take");
         let state = IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap();
         assert_eq!(state.checkpoint, at(NOW - 3600));
 
-        let mut sink = FakeSink { accept: true, sent: 0 };
+        let mut sink = TestSink::accepting();
         let (report, health) = run_once(&reports, &reports[..1], &mut sink, &mut cache);
         assert_eq!(health.status, Status::Ok);
         assert_eq!(report.events.len(), 2);
@@ -427,7 +395,7 @@ mod tests {
 
         let (report, _) = run_once(&reports, &[], &mut sink, &mut cache);
         assert!(report.events.is_empty(), "a second run sends nothing again");
-        assert_eq!(sink.sent, 2);
+        assert_eq!(sink.logs.len(), 2);
         let closed = vec![incident(2, NOW - 30, "closed", "critical"), incident(2, NOW - 60, "sent", "critical")];
         let (report, _) = run_once(&closed, &[], &mut sink, &mut cache);
         assert_eq!(report.events.len(), 1);
@@ -439,7 +407,7 @@ mod tests {
         let mut cache = MemoryCache::default();
         cache.0.insert(INCIDENTS_KEY.into(), IncidentState::new(at(NOW + 86_400 * 365)).encode());
         let reports = vec![incident(3, NOW - 60, "sent", "high")];
-        let mut sink = FakeSink { accept: true, sent: 0 };
+        let mut sink = TestSink::accepting();
         let (report, health) = run_once(&reports, &[], &mut sink, &mut cache);
         assert_eq!(health.status, Status::Warning);
         assert!(health.message.unwrap().contains("in the future"));
@@ -456,15 +424,15 @@ mod tests {
         .unwrap();
         let reports = vec![incident(3, NOW - 30, "sent", "high"), incident(2, NOW - 60, "sent", "low"), incident(1, NOW - 90, "sent", "critical")];
         let mut cache = MemoryCache::default();
-        let mut sink = FakeSink { accept: true, sent: 0 };
+        let mut sink = TestSink::accepting();
         let (report, health) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
         assert_eq!(health.status, Status::Ok);
-        assert_eq!(sink.sent, 2, "the excluded log is not sent");
+        assert_eq!(sink.logs.len(), 2, "the excluded log is not sent");
         assert_eq!(report.events.len(), 3, "rules apply to logs; every change still has its event");
         let excluded: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.siem.logs_excluded").map(|m| (m.tags.clone(), m.value)).collect();
         assert_eq!(excluded, vec![(vec!["rule:no_low".to_string(), "feature:incidents".to_string()], 1.0)]);
         assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 30));
         let (report, _) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
-        assert!(report.events.is_empty() && sink.sent == 2, "handled changes are not sent again");
+        assert!(report.events.is_empty() && sink.logs.len() == 2, "handled changes are not sent again");
     }
 }

@@ -18,10 +18,10 @@ use serde_json::{Map, Value};
 use crate::checkpoint::SIGNALS_KEY;
 use crate::datadog::intake::Delivery;
 use crate::datadog::report::{with_tag, Report, Status};
-use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::rest::{list_pages, End, Health, PageSource};
-use crate::feeds::context::FeedContext;
+use crate::feeds::context::{join_present, prepare_log, set_level, FeedContext};
 use crate::feeds::scope::OrgRef;
 use crate::feeds::versioned::{text, timestamp, Version, VersionedState};
 use crate::huntress::Feature;
@@ -46,26 +46,16 @@ pub fn log_for(signal: &Map<String, Value>, directory: Option<&OrgDirectory>, te
     let mut row = signal.clone();
     let status = text(signal, "status").to_string();
     let kind = text(signal, "type").to_string();
-    if let Some(value) = row.remove("status") {
-        row.insert("signal_status".into(), value);
-    }
+    set_level(&mut row, "signal_status", if status.eq_ignore_ascii_case("reported") { "warning" } else { "info" });
     row.insert("signal_type".into(), Value::String(kind.clone()));
-    row.insert("status".into(), Value::from(if status.eq_ignore_ascii_case("reported") { "warning" } else { "info" }));
     if let Some(at) = signal.get("investigated_at").or_else(|| signal.get("updated_at")).filter(|v| v.is_string()) {
         row.insert("@timestamp".into(), at.clone());
     }
-    let message = [text(signal, "name"), text(signal, "investigation_context")].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" · ");
+    let message = join_present(&[text(signal, "name"), text(signal, "investigation_context")], " · ");
     row.insert("message".into(), Value::String(message));
     let org = enrich_row(directory, signal).into_owned();
-    let mut extra: Vec<String> = [org.tags.clone()].into_iter().filter(|t| !t.is_empty()).collect();
-    extra.push(tags::tag("signal_type", &kind));
-    extra.push(tags::tag("signal_status", &status));
-    extra.push(tags::tag("entity_type", entity_field(signal, "type")));
-    let enrichment = Enrichment::new(org.attributes, extra.join(","));
-    match transform::prepare_value(row, template, &enrichment, now_ms) {
-        Prepared::Log(log) => Some(log),
-        Prepared::SkippedStale { .. } => None,
-    }
+    let tags = [tags::tag("signal_type", &kind), tags::tag("signal_status", &status), tags::tag("entity_type", entity_field(signal, "type"))];
+    prepare_log(row, org, &tags, template, now_ms)
 }
 
 /// One run of the signals feed.
@@ -160,18 +150,10 @@ mod tests {
     use super::*;
     use crate::checkpoint::MemoryCache;
     use crate::datadog::processing::ProcessingRules;
-    use crate::error::{ErrorKind, HuntressError};
-    use crate::feeds::context::tests::{context, NOW};
+    use crate::feeds::context::tests::{context, iso, TestSink, NOW};
     use crate::feeds::rest::tests::FakeSource;
     use crate::feeds::scope::{parse, Scope};
-    use crate::feeds::versioned::LogSink;
-    use crate::http::Deadline;
-    use chrono::TimeZone;
     use serde_json::json;
-
-    fn iso(secs: i64) -> String {
-        Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
-    }
 
     fn signal(id: u64, investigated: i64, org: u64) -> Map<String, Value> {
         json!({
@@ -185,22 +167,7 @@ mod tests {
         .clone()
     }
 
-    struct Sink {
-        accept: bool,
-        logs: Vec<Map<String, Value>>,
-    }
-
-    impl LogSink for Sink {
-        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
-            if !self.accept {
-                return Delivery { accepted_prefix: 0, error: Some(HuntressError::intake(ErrorKind::IntakeUnavailable, "503")) };
-            }
-            self.logs.extend(logs.iter().map(|l| serde_json::from_slice(&l.json).unwrap()));
-            Delivery { accepted_prefix: logs.len(), error: None }
-        }
-    }
-
-    fn run_once(signals: &[Map<String, Value>], sink: &mut Sink, cache: &mut MemoryCache, scope: &Scope) -> (Health, FakeSource) {
+    fn run_once(signals: &[Map<String, Value>], sink: &mut TestSink, cache: &mut MemoryCache, scope: &Scope) -> (Health, FakeSource) {
         let mut source = FakeSource::new(vec![Ok(json!({"signals": signals, "pagination": {}}))]);
         let mut report = Report::default();
         let rules = ProcessingRules::default();
@@ -218,12 +185,12 @@ mod tests {
         let mut cache = MemoryCache::default();
         let scope = Scope::default();
         let signals = vec![signal(1, NOW - 300, 101), signal(2, NOW - 100, 101)];
-        let mut refusing = Sink { accept: false, logs: Vec::new() };
+        let mut refusing = TestSink::refusing();
         let (health, source) = run_once(&signals, &mut refusing, &mut cache, &scope);
         assert_eq!(health.status, Status::Warning);
         assert_eq!(min_filter(&source), iso(NOW - 3600));
 
-        let mut sink = Sink { accept: true, logs: Vec::new() };
+        let mut sink = TestSink::accepting();
         let (health, source) = run_once(&signals, &mut sink, &mut cache, &scope);
         assert_eq!(health.status, Status::Ok);
         assert_eq!(min_filter(&source), iso(NOW - 3600), "the refused run left the checkpoint");
@@ -246,7 +213,7 @@ mod tests {
     fn signals_of_other_organizations_stay_out() {
         let mut cache = MemoryCache::default();
         let scope = Scope::new(parse(json!({"organizations": {"exclude": ["Org 202"]}}).as_object().unwrap()).unwrap());
-        let mut sink = Sink { accept: true, logs: Vec::new() };
+        let mut sink = TestSink::accepting();
         run_once(&[signal(1, NOW - 300, 101), signal(2, NOW - 200, 202)], &mut sink, &mut cache, &scope);
         assert_eq!(sink.logs.iter().map(|l| l["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1]);
     }
