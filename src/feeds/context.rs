@@ -142,4 +142,21 @@ pub mod tests {
             now: Utc.timestamp_opt(NOW, 0).unwrap(),
         }
     }
+
+    #[test]
+    fn logs_carry_the_level_the_present_parts_and_the_organization_tags_first() {
+        let template = LogTemplate { service: "huntress-test".into(), ddtags: "team:sec".into(), stale_policy: StalePolicy::RewriteDate };
+        let mut row = serde_json::json!({"id": 1, "status": "open"}).as_object().unwrap().clone();
+        set_level(&mut row, "item_status", "warning");
+        row.insert("message".into(), Value::from(join_present(&["", "Subject", "", "Summary"], ": ")));
+        let tags = ["severity:low".to_string()];
+        let parse = |log: Option<PreparedLog>| serde_json::from_slice::<Map<String, Value>>(&log.unwrap().json).unwrap();
+        let org = Enrichment::new(vec![("huntress_org_id".into(), Value::from(7))], "huntress_org_id:7".into());
+        let log = parse(prepare_log(row.clone(), org, &tags, &template, NOW * 1000));
+        assert_eq!((&log["status"], &log["item_status"], &log["message"]), (&Value::from("warning"), &Value::from("open"), &Value::from("Subject: Summary")));
+        assert_eq!(log["huntress_org_id"], 7);
+        assert_eq!(log["ddtags"], "team:sec,huntress_org_id:7,severity:low");
+        let log = parse(prepare_log(row, Enrichment::new(Vec::new(), String::new()), &tags, &template, NOW * 1000));
+        assert_eq!(log["ddtags"], "team:sec,severity:low", "no empty tag without an organization");
+    }
 }
