@@ -471,7 +471,7 @@ impl Collector {
         let feeds: [(&dyn VersionedFeed, IncidentsConfig); 2] =
             [(&Incidents, self.config.incidents.clone()), (&Escalations, self.config.escalations.clone())];
         for (feed, settings) in feeds.into_iter().filter(|(_, settings)| settings.enabled) {
-            let feature = feed.feature();
+            let feature = feed.names().feature;
             let mut source = ClientSource { client: &mut self.huntress, feature, deadline, pacing };
             let ctx = feed_context(&mut self.intake, &self.config, self.orgs.directory(), &self.scope, &mut *cache, deadline, settings.max_pages);
             let mut run = VersionedRun { feed, ctx };

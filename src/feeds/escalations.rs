@@ -19,7 +19,7 @@ use crate::datadog::transform::{Enrichment, LogTemplate, PreparedLog};
 use crate::feeds::context::{join_present, prepare_log, set_level};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::feeds::scope::OrgRef;
-use crate::feeds::versioned::{alert_type, log_status, text, truncate, updated_at, Change, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
+use crate::feeds::versioned::{alert_type, log_status, text, truncate, updated_at, Change, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
 use crate::huntress::Feature;
 use crate::tags;
 
@@ -65,30 +65,20 @@ fn enrichment_of(item: &Map<String, Value>, directory: Option<&OrgDirectory>) ->
     enrich_row(directory, &probe).into_owned()
 }
 
+static NAMES: FeedNames = FeedNames {
+    feature: Feature::Escalations,
+    path: ESCALATIONS_PATH,
+    plural: "escalations",
+    cache_key: ESCALATIONS_KEY,
+    what: "escalations",
+    max_pages_option: "escalations.max_pages",
+    metric_prefix: "huntress.escalations",
+    service: SERVICE,
+};
+
 impl VersionedFeed for Escalations {
-    fn feature(&self) -> Feature {
-        Feature::Escalations
-    }
-    fn path(&self) -> &'static str {
-        ESCALATIONS_PATH
-    }
-    fn plural(&self) -> &'static str {
-        "escalations"
-    }
-    fn cache_key(&self) -> &'static str {
-        ESCALATIONS_KEY
-    }
-    fn what(&self) -> &'static str {
-        "escalations"
-    }
-    fn max_pages_option(&self) -> &'static str {
-        "escalations.max_pages"
-    }
-    fn metric_prefix(&self) -> &'static str {
-        "huntress.escalations"
-    }
-    fn service(&self) -> &'static str {
-        SERVICE
+    fn names(&self) -> &'static FeedNames {
+        &NAMES
     }
     fn organizations(&self, item: &Map<String, Value>) -> Vec<OrgRef> {
         organizations(item, None)

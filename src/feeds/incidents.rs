@@ -23,7 +23,7 @@ use crate::feeds::context::{join_present, prepare_log, set_level};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::feeds::rest::{Listing, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
-use crate::feeds::versioned::{self, text, truncate, updated_at, VersionedFeed, VersionedState};
+use crate::feeds::versioned::{self, text, truncate, updated_at, FeedNames, VersionedFeed, VersionedState};
 pub use crate::feeds::versioned::{
     new_versions, Change, KnownVersions, LogSink, Version, VersionedRun, KNOWN_ITEMS as KNOWN_REPORTS, MAX_EVENT_TEXT, MAX_EVENT_TITLE, SEVERITIES,
 };
@@ -41,30 +41,20 @@ pub type IncidentState = VersionedState;
 /// Incident reports as a versioned feed.
 pub struct Incidents;
 
+static NAMES: FeedNames = FeedNames {
+    feature: Feature::Incidents,
+    path: INCIDENTS_PATH,
+    plural: "incident_reports",
+    cache_key: INCIDENTS_KEY,
+    what: "incident reports",
+    max_pages_option: "incidents.max_pages",
+    metric_prefix: "huntress.incidents",
+    service: SERVICE,
+};
+
 impl VersionedFeed for Incidents {
-    fn feature(&self) -> Feature {
-        Feature::Incidents
-    }
-    fn path(&self) -> &'static str {
-        INCIDENTS_PATH
-    }
-    fn plural(&self) -> &'static str {
-        "incident_reports"
-    }
-    fn cache_key(&self) -> &'static str {
-        INCIDENTS_KEY
-    }
-    fn what(&self) -> &'static str {
-        "incident reports"
-    }
-    fn max_pages_option(&self) -> &'static str {
-        "incidents.max_pages"
-    }
-    fn metric_prefix(&self) -> &'static str {
-        "huntress.incidents"
-    }
-    fn service(&self) -> &'static str {
-        SERVICE
+    fn names(&self) -> &'static FeedNames {
+        &NAMES
     }
     fn organizations(&self, item: &Map<String, Value>) -> Vec<OrgRef> {
         vec![OrgRef::new(item.get("organization_id").and_then(id_text), None)]

@@ -1,7 +1,8 @@
 //! The machinery of feeds whose items change over time and are forwarded once
 //! per version: incident reports and escalations. A feed describes itself with
-//! `VersionedFeed` (path, cache key, how an item becomes a log and an event);
-//! `VersionedRun` does the rest:
+//! `VersionedFeed` (its `FeedNames`: path, cache key...; how an item becomes a
+//! log and an event); `VersionedRun` does the rest, with the run's
+//! `FeedContext`:
 //!
 //! * pages the list newest change first (`sort_field=updated_at`,
 //!   `sort_direction=desc`) down to the checkpoint;
@@ -367,19 +368,25 @@ impl LogSink for IntakeClient {
     }
 }
 
-/// What a versioned feed is: where its items live and how one becomes a log and an event.
-pub trait VersionedFeed {
-    fn feature(&self) -> Feature;
-    fn path(&self) -> &'static str;
+/// Where a versioned feed's items live, and its names in the cache, in
+/// messages, options and metrics.
+pub struct FeedNames {
+    pub feature: Feature,
+    pub path: &'static str,
     /// The list's key in the response, e.g. `incident_reports`.
-    fn plural(&self) -> &'static str;
-    fn cache_key(&self) -> &'static str;
+    pub plural: &'static str,
+    pub cache_key: &'static str,
     /// For messages, e.g. "incident reports".
-    fn what(&self) -> &'static str;
-    fn max_pages_option(&self) -> &'static str;
+    pub what: &'static str,
+    pub max_pages_option: &'static str,
     /// The prefix of its metrics, e.g. `huntress.incidents`.
-    fn metric_prefix(&self) -> &'static str;
-    fn service(&self) -> &'static str;
+    pub metric_prefix: &'static str,
+    pub service: &'static str,
+}
+
+/// What a versioned feed is: its names and how one item becomes a log and an event.
+pub trait VersionedFeed {
+    fn names(&self) -> &'static FeedNames;
     /// The organizations an item belongs to, for the scope.
     fn organizations(&self, item: &Map<String, Value>) -> Vec<OrgRef>;
     fn log_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog>;
@@ -408,7 +415,8 @@ pub fn count_by_status(
     let mut counts = StatusCounts { by_severity: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(), by_org: BTreeMap::new() };
     let mut filters = vec![("status", status.to_string())];
     filters.extend(scope.api_filter());
-    let listing = list_pages(source, feed.path(), feed.plural(), &filters, max_pages, |page| {
+    let names = feed.names();
+    let listing = list_pages(source, names.path, names.plural, &filters, max_pages, |page| {
         for item in page.iter().filter(|item| in_scope(feed, scope, item, directory, false)) {
             let severity = tags::value_or_unknown(Some(text(item, "severity")));
             for org in feed.organizations(item) {
@@ -457,7 +465,7 @@ fn in_scope(feed: &dyn VersionedFeed, scope: &Scope, item: &Map<String, Value>, 
     }
     let orgs = feed.organizations(item);
     if counted {
-        scope.admits_any(feed.feature().tag(), &orgs, directory)
+        scope.admits_any(feed.names().feature.tag(), &orgs, directory)
     } else {
         scope.would_admit_any(&orgs, directory)
     }
@@ -508,7 +516,7 @@ pub struct VersionedRun<'a> {
 
 impl VersionedRun<'_> {
     fn checkpoint_name(&self) -> String {
-        format!("{} checkpoint", self.feed.feature().tag().trim_end_matches('s'))
+        format!("{} checkpoint", self.feed.names().feature.tag().trim_end_matches('s'))
     }
 
     /// Forwards new versions, then reads the status gauges. `None` when the
@@ -517,13 +525,13 @@ impl VersionedRun<'_> {
         if !source.may_send() {
             return (None, 0);
         }
-        let feature = self.feed.feature();
-        let what = self.feed.what();
+        let names = self.feed.names();
+        let (feature, what) = (names.feature, names.what);
         let mut warnings = Vec::new();
         let name = self.checkpoint_name();
-        let mut state = self.ctx.load_state(self.feed.cache_key(), &name, &mut warnings);
+        let mut state = self.ctx.load_state(names.cache_key, &name, &mut warnings);
         let extra: Vec<_> = self.ctx.scope.api_filter().into_iter().collect();
-        let scan = scan_changes_where(source, self.feed.path(), self.feed.plural(), &extra, state.checkpoint, self.ctx.max_pages);
+        let scan = scan_changes_where(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.max_pages);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {
@@ -538,14 +546,14 @@ impl VersionedRun<'_> {
             End::Complete | End::Enough if delivery.error.is_none() => state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint)),
             End::PageCap | End::RepeatedToken if delivery.error.is_none() => {
                 state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint));
-                let why = scan.listing.end.shortfall(what, self.ctx.max_pages, self.feed.max_pages_option()).unwrap_or_default();
+                let why = scan.listing.end.shortfall(what, self.ctx.max_pages, names.max_pages_option).unwrap_or_default();
                 warnings.push(format!("{why}; older changes since the last run were skipped"));
             }
             End::Budget => warnings.push("the rate budget ran out before the checkpoint was reached; the next run reads these changes again".into()),
             End::Failed(error) => warnings.push(format!("reading {what} failed part way ({error}); the next run reads them again")),
             _ => {}
         }
-        self.ctx.save_state(self.feed.cache_key(), &name, &state, &mut warnings);
+        self.ctx.save_state(names.cache_key, &name, &state, &mut warnings);
         if let Some(error) = &delivery.error {
             warnings.push(format!("{what} could not be forwarded; the checkpoint stays: {error}"));
             let health = Health::failed(feature, Status::Warning, warnings.join("; "), error);
@@ -561,17 +569,17 @@ impl VersionedRun<'_> {
     /// Sends the logs; records the versions and emits the events of the accepted prefix.
     fn deliver(&mut self, changes: &[(Map<String, Value>, Version, Change)], state: &mut VersionedState, report: &mut Report) -> Delivery {
         let now_ms = self.ctx.now.timestamp_millis();
-        let template = self.ctx.template(self.feed.service());
+        let template = self.ctx.template(self.feed.names().service);
         let (feed, directory) = (self.feed, self.ctx.directory);
         let logs = changes.iter().map(|(item, _, change)| feed.log_for(item, *change, directory, &template, now_ms));
-        let delivery = self.ctx.forward(logs, feed.feature(), report);
+        let delivery = self.ctx.forward(logs, feed.names().feature, report);
         let mut collected: BTreeMap<String, u64> = SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect();
         for (item, version, change) in changes.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);
             report.events.push(self.feed.event_for(item, *change, self.ctx.directory, self.ctx.base_tags, self.ctx.now));
             *collected.entry(tags::value_or_unknown(Some(text(item, "severity")))).or_default() += 1;
         }
-        let metric = format!("{}.collected", self.feed.metric_prefix());
+        let metric = format!("{}.collected", self.feed.names().metric_prefix);
         for (severity, count) in cap_values(collected, MAX_TAG_VALUES) {
             report.count(&metric, count as f64, &with_tag(self.ctx.base_tags, format!("severity:{severity}")));
         }
@@ -579,7 +587,8 @@ impl VersionedRun<'_> {
     }
 
     fn report_status(&mut self, source: &mut dyn PageSource, suffix: &str, status: &str, report: &mut Report, warnings: &mut Vec<String>) -> u32 {
-        let metric = format!("{}.{suffix}", self.feed.metric_prefix());
+        let names = self.feed.names();
+        let metric = format!("{}.{suffix}", names.metric_prefix);
         let ctx = &self.ctx;
         let (counts, listing) = count_by_status(source, self.feed, status, ctx.max_pages, ctx.scope, ctx.directory);
         match (counts, &listing.end) {
@@ -588,13 +597,13 @@ impl VersionedRun<'_> {
                     report.gauge(&metric, count as f64, &with_tag(ctx.base_tags, format!("severity:{severity}")));
                 }
                 if suffix == "open" {
-                    let by_org_metric = format!("{}.open_by_organization", self.feed.metric_prefix());
+                    let by_org_metric = format!("{}.open_by_organization", names.metric_prefix);
                     report_by_org(&by_org_metric, &counts.by_org, ctx.directory, ctx.base_tags, report);
                 }
             }
             (None, End::Failed(error)) => warnings.push(format!("{metric} not submitted: {error}")),
             (None, end) => {
-                let why = end.shortfall(&format!("{} ({status})", self.feed.what()), ctx.max_pages, self.feed.max_pages_option()).unwrap_or_default();
+                let why = end.shortfall(&format!("{} ({status})", names.what), ctx.max_pages, names.max_pages_option).unwrap_or_default();
                 warnings.push(format!("{metric} not submitted ({why})"));
             }
         }
