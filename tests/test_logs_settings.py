@@ -160,7 +160,8 @@ def test_instance_rules_run_after_the_global_ones(make_check, dd_run_check, data
         ({'type': 'drop_everything', 'name': 'odd_type', 'pattern': 'a'}, ['odd_type', 'unknown type']),
         ({'type': 'exclude_at_match', 'name': 'broken_pattern', 'pattern': '(unclosed'}, ['broken_pattern', 'does not compile']),
         ({'type': 'mask_sequences', 'name': 'no_placeholder', 'pattern': r'\d+'}, ['no_placeholder', 'replace_placeholder']),
-        ({'type': 'exclude_at_match', 'pattern': 'a'}, ['log_processing_rules[0]', 'name']),
+        # A missing name is a type error: the configuration model reports it, naming the option and the field.
+        ({'type': 'exclude_at_match', 'pattern': 'a'}, ['log_processing_rules', 'name', 'required']),
     ],
 )
 def test_an_invalid_rule_is_a_configuration_error_naming_it(make_check, instance, rule, words):

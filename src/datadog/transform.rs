@@ -221,7 +221,7 @@ fn epoch_float_ms(count: f64) -> Option<i64> {
     };
     let ms = (count * scale).round();
     // `as` saturates; the range check refuses what it would have clamped.
-    (ms.is_finite() && ms.abs() < 1e16).then(|| ms as i64).filter(|ms| DateTime::from_timestamp_millis(*ms).is_some())
+    (ms.is_finite() && ms.abs() < 1e16).then_some(ms as i64).filter(|ms| DateTime::from_timestamp_millis(*ms).is_some())
 }
 
 /// True when the intake reads `raw` as the instant the check read: a JSON
