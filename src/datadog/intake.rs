@@ -286,22 +286,11 @@ pub fn batches(logs: &LogBuffer) -> Vec<Range<usize>> {
     ranges
 }
 
-/// Gzips a batch body, `[`, the comma-separated logs, `]`, at level 1: the
-/// Agent host's CPU matters more than the bytes on the wire.
-pub fn gzip_json_array(joined: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    let out = Vec::with_capacity(joined.len() / 4 + 1024);
-    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-    encoder.write_all(b"[")?;
-    encoder.write_all(joined)?;
-    encoder.write_all(b"]")?;
-    encoder.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+    use crate::datadog::compression::FALLBACK_GZIP_LEVEL;
 
     fn log(size: usize) -> PreparedLog {
         let json = format!("{{\"m\":\"{}\"}}", "a".repeat(size.saturating_sub(8)));
@@ -339,7 +328,7 @@ mod tests {
     }
 
     fn gzip_json_array_ok(joined: &[u8]) -> Vec<u8> {
-        gzip_json_array(joined).expect("gzip into memory")
+        Encoding::Gzip(FALLBACK_GZIP_LEVEL).encode_json_array(joined).expect("gzip into memory")
     }
 
     fn gunzip(body: &[u8]) -> Vec<serde_json::Value> {
