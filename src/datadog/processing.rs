@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{HuntressError, Result};
+use crate::row::write_string;
 
 /// Attributes set by the check from its configuration, never from Huntress data.
 const UNMASKED: [&str; 3] = ["ddsource", "service", "ddtags"];
@@ -290,12 +291,12 @@ impl Members<'_> {
             if index > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, key).expect("writing to a Vec cannot fail");
+            write_string(&mut out, key);
             out.push(b':');
             match value {
                 Member::Raw(raw) => out.extend_from_slice(raw.get().as_bytes()),
                 Member::Json(json) => out.extend_from_slice(json.as_bytes()),
-                Member::Text(text) => serde_json::to_writer(&mut out, text).expect("writing to a Vec cannot fail"),
+                Member::Text(text) => write_string(&mut out, text),
             }
         }
         out.push(b'}');
