@@ -8,6 +8,8 @@ import re
 from collections import Counter
 from datetime import timedelta
 
+import pytest
+
 from datadog_checks.base import AgentCheck
 from datadog_checks.dev.utils import get_metadata_metrics
 from tests.sim import fixtures
@@ -303,22 +305,13 @@ def test_an_instance_scoped_to_one_organization_by_id_forwards_nothing_of_anothe
     aggregator.assert_metrics_using_metadata(get_metadata_metrics(), check_submission_type=True)
 
 
-def test_an_instance_that_excludes_an_organization_by_name_forwards_nothing_of_it(
-    make_check, dd_run_check, aggregator, huntress, sink, instance
+@pytest.mark.parametrize('scope_by_name', [lambda a, b: {'exclude': [b['name']]}, lambda a, b: {'include': [a['name']]}], ids=['exclude', 'include'])
+def test_an_instance_scoped_by_organization_name_forwards_nothing_of_another(
+    make_check, dd_run_check, aggregator, huntress, sink, instance, scope_by_name
 ):
     a, b, agents = scoped_world(huntress)
     everything_on(instance)
-    instance['organizations'] = {'exclude': [b['name']]}
-    dd_run_check(make_check(instance))
-    assert_only(aggregator, sink, a, b, agents)
-
-
-def test_an_instance_scoped_to_one_organization_by_name_forwards_nothing_of_another(
-    make_check, dd_run_check, aggregator, huntress, sink, instance
-):
-    a, b, agents = scoped_world(huntress)
-    everything_on(instance)
-    instance['organizations'] = {'include': [a['name']]}
+    instance['organizations'] = scope_by_name(a, b)
     dd_run_check(make_check(instance))
     assert_only(aggregator, sink, a, b, agents)
 
