@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use _core::config::StalePolicy;
 use _core::datadog::compression::{Encoding, FALLBACK_GZIP_LEVEL};
-use _core::feeds::siem::parse_page;
+use _core::feeds::siem::run::parse_page;
 use _core::datadog::transform::{event_id, now_ms, prepare, Enrichment, LogTemplate, Prepared};
 
 fn main() {

@@ -24,13 +24,14 @@ use std::time::Instant;
 use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Value;
 
-use crate::boundary::PanicPoint;
-use crate::checkpoint::{cache_id, chunk_count, query_key, seen_chunk_key, Cache, DedupSet, QueryState, Reach};
+use crate::base::boundary::PanicPoint;
+use crate::base::cache::{cache_id, Cache};
+use crate::feeds::siem::state::{chunk_count, query_key, seen_chunk_key, DedupSet, QueryState, Reach};
 use crate::config::{AgentContext, Config, IncidentsConfig, LogQuery, StalePolicy};
-use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::Deadline;
-use crate::huntress::{Feature, HuntressClient};
-use crate::feeds::context::FeedContext;
+use crate::base::error::{ErrorKind, HuntressError, Result};
+use crate::base::http::Deadline;
+use crate::huntress::client::{Feature, HuntressClient};
+use crate::feeds::forwarding::FeedContext;
 use crate::feeds::escalations::Escalations;
 use crate::feeds::incidents::Incidents;
 use crate::feeds::orgs::id_text;
@@ -39,11 +40,11 @@ use crate::feeds::signals::SignalRun;
 use crate::feeds::versioned::{VersionedFeed, VersionedRun};
 use crate::datadog::intake::IntakeClient;
 use crate::feeds::orgs::{Enricher, OrgDirectory, Orgs};
-use crate::ratelimit::RateBudget;
-use crate::redact::Redactor;
+use crate::huntress::ratelimit::RateBudget;
+use crate::base::redact::Redactor;
 use crate::datadog::report::{with_tag, Level, Report, Status};
-use crate::feeds::rest::{api_status, budget_allows, soc_share, ClientSource, Health, Pacing};
-use crate::feeds::siem::{QueryOutcome, QueryRun};
+use crate::feeds::paging::{api_status, budget_allows, soc_share, ClientSource, Health, Pacing};
+use crate::feeds::siem::run::{QueryOutcome, QueryRun};
 use crate::datadog::transform::LogTemplate;
 
 pub const SIEM_SERVICE_CHECK: &str = "huntress.siem.can_connect";
@@ -81,7 +82,7 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(instance: &Value, agent: &AgentContext) -> Result<Self> {
-        crate::boundary::panic_if_injected(PanicPoint::New);
+        crate::base::boundary::panic_if_injected(PanicPoint::New);
         let config = Config::parse(instance, agent)?;
         let cache_id = cache_id(&config.base_url, &config.api_key);
         let budget = RateBudget::shared(&cache_id);
@@ -112,7 +113,7 @@ impl Collector {
     pub fn run(&mut self, cache: &mut dyn Cache) -> Report {
         let started = Instant::now();
         let deadline = Deadline::after(self.config.run_deadline);
-        crate::boundary::panic_if_injected(PanicPoint::Run);
+        crate::base::boundary::panic_if_injected(PanicPoint::Run);
         let mut report = Report::default();
         let mut errors: BTreeMap<(ErrorKind, Option<String>), u64> = BTreeMap::new();
         self.huntress.reset_stats();
@@ -128,8 +129,8 @@ impl Collector {
 
         let mut failures = 0;
         for query in self.config.queries.clone() {
-            let outcome = crate::boundary::catch(|| {
-                crate::boundary::panic_if_injected(PanicPoint::Query);
+            let outcome = crate::base::boundary::catch(|| {
+                crate::base::boundary::panic_if_injected(PanicPoint::Query);
                 self.collect_query(&query, cache, deadline, &mut report)
             })
             .unwrap_or_else(|message| QueryOutcome { error: Some(HuntressError::Internal(message)), ..QueryOutcome::default() });
@@ -596,8 +597,8 @@ fn feed_context<'a>(
 /// Runs one REST feed; a panic in it fails that feed alone, as an `internal`
 /// error, and the run goes on with the others.
 fn guarded(feature: Feature, work: impl FnOnce() -> (Option<Health>, u32)) -> (Option<Health>, u32) {
-    crate::boundary::catch(|| {
-        crate::boundary::panic_if_injected(PanicPoint::Feed);
+    crate::base::boundary::catch(|| {
+        crate::base::boundary::panic_if_injected(PanicPoint::Feed);
         work()
     })
     .unwrap_or_else(|message| {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::datadog::compression::{self, CompressionSettings, Encoding};
 use crate::datadog::processing::ProcessingRules;
-use crate::error::{HuntressError, Result};
+use crate::base::error::{HuntressError, Result};
 use crate::feeds::scope::ScopeRules;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.huntress.io";

@@ -20,9 +20,9 @@ use serde_json::{Map, Value};
 
 use crate::config::StalePolicy;
 use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared};
-use crate::feeds::siem::parse_page;
-use crate::row::Row;
-use crate::scan::Scanner;
+use crate::feeds::siem::run::parse_page;
+use crate::json::row::Row;
+use crate::json::scan::Scanner;
 
 const DEFAULT_CASES: u64 = 50_000;
 const DEFAULT_SECONDS: u64 = 30;

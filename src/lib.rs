@@ -9,20 +9,13 @@
 //! - the Huntress API client, its rate budget, the page scanner, checkpoints,
 //!   configuration and errors at the top level.
 
-pub mod boundary;
-pub mod checkpoint;
+pub mod base;
 pub mod collector;
 pub mod config;
 pub mod datadog;
-pub mod error;
 pub mod feeds;
-pub mod http;
 pub mod huntress;
-pub mod ratelimit;
-pub mod redact;
-pub mod row;
-pub mod scan;
-pub mod tags;
+pub mod json;
 
 #[cfg(test)]
 mod fuzz;

@@ -6,12 +6,12 @@ use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::boundary;
-use crate::checkpoint::Cache;
+use crate::base::boundary;
+use crate::base::cache::Cache;
 use crate::collector::{Collector, SIEM_SERVICE_CHECK};
 use crate::config::{AgentContext, ProxyConfig};
 use crate::datadog::report::{with_tag, Level, Report, Status};
-use crate::error::{ErrorKind, HuntressError};
+use crate::base::error::{ErrorKind, HuntressError};
 
 create_exception!(_core, HuntressCoreError, PyException, "Base class of the core's errors.");
 create_exception!(_core, ConfigError, HuntressCoreError, "The instance configuration is invalid; the message names the key.");

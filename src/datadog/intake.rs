@@ -8,10 +8,10 @@ use bytes::Bytes;
 use reqwest::header::HeaderValue;
 
 use crate::config::Config;
-use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure, MAX_INTAKE_BODY};
-use crate::huntress::short_reqwest;
-use crate::redact::Redactor;
+use crate::base::error::{ErrorKind, HuntressError, Result};
+use crate::base::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure, MAX_INTAKE_BODY};
+use crate::huntress::client::short_reqwest;
+use crate::base::redact::Redactor;
 use crate::datadog::compression::Encoding;
 use crate::datadog::transform::PreparedLog;
 

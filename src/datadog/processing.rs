@@ -25,8 +25,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::error::{HuntressError, Result};
-use crate::row::write_string;
+use crate::base::error::{HuntressError, Result};
+use crate::json::row::write_string;
 
 /// Attributes set by the check from its configuration, never from Huntress data.
 const UNMASKED: [&str; 3] = ["ddsource", "service", "ddtags"];

@@ -1,7 +1,7 @@
 //! What one run hands back to the Python check: metrics, service checks,
 //! events and Agent log lines. Secrets are scrubbed from every message.
 
-use crate::redact::Redactor;
+use crate::base::redact::Redactor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricKind {

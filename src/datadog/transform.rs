@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::StalePolicy;
-use crate::row::{write_member, write_string, Fields, Row};
+use crate::json::row::{write_member, write_string, Fields, Row};
 
 /// The intake truncates a log over 1 MB; we cut before it does, and say so.
 pub const MAX_LOG_BYTES: usize = 1_000_000;
@@ -622,7 +622,7 @@ mod tests {
     /// Member names as written, repeats included.
     fn written_names(json: &[u8]) -> Vec<String> {
         let text = std::str::from_utf8(json).unwrap();
-        let mut scanner = crate::scan::Scanner::new(text);
+        let mut scanner = crate::json::scan::Scanner::new(text);
         scanner.begin_object().unwrap();
         let mut names = Vec::new();
         while let Some(name) = scanner.next_key(names.is_empty()).unwrap() {

@@ -28,11 +28,11 @@ use serde_json::{Map, Value};
 
 use crate::feeds::scope::{OrgRef, Scope};
 use crate::config::AgentsConfig;
-use crate::huntress::Feature;
+use crate::huntress::client::Feature;
 use crate::feeds::orgs::{id_text, OrgDirectory};
 use crate::datadog::report::{with_tag, Report, Status};
-use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
-use crate::tags::{self, cap_values, MAX_TAG_VALUES, OTHER};
+use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
+use crate::base::tags::{self, cap_values, MAX_TAG_VALUES, OTHER};
 use crate::datadog::transform::parse_timestamp_ms;
 
 pub const AGENTS_PATH: &str = "/v1/agents";
@@ -219,7 +219,7 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::datadog::report::MetricKind;
-    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::paging::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
 

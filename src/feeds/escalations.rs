@@ -13,18 +13,19 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::checkpoint::ESCALATIONS_KEY;
 use crate::datadog::report::Event;
 use crate::datadog::transform::{Enrichment, LogTemplate, PreparedLog};
-use crate::feeds::context::{join_present, prepare_log, set_level};
+use crate::feeds::forwarding::{join_present, prepare_log, set_level};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::feeds::scope::OrgRef;
 use crate::feeds::versioned::{alert_type, log_status, text, truncate, updated_at, Change, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
-use crate::huntress::Feature;
-use crate::tags;
+use crate::huntress::client::Feature;
+use crate::base::tags;
 
 pub const ESCALATIONS_PATH: &str = "/v1/escalations";
 pub const SERVICE: &str = "huntress-escalations";
+/// The escalation checkpoint and the versions already forwarded.
+pub const ESCALATIONS_KEY: &str = "escalations_state";
 
 pub struct Escalations;
 
@@ -173,11 +174,11 @@ mod tests {
     use crate::datadog::processing::ProcessingRules;
     use crate::config::StalePolicy;
     use crate::datadog::report::Status;
-    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::paging::tests::FakeSource;
     use crate::feeds::scope::{parse, Scope};
     use crate::feeds::versioned::{VersionedRun, VersionedState};
-    use crate::feeds::context::tests::{context, iso, TestSink, NOW};
-    use crate::checkpoint::MemoryCache;
+    use crate::feeds::forwarding::tests::{context, iso, TestSink, NOW};
+    use crate::base::cache::MemoryCache;
     use crate::datadog::report::Report;
 
     fn escalation(id: u64, updated: i64, status: &str, severity: &str, org: u64) -> Map<String, Value> {
@@ -191,7 +192,7 @@ mod tests {
         .clone()
     }
 
-    fn page(items: &[Map<String, Value>]) -> crate::error::Result<Value> {
+    fn page(items: &[Map<String, Value>]) -> crate::base::error::Result<Value> {
         Ok(json!({"escalations": items, "pagination": {}}))
     }
 

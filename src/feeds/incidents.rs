@@ -16,22 +16,23 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::INCIDENTS_KEY;
 use crate::datadog::report::Event;
 use crate::datadog::transform::{LogTemplate, PreparedLog};
-use crate::feeds::context::{join_present, prepare_log, set_level};
+use crate::feeds::forwarding::{join_present, prepare_log, set_level};
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
-use crate::feeds::rest::{Listing, PageSource};
+use crate::feeds::paging::{Listing, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
 use crate::feeds::versioned::{self, text, truncate, updated_at, FeedNames, VersionedFeed, VersionedState};
 pub use crate::feeds::versioned::{
     new_versions, Change, KnownVersions, LogSink, Version, VersionedRun, KNOWN_ITEMS as KNOWN_REPORTS, MAX_EVENT_TEXT, MAX_EVENT_TITLE, SEVERITIES,
 };
-use crate::huntress::Feature;
-use crate::tags;
+use crate::huntress::client::Feature;
+use crate::base::tags;
 
 pub const INCIDENTS_PATH: &str = "/v1/incident_reports";
 pub const SERVICE: &str = "huntress-incidents";
+/// The incident report checkpoint and the versions already forwarded.
+pub const INCIDENTS_KEY: &str = "incidents_state";
 /// The status of a report that is open: sent to the partner, not closed or dismissed.
 pub const OPEN_STATUS: &str = "sent";
 
@@ -212,12 +213,12 @@ mod tests {
     use crate::datadog::processing::ProcessingRules;
     use crate::config::StalePolicy;
     use crate::datadog::report::{Report, Status};
-    use crate::feeds::rest::{End, Health};
-    use crate::feeds::context::tests::{context, iso, TestSink, NOW};
-    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::paging::{End, Health};
+    use crate::feeds::forwarding::tests::{context, iso, TestSink, NOW};
+    use crate::feeds::paging::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
-    use crate::checkpoint::MemoryCache;
+    use crate::base::cache::MemoryCache;
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()
@@ -235,7 +236,7 @@ mod tests {
         .clone()
     }
 
-    fn page(reports: &[Map<String, Value>], token: Option<&str>) -> crate::error::Result<Value> {
+    fn page(reports: &[Map<String, Value>], token: Option<&str>) -> crate::base::error::Result<Value> {
         Ok(json!({"incident_reports": reports, "pagination": token.map_or(json!({}), |t| json!({"next_page_token": t}))}))
     }
 

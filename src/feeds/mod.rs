@@ -14,11 +14,11 @@
 //! forwards, for every feed).
 
 pub mod agents;
-pub mod context;
+pub mod forwarding;
 pub mod escalations;
 pub mod incidents;
 pub mod orgs;
-pub mod rest;
+pub mod paging;
 pub mod scope;
 pub mod siem;
 pub mod signals;

@@ -16,13 +16,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{decode_entry, Cache, ORGS_KEY};
-use crate::error::{ErrorKind, HuntressError};
-use crate::huntress::Feature;
+use crate::base::cache::{decode_entry, Cache};
+use crate::base::error::{ErrorKind, HuntressError};
+use crate::huntress::client::Feature;
 use crate::datadog::report::Status;
-use crate::feeds::rest::{list_pages, End, Health, PageSource, PAGE_LIMIT};
-use crate::tags;
-use crate::row::{Fields, Row};
+use crate::feeds::paging::{list_pages, End, Health, PageSource, PAGE_LIMIT};
+use crate::base::tags;
+use crate::json::row::{Fields, Row};
 use crate::datadog::transform::Enrichment;
 
 pub const ACCOUNT_PATH: &str = "/v1/account";
@@ -31,6 +31,8 @@ pub const ORGS_PATH: &str = "/v1/organizations";
 /// misbehaving, and is cut.
 pub const MAX_ORG_PAGES: u32 = 100;
 const DIRECTORY_VERSION: u32 = 1;
+/// The cached organization directory (organization enrichment, agent metrics).
+pub const ORGS_KEY: &str = "orgs_directory";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Org {
@@ -441,10 +443,10 @@ impl Orgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::paging::tests::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
-    use crate::checkpoint::MemoryCache;
+    use crate::base::cache::MemoryCache;
     use std::collections::HashMap as Map2;
 
     fn at(secs: i64) -> DateTime<Utc> {

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 
 use crate::datadog::report::{with_tag, Report};
-use crate::error::{HuntressError, Result};
+use crate::base::error::{HuntressError, Result};
 use crate::feeds::orgs::{id_text, OrgDirectory};
 
 /// What happens to an item whose organization cannot be told.

@@ -15,21 +15,22 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::SIGNALS_KEY;
 use crate::datadog::intake::Delivery;
 use crate::datadog::report::{with_tag, Report, Status};
 use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::orgs::{enrich_row, OrgDirectory};
-use crate::feeds::rest::{list_pages, End, Health, PageSource};
-use crate::feeds::context::{join_present, prepare_log, set_level, FeedContext};
+use crate::feeds::paging::{list_pages, End, Health, PageSource};
+use crate::feeds::forwarding::{join_present, prepare_log, set_level, FeedContext};
 use crate::feeds::scope::OrgRef;
 use crate::feeds::versioned::{text, timestamp, Version, VersionedState};
-use crate::huntress::Feature;
-use crate::tags::{self, cap_values, MAX_TAG_VALUES};
+use crate::huntress::client::Feature;
+use crate::base::tags::{self, cap_values, MAX_TAG_VALUES};
 
 pub const SIGNALS_PATH: &str = "/v1/signals";
 pub const SERVICE: &str = "huntress-signals";
 const CHECKPOINT: &str = "signal checkpoint";
+/// The signal checkpoint (`investigated_at`) and the ids already forwarded.
+pub const SIGNALS_KEY: &str = "signals_state";
 
 fn entity_field<'a>(signal: &'a Map<String, Value>, key: &str) -> &'a str {
     signal.get("entity").and_then(|e| e.get(key)).and_then(Value::as_str).map(str::trim).unwrap_or_default()
@@ -148,10 +149,10 @@ impl SignalRun<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::MemoryCache;
+    use crate::base::cache::MemoryCache;
     use crate::datadog::processing::ProcessingRules;
-    use crate::feeds::context::tests::{context, iso, TestSink, NOW};
-    use crate::feeds::rest::tests::FakeSource;
+    use crate::feeds::forwarding::tests::{context, iso, TestSink, NOW};
+    use crate::feeds::paging::tests::FakeSource;
     use crate::feeds::scope::{parse, Scope};
     use serde_json::json;
 

@@ -27,19 +27,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{decode_entry, Cache};
+use crate::base::cache::{decode_entry, Cache};
 use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
 use crate::datadog::processing::{ProcessingRules, Verdict};
 use crate::datadog::report::{with_tag, Event, Report, Status};
 use crate::datadog::transform::{self, LogTemplate, PreparedLog};
 use crate::feeds::orgs::{id_text, OrgDirectory};
-use crate::feeds::rest::{list_pages, End, Health, Listing, PageSource};
+use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
-use crate::http::Deadline;
-use crate::huntress::Feature;
+use crate::base::http::Deadline;
+use crate::huntress::client::Feature;
 use crate::feeds::agents::MAX_ORGS_TAGGED;
-use crate::feeds::context::FeedContext;
-use crate::tags::{self, cap_values, MAX_TAG_VALUES};
+use crate::feeds::forwarding::FeedContext;
+use crate::base::tags::{self, cap_values, MAX_TAG_VALUES};
 
 pub const SEVERITIES: [&str; 3] = ["low", "high", "critical"];
 /// Items whose last forwarded version is remembered.

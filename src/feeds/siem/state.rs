@@ -11,11 +11,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{HuntressError, Result};
+use crate::base::cache::{decode_entry, short_hash};
+use crate::base::error::{HuntressError, Result};
 
 const STATE_VERSION: u32 = 1;
 /// Ids per chunk key: five pages of 200 rows.
@@ -26,48 +26,6 @@ pub fn chunk_count(capacity: usize) -> usize {
     capacity.div_ceil(IDS_PER_CHUNK).max(1)
 }
 
-/// Where the Agent keeps strings between runs (`read_persistent_cache` /
-/// `write_persistent_cache`). Errors are plain text for the report.
-pub trait Cache {
-    fn read(&mut self, key: &str) -> std::result::Result<String, String>;
-    fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String>;
-}
-
-/// The cache namespace for one Huntress account at one base URL. Built from
-/// stable identity only, so editing tags or timeouts keeps checkpoints, and a
-/// new API key starts afresh. The key is hashed: it never reaches the cache.
-pub fn cache_id(base_url: &str, api_key: &str) -> String {
-    short_hash(&["datadog-huntress/v1", base_url, api_key])
-}
-
-/// The cached organization directory (organization enrichment, agent metrics).
-pub const ORGS_KEY: &str = "orgs_directory";
-/// The incident report checkpoint and the versions already forwarded.
-pub const INCIDENTS_KEY: &str = "incidents_state";
-/// The escalation checkpoint and the versions already forwarded.
-pub const ESCALATIONS_KEY: &str = "escalations_state";
-/// The signal checkpoint (`investigated_at`) and the ids already forwarded.
-pub const SIGNALS_KEY: &str = "signals_state";
-
-/// Reads a JSON cache entry that carries its format version: `Ok(None)` when
-/// the entry is empty, an error naming `what` when it is unreadable or of
-/// another version.
-pub fn decode_entry<T: DeserializeOwned>(
-    text: &str,
-    what: &str,
-    expected_version: u32,
-    version: impl Fn(&T) -> u32,
-) -> std::result::Result<Option<T>, String> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    let stored: T = serde_json::from_str(text).map_err(|e| format!("unreadable {what} ({e})"))?;
-    match version(&stored) {
-        v if v == expected_version => Ok(Some(stored)),
-        v => Err(format!("{what} format v{v} is not supported")),
-    }
-}
-
 /// The key of one query's position within the namespace.
 pub fn query_key(query_name: &str) -> String {
     format!("siem_{}", short_hash(&["query", query_name]))
@@ -76,32 +34,6 @@ pub fn query_key(query_name: &str) -> String {
 /// The key of one chunk of a query's forwarded-event ids.
 pub fn seen_chunk_key(query_name: &str, index: usize) -> String {
     format!("{}_seen{index}", query_key(query_name))
-}
-
-fn short_hash(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hasher.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An in-memory `Cache`, for unit tests.
-#[cfg(test)]
-#[derive(Default)]
-pub struct MemoryCache(pub std::collections::HashMap<String, String>);
-
-#[cfg(test)]
-impl Cache for MemoryCache {
-    fn read(&mut self, key: &str) -> std::result::Result<String, String> {
-        Ok(self.0.get(key).cloned().unwrap_or_default())
-    }
-
-    fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
-        self.0.insert(key.into(), value.into());
-        Ok(())
-    }
 }
 
 /// A SIEM query window in progress: the range and the token of its next page.
@@ -745,11 +677,7 @@ mod tests {
     }
 
     #[test]
-    fn cache_ids_are_stable_and_hide_the_key() {
-        let a = cache_id("https://api.huntress.io", "PUBKEY");
-        assert_eq!(a, cache_id("https://api.huntress.io", "PUBKEY"));
-        assert_ne!(a, cache_id("https://api.huntress.io", "OTHER"));
-        assert!(!a.contains("PUBKEY"));
+    fn query_keys_are_distinct_and_plain() {
         assert_ne!(query_key("a"), query_key("b"));
         assert_ne!(seen_chunk_key("a", 0), query_key("a"));
         assert_ne!(seen_chunk_key("a", 0), seen_chunk_key("a", 1));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::Cache;
+use crate::base::cache::Cache;
 use crate::config::StalePolicy;
 use crate::datadog::intake::Delivery;
 use crate::datadog::processing::ProcessingRules;
@@ -17,8 +17,8 @@ use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, Prepare
 use crate::feeds::orgs::OrgDirectory;
 use crate::feeds::scope::Scope;
 use crate::feeds::versioned::{forward_items, LogSink, VersionedState};
-use crate::http::Deadline;
-use crate::huntress::Feature;
+use crate::base::http::Deadline;
+use crate::huntress::client::Feature;
 
 /// Everything one run of a log-forwarding feed needs besides the page source.
 pub struct FeedContext<'a> {
@@ -89,7 +89,7 @@ pub fn prepare_log(row: Map<String, Value>, org: Enrichment, tags: &[String], te
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use crate::error::{ErrorKind, HuntressError};
+    use crate::base::error::{ErrorKind, HuntressError};
     use chrono::{SecondsFormat, TimeZone};
 
     /// The time the feed tests run at.

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use crate::scan::{next_special, ScanResult, Scanner};
+use crate::json::scan::{next_special, ScanResult, Scanner};
 
 pub struct Row<'a> {
     /// Names, and values as the JSON text they arrived as (checked, not decoded).

@@ -10,9 +10,9 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value};
 
-use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::Deadline;
-use crate::huntress::{Feature, HuntressClient};
+use crate::base::error::{ErrorKind, HuntressError, Result};
+use crate::base::http::Deadline;
+use crate::huntress::client::{Feature, HuntressClient};
 use crate::datadog::report::Status;
 
 /// The largest `limit` the API accepts.

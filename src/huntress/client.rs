@@ -11,10 +11,10 @@ use reqwest::RequestBuilder;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, excerpt, Answer, Deadline, HttpClient, HttpFailure, MAX_HUNTRESS_BODY};
-use crate::ratelimit::{RateBudget, MAX_LIMIT};
-use crate::redact::Redactor;
+use crate::base::error::{ErrorKind, HuntressError, Result};
+use crate::base::http::{backoff, excerpt, Answer, Deadline, HttpClient, HttpFailure, MAX_HUNTRESS_BODY};
+use crate::huntress::ratelimit::{RateBudget, MAX_LIMIT};
+use crate::base::redact::Redactor;
 
 const MAX_ATTEMPTS: u32 = 4;
 const LIMIT_HEADER: &str = "x-huntress-api-call-limit";

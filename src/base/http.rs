@@ -9,8 +9,8 @@ use reqwest::{Client, RequestBuilder};
 use tokio::runtime::Runtime;
 
 use crate::config::{Config, ProxyConfig, TlsSettings};
-use crate::error::{HuntressError, Result};
-use crate::redact::Redactor;
+use crate::base::error::{HuntressError, Result};
+use crate::base::redact::Redactor;
 
 pub const USER_AGENT: &str = concat!("datadog-huntress/", env!("CARGO_PKG_VERSION"));
 

@@ -10,16 +10,17 @@ use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::checkpoint::{Cache, Cursor, IdHasher, QueryState};
-use crate::error::{ErrorKind, HuntressError, Result};
-use crate::http::{backoff, Deadline};
-use crate::huntress::{Feature, HuntressClient};
+use crate::base::cache::Cache;
+use crate::feeds::siem::state::{Cursor, IdHasher, QueryState};
+use crate::base::error::{ErrorKind, HuntressError, Result};
+use crate::base::http::{backoff, Deadline};
+use crate::huntress::client::{Feature, HuntressClient};
 use crate::datadog::intake::{IntakeClient, LogBuffer, MAX_BATCH_BYTES, MAX_BATCH_LOGS};
 use crate::feeds::orgs::{row_org_id, row_org_name, Enricher, OrgDirectory};
 use crate::feeds::scope::{OrgRef, Scope};
 use crate::datadog::processing::{ProcessingRules, Verdict};
-use crate::row::Row;
-use crate::scan::{Kind, ScanError, Scanner};
+use crate::json::row::Row;
+use crate::json::scan::{Kind, ScanError, Scanner};
 use crate::datadog::transform::{self, LogTemplate, Written};
 
 pub const QUERY_PATH: &str = "/v1/siem/query";
