@@ -3,10 +3,10 @@
 //! pipeline_cost -- page.json`.
 use std::time::Instant;
 
-use _core::config::StalePolicy;
+use _core::datadog::transform::StalePolicy;
 use _core::datadog::compression::{Encoding, FALLBACK_GZIP_LEVEL};
-use _core::feeds::siem::run::parse_page;
-use _core::datadog::transform::{event_id, now_ms, prepare, Enrichment, LogTemplate, Prepared};
+use _core::feeds::siem::parse_page;
+use _core::datadog::transform::{event_id, now_ms, log_of_row, Enrichment, LogTemplate, Prepared};
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: pipeline_cost PAGE.json");
@@ -22,7 +22,7 @@ fn main() {
         rows += parsed.rows.len();
         let mut batch = Vec::new();
         for row in &parsed.rows {
-            if let Prepared::Log(log) = prepare(row, event_id(row), &template, &Enrichment::default(), now_ms()) {
+            if let Prepared::Log(log) = log_of_row(row, event_id(row), &template, &Enrichment::default(), now_ms()) {
                 bytes += log.json.len();
                 batch.extend_from_slice(&log.json);
             }

@@ -1,5 +1,7 @@
-//! Parses and validates one check instance into a typed `Config`.
-//! Every error names the key and says how to fix it.
+//! Reads one check instance, and the Agent's settings, into a `Config`: the
+//! settings struct of each part (HTTP clients, the Huntress client, the intake,
+//! the SIEM feed, every REST feed), filled here and nowhere else. Every error
+//! names the key and says how to fix it.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -7,10 +9,19 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::datadog::compression::{self, CompressionSettings, Encoding};
-use crate::datadog::processing::ProcessingRules;
 use crate::base::error::{HuntressError, Result};
+use crate::base::http::{HttpSettings, ProxyConfig, TlsSettings};
+use crate::base::redact::Redactor;
+use crate::datadog::compression::{self, CompressionSettings};
+use crate::datadog::intake::IntakeSettings;
+use crate::datadog::processing::ProcessingRules;
+use crate::datadog::transform::StalePolicy;
+use crate::feeds::agents::AgentsSettings;
+use crate::feeds::feed::ListSettings;
 use crate::feeds::scope::ScopeRules;
+use crate::feeds::siem::{LogQuery, SiemSettings};
+use crate::feeds::FeedSettings;
+use crate::huntress::client::HuntressSettings;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.huntress.io";
 pub const DEFAULT_SERVICE: &str = "huntress-siem";
@@ -28,103 +39,27 @@ pub struct AgentContext {
     pub logs_config: Value,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ProxyConfig {
-    pub http: Option<String>,
-    pub https: Option<String>,
-    pub no_proxy: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StalePolicy {
-    /// Send with `date` set to the send time; the event time stays in `huntress.original_timestamp`.
-    RewriteDate,
-    /// Do not send; count in `huntress.siem.logs_stale`.
-    Skip,
-}
-
-impl StalePolicy {
-    pub fn tag(self) -> &'static str {
-        match self {
-            StalePolicy::RewriteDate => "rewrite_date",
-            StalePolicy::Skip => "skip",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct LogQuery {
-    pub name: String,
-    pub esql: String,
-    pub tags: Vec<String>,
-    pub service: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct AgentsConfig {
-    pub enabled: bool,
-    pub max_pages: u32,
-    pub stale_after_seconds: u64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct IncidentsConfig {
-    pub enabled: bool,
-    pub max_pages: u32,
-}
-
+/// One instance, as the settings of the parts that use it.
 #[derive(Clone, PartialEq)]
 pub struct Config {
-    pub api_key: String,
-    pub secret_key: String,
-    pub base_url: String,
-    pub queries: Vec<LogQuery>,
-    pub service: String,
+    pub huntress: HuntressSettings,
+    pub intake: IntakeSettings,
+    /// Said once in the Agent log: why the intake encoding is not what the Agent's settings ask.
+    pub encoding_note: Option<String>,
+    /// The instance's `tags`, on everything the check emits.
     pub tags: Vec<String>,
-    pub max_pages_per_run: u32,
-    pub initial_lookback: Duration,
-    pub collection_delay: Duration,
-    pub max_window: Duration,
-    pub request_timeout: Duration,
     pub run_deadline: Duration,
-    pub dedup_cache_size: usize,
-    pub stale_policy: StalePolicy,
-    pub intake_url: String,
-    pub dd_api_key: String,
-    /// TLS toward the Huntress API (`tls_verify`, `tls_ca_cert`).
-    pub tls_verify: bool,
-    pub tls_ca_cert: Option<String>,
-    /// TLS toward the logs intake, which receives the Datadog API key: its own
-    /// options, so that `tls_verify: false` for the Huntress API leaves it verified.
-    pub intake_tls: TlsSettings,
-    pub proxy: Option<ProxyConfig>,
-    pub enrich_with_org_tags: bool,
+    pub siem: SiemSettings,
+    pub feeds: FeedSettings,
     pub org_cache_ttl: Duration,
-    pub agents: AgentsConfig,
-    pub incidents: IncidentsConfig,
-    pub escalations: IncidentsConfig,
-    pub signals: IncidentsConfig,
     pub scope: ScopeRules,
     pub processing_rules: ProcessingRules,
-    pub encoding: Encoding,
-    /// Said once in the Agent log: why `encoding` is not what the Agent's settings ask.
-    pub encoding_note: Option<String>,
-}
-
-/// How one HTTP client checks the server's certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub verify: bool,
-    /// A PEM file of additional trusted CAs, checked when the config is read.
-    pub ca_cert: Option<String>,
-    /// The option `ca_cert` came from, for errors.
-    pub ca_cert_key: &'static str,
 }
 
 impl Config {
-    /// TLS toward the Huntress API.
-    pub fn huntress_tls(&self) -> TlsSettings {
-        TlsSettings { verify: self.tls_verify, ca_cert: self.tls_ca_cert.clone(), ca_cert_key: "tls_ca_cert" }
+    /// Scrubs every secret this instance was given.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::for_keys(&self.huntress.api_key, &self.huntress.secret_key, &self.intake.dd_api_key)
     }
 }
 
@@ -149,9 +84,9 @@ impl fmt::Debug for Config {
     // Secrets are never printed, even in debug output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("base_url", &self.base_url)
-            .field("queries", &self.queries)
-            .field("intake_url", &self.intake_url)
+            .field("base_url", &self.huntress.base_url)
+            .field("queries", &self.siem.queries)
+            .field("intake_url", &self.intake.url)
             .field("api_key", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -163,52 +98,69 @@ impl Config {
             .as_object()
             .ok_or_else(|| HuntressError::config("instances", "each instance must be a mapping of options"))?;
         let reader = Reader { obj };
-        let site = if agent.site.trim().is_empty() { "datadoghq.com" } else { agent.site.trim() };
         let logs = LogsSettings::parse(&agent.logs_config)?;
-        let intake_default = logs.dd_url.clone().unwrap_or_else(|| format!("https://http-intake.logs.{site}/api/v2/logs"));
-        let intake_url = reader.url("logs_intake_url", &intake_default)?;
-        let to_logs_dd_url = logs.dd_url.as_ref() == Some(&intake_url);
-        let (encoding, encoding_note) = compression::for_endpoint(&logs.compression, &intake_url, to_logs_dd_url);
-        let deadline_default = default_deadline(reader.f64_opt("min_collection_interval")?.unwrap_or(agent.min_collection_interval));
-
-        let config = Config {
-            api_key: reader.secret("huntress_api_key", "set it to the API key from <account>.huntress.io > API Credentials")?,
-            secret_key: reader.secret("huntress_secret_key", "set it to the API secret key generated with the API key")?,
-            base_url: reader.url("huntress_base_url", DEFAULT_BASE_URL)?,
-            queries: parse_queries(obj.get("log_queries"))?,
-            service: reader.string("service", DEFAULT_SERVICE)?,
-            tags: reader.tags("tags")?,
-            max_pages_per_run: reader.uint("max_pages_per_run", 100, 1, 100_000)? as u32,
-            initial_lookback: secs(reader.uint("initial_lookback_seconds", 3600, 1, MAX_LOOKBACK_SECONDS)?),
-            collection_delay: secs(reader.uint("collection_delay_seconds", 300, 0, 86_400)?),
-            max_window: secs(reader.uint("max_window_seconds", 900, 10, 86_400)?),
-            request_timeout: Duration::from_secs_f64(reader.positive("request_timeout", 30.0, 600.0)?),
-            run_deadline: Duration::from_secs_f64(reader.positive("run_deadline_seconds", deadline_default, 86_400.0)?),
-            dedup_cache_size: reader.uint("dedup_cache_size", 50_000, 1_000, 1_000_000)? as usize,
-            stale_policy: parse_stale_policy(&reader)?,
-            intake_url,
-            dd_api_key: dd_api_key(&reader, agent)?,
-            tls_verify: reader.bool("tls_verify", true)?,
-            tls_ca_cert: reader.ca_cert("tls_ca_cert")?,
-            intake_tls: TlsSettings {
-                verify: reader.bool("intake_tls_verify", true)?,
-                ca_cert: reader.ca_cert("intake_tls_ca_cert")?,
-                ca_cert_key: "intake_tls_ca_cert",
+        let (intake, encoding_note) = intake_settings(&reader, agent, &logs)?;
+        let deadline_default = default_deadline(reader.number("min_collection_interval")?.unwrap_or(agent.min_collection_interval));
+        Ok(Config {
+            huntress: HuntressSettings {
+                api_key: reader.secret("huntress_api_key", "set it to the API key from <account>.huntress.io > API Credentials")?,
+                secret_key: reader.secret("huntress_secret_key", "set it to the API secret key generated with the API key")?,
+                base_url: reader.url("huntress_base_url", DEFAULT_BASE_URL)?,
+                http: http_settings(&reader, agent, "tls_verify", "tls_ca_cert")?,
             },
-            proxy: if reader.bool("skip_proxy", false)? { None } else { agent.proxy.clone() },
-            enrich_with_org_tags: reader.bool("enrich_with_org_tags", true)?,
+            intake,
+            encoding_note,
+            tags: reader.tags("tags")?,
+            run_deadline: Duration::from_secs_f64(reader.positive("run_deadline_seconds", deadline_default, 86_400.0)?),
+            siem: siem_settings(&reader)?,
+            feeds: FeedSettings {
+                incidents: list_settings(obj, "incidents")?,
+                escalations: list_settings(obj, "escalations")?,
+                signals: list_settings(obj, "signals")?,
+                agents: agents_settings(obj)?,
+            },
             org_cache_ttl: secs(reader.uint("org_cache_ttl_seconds", 3600, 0, 30 * 86_400)?),
-            agents: parse_agents(obj)?,
-            incidents: parse_incidents(obj)?,
-            escalations: parse_feed(obj, "escalations")?,
-            signals: parse_feed(obj, "signals")?,
             scope: crate::feeds::scope::parse(obj)?,
             processing_rules: ProcessingRules::parse(&logs.processing_rules, obj.get("log_processing_rules").unwrap_or(&Value::Null))?,
-            encoding,
-            encoding_note,
-        };
-        Ok(config)
+        })
     }
+}
+
+/// The intake the logs go to (`logs_intake_url`, else the Agent's
+/// `logs_dd_url`, else the site's), its key and encoding, and why the encoding
+/// is not the Agent's when it is not.
+fn intake_settings(reader: &Reader, agent: &AgentContext, logs: &LogsSettings) -> Result<(IntakeSettings, Option<String>)> {
+    let site = if agent.site.trim().is_empty() { "datadoghq.com" } else { agent.site.trim() };
+    let default_url = logs.dd_url.clone().unwrap_or_else(|| format!("https://http-intake.logs.{site}/api/v2/logs"));
+    let url = reader.url("logs_intake_url", &default_url)?;
+    let to_logs_dd_url = logs.dd_url.as_ref() == Some(&url);
+    let (encoding, note) = compression::for_endpoint(&logs.compression, &url, to_logs_dd_url);
+    let http = http_settings(reader, agent, "intake_tls_verify", "intake_tls_ca_cert")?;
+    Ok((IntakeSettings { url, dd_api_key: dd_api_key(reader, agent)?, encoding, http }, note))
+}
+
+/// One HTTP client's settings: the shared `request_timeout` and proxy, and its
+/// own TLS options.
+fn http_settings(reader: &Reader, agent: &AgentContext, verify_key: &'static str, ca_cert_key: &'static str) -> Result<HttpSettings> {
+    Ok(HttpSettings {
+        request_timeout: Duration::from_secs_f64(reader.positive("request_timeout", 30.0, 600.0)?),
+        proxy: if reader.bool("skip_proxy", false)? { None } else { agent.proxy.clone() },
+        tls: TlsSettings { verify: reader.bool(verify_key, true)?, ca_cert: reader.ca_cert(ca_cert_key)?, ca_cert_key },
+    })
+}
+
+fn siem_settings(reader: &Reader) -> Result<SiemSettings> {
+    Ok(SiemSettings {
+        queries: parse_queries(reader.obj.get("log_queries"))?,
+        service: reader.string("service", DEFAULT_SERVICE)?,
+        max_pages_per_run: reader.uint("max_pages_per_run", 100, 1, 100_000)? as u32,
+        initial_lookback: secs(reader.uint("initial_lookback_seconds", 3600, 1, MAX_LOOKBACK_SECONDS)?),
+        collection_delay: secs(reader.uint("collection_delay_seconds", 300, 0, 86_400)?),
+        max_window: secs(reader.uint("max_window_seconds", 900, 10, 86_400)?),
+        dedup_cache_size: reader.uint("dedup_cache_size", 50_000, 1_000, 1_000_000)? as usize,
+        stale_policy: parse_stale_policy(reader)?,
+        enrich_with_org_tags: reader.bool("enrich_with_org_tags", true)?,
+    })
 }
 
 /// The Agent's `logs_config` settings, as the Agent reads them from datadog.yaml.
@@ -411,7 +363,7 @@ fn filters_on_timestamp(where_stage: &str) -> bool {
     false
 }
 
-fn parse_agents(obj: &Map<String, Value>) -> Result<AgentsConfig> {
+fn agents_settings(obj: &Map<String, Value>) -> Result<AgentsSettings> {
     let section = sub_section(obj, "metrics")?;
     let agents = match section.as_ref().and_then(|m| m.get("agents")) {
         None | Some(Value::Null) => None,
@@ -420,7 +372,7 @@ fn parse_agents(obj: &Map<String, Value>) -> Result<AgentsConfig> {
     };
     let empty = Map::new();
     let reader = Reader { obj: agents.as_ref().unwrap_or(&empty) };
-    Ok(AgentsConfig {
+    Ok(AgentsSettings {
         enabled: reader.bool("enabled", false).map_err(|e| rename(e, "metrics.agents.enabled"))?,
         max_pages: reader.uint("max_pages", 20, 1, 1000).map_err(|e| rename(e, "metrics.agents.max_pages"))? as u32,
         stale_after_seconds: reader
@@ -429,22 +381,12 @@ fn parse_agents(obj: &Map<String, Value>) -> Result<AgentsConfig> {
     })
 }
 
-fn parse_incidents(obj: &Map<String, Value>) -> Result<IncidentsConfig> {
-    let section = sub_section(obj, "incidents")?;
-    let empty = Map::new();
-    let reader = Reader { obj: section.as_ref().unwrap_or(&empty) };
-    Ok(IncidentsConfig {
-        enabled: reader.bool("enabled", false).map_err(|e| rename(e, "incidents.enabled"))?,
-        max_pages: reader.uint("max_pages", 10, 1, 1000).map_err(|e| rename(e, "incidents.max_pages"))? as u32,
-    })
-}
-
-/// `<key>: {enabled, max_pages}` for the opt-in SOC feeds (escalations, signals).
-fn parse_feed(obj: &Map<String, Value>, key: &str) -> Result<IncidentsConfig> {
+/// `<key>: {enabled, max_pages}` of an opt-in REST feed (incidents, escalations, signals).
+fn list_settings(obj: &Map<String, Value>, key: &str) -> Result<ListSettings> {
     let section = sub_section(obj, key)?;
     let empty = Map::new();
     let reader = Reader { obj: section.as_ref().unwrap_or(&empty) };
-    Ok(IncidentsConfig {
+    Ok(ListSettings {
         enabled: reader.bool("enabled", false).map_err(|e| rename(e, &format!("{key}.enabled")))?,
         max_pages: reader.uint("max_pages", 10, 1, 1000).map_err(|e| rename(e, &format!("{key}.max_pages")))? as u32,
     })
@@ -537,10 +479,6 @@ impl Reader<'_> {
         }
     }
 
-    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
-        self.number(key)
-    }
-
     fn uint(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64> {
         let Some(value) = self.number(key)? else { return Ok(default) };
         if value.fract() != 0.0 || value < min as f64 || value > max as f64 {
@@ -576,6 +514,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datadog::compression::Encoding;
     use serde_json::json;
 
     fn agent() -> AgentContext {
@@ -599,14 +538,14 @@ mod tests {
     #[test]
     fn defaults_come_from_agent_and_documented_values() {
         let config = Config::parse(&minimal(), &agent()).unwrap();
-        assert_eq!(config.base_url, DEFAULT_BASE_URL);
-        assert_eq!(config.intake_url, "https://http-intake.logs.datadoghq.eu/api/v2/logs");
-        assert_eq!(config.dd_api_key, "agent-dd-key");
-        assert_eq!(config.max_pages_per_run, 100);
-        assert_eq!(config.collection_delay, Duration::from_secs(300));
+        assert_eq!(config.huntress.base_url, DEFAULT_BASE_URL);
+        assert_eq!(config.intake.url, "https://http-intake.logs.datadoghq.eu/api/v2/logs");
+        assert_eq!(config.intake.dd_api_key, "agent-dd-key");
+        assert_eq!(config.siem.max_pages_per_run, 100);
+        assert_eq!(config.siem.collection_delay, Duration::from_secs(300));
         assert_eq!(config.run_deadline, Duration::from_secs(720));
-        assert!(config.tls_verify);
-        assert_eq!(config.stale_policy, StalePolicy::RewriteDate);
+        assert!(config.huntress.http.tls.verify);
+        assert_eq!(config.siem.stale_policy, StalePolicy::RewriteDate);
     }
 
     #[test]
@@ -654,13 +593,13 @@ mod tests {
         let mut instance = minimal();
         instance["tls_verify"] = json!(false);
         let config = Config::parse(&instance, &agent()).unwrap();
-        assert!(!config.huntress_tls().verify);
-        assert!(config.intake_tls.verify);
-        assert_eq!(config.intake_tls.ca_cert, None);
+        assert!(!config.huntress.http.tls.verify);
+        assert!(config.intake.http.tls.verify);
+        assert_eq!(config.intake.http.tls.ca_cert, None);
         let mut instance = minimal();
         instance["intake_tls_verify"] = json!(false);
         let config = Config::parse(&instance, &agent()).unwrap();
-        assert!(config.huntress_tls().verify && !config.intake_tls.verify);
+        assert!(config.huntress.http.tls.verify && !config.intake.http.tls.verify);
     }
 
     #[test]
@@ -746,18 +685,18 @@ mod tests {
     #[test]
     fn logs_dd_url_replaces_the_site_intake_and_logs_intake_url_wins() {
         let relay = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "opw.internal:8282", "logs_no_ssl": true}))).unwrap();
-        assert_eq!(relay.intake_url, "http://opw.internal:8282/api/v2/logs");
-        assert_eq!(relay.encoding, Encoding::Zstd(1), "the Agent's default, sent where the Agent sends it");
+        assert_eq!(relay.intake.url, "http://opw.internal:8282/api/v2/logs");
+        assert_eq!(relay.intake.encoding, Encoding::Zstd(1), "the Agent's default, sent where the Agent sends it");
         assert!(relay.encoding_note.is_none());
         let tls = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "opw.internal:8282", "logs_no_ssl": "false"}))).unwrap();
-        assert_eq!(tls.intake_url, "https://opw.internal:8282/api/v2/logs");
+        assert_eq!(tls.intake.url, "https://opw.internal:8282/api/v2/logs");
         let schemed = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "http://relay:80/"}))).unwrap();
-        assert_eq!(schemed.intake_url, "http://relay:80/api/v2/logs");
+        assert_eq!(schemed.intake.url, "http://relay:80/api/v2/logs");
         let mut instance = minimal();
         instance["logs_intake_url"] = json!("https://intake.example/api/v2/logs");
         let overridden = Config::parse(&instance, &with_logs(json!({"logs_dd_url": "opw.internal:8282"}))).unwrap();
-        assert_eq!(overridden.intake_url, "https://intake.example/api/v2/logs");
-        assert_eq!(overridden.encoding, Encoding::Gzip(compression::FALLBACK_GZIP_LEVEL));
+        assert_eq!(overridden.intake.url, "https://intake.example/api/v2/logs");
+        assert_eq!(overridden.intake.encoding, Encoding::Gzip(compression::FALLBACK_GZIP_LEVEL));
         assert!(overridden.encoding_note.unwrap().contains("https://intake.example/api/v2/logs"));
         let bad = Config::parse(&minimal(), &with_logs(json!({"logs_dd_url": "ftp://relay:21"})));
         assert!(matches!(bad, Err(HuntressError::Config { key, .. }) if key == "logs_config.logs_dd_url"));
@@ -766,16 +705,16 @@ mod tests {
     #[test]
     fn compression_follows_the_agent_settings() {
         let site = Config::parse(&minimal(), &agent()).unwrap();
-        assert_eq!(site.encoding, Encoding::Gzip(compression::FALLBACK_GZIP_LEVEL), "zstd is not documented for the public intake");
+        assert_eq!(site.intake.encoding, Encoding::Gzip(compression::FALLBACK_GZIP_LEVEL), "zstd is not documented for the public intake");
         assert!(site.encoding_note.is_some());
         let gzip = Config::parse(&minimal(), &with_logs(json!({"compression_kind": "gzip", "compression_level": 4}))).unwrap();
-        assert_eq!((gzip.encoding, gzip.encoding_note), (Encoding::Gzip(4), None));
+        assert_eq!((gzip.intake.encoding, gzip.encoding_note), (Encoding::Gzip(4), None));
         let off = Config::parse(&minimal(), &with_logs(json!({"use_compression": false}))).unwrap();
-        assert_eq!(off.encoding, Encoding::None);
+        assert_eq!(off.intake.encoding, Encoding::None);
         let mut instance = minimal();
         instance["logs_intake_url"] = json!("https://agent-http-intake.logs.datadoghq.eu/api/v2/logs");
         let agent_endpoint = Config::parse(&instance, &with_logs(json!({"zstd_compression_level": "3"}))).unwrap();
-        assert_eq!(agent_endpoint.encoding, Encoding::Zstd(3));
+        assert_eq!(agent_endpoint.intake.encoding, Encoding::Zstd(3));
         for (settings, key) in [
             (json!({"compression_kind": "brotli"}), "logs_config.compression_kind"),
             (json!({"zstd_compression_level": 40}), "logs_config.zstd_compression_level"),

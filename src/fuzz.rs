@@ -18,9 +18,9 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::StalePolicy;
+use crate::datadog::transform::StalePolicy;
 use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared};
-use crate::feeds::siem::run::parse_page;
+use crate::feeds::siem::{parse_page, Pagination};
 use crate::json::row::Row;
 use crate::json::scan::Scanner;
 
@@ -209,12 +209,6 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
-#[derive(Deserialize)]
-struct Pagination {
-    #[serde(default)]
-    next_page_token: Option<String>,
-}
-
 #[derive(Debug, PartialEq)]
 struct Page {
     rows: Vec<Map<String, Value>>,
@@ -256,7 +250,7 @@ fn row_map(row: &Row, template: &LogTemplate) -> Map<String, Value> {
     assert_eq!(names.len(), row.fields().len(), "one value per name");
     let id = transform::event_id(row);
     let now = 1_780_000_000_000;
-    if let Prepared::Log(log) = transform::prepare(row, id, template, &Enrichment::default(), now) {
+    if let Prepared::Log(log) = transform::log_of_row(row, id, template, &Enrichment::default(), now) {
         let entries: Entries = serde_json::from_slice(&log.json)
             .unwrap_or_else(|e| panic!("a log is a JSON object ({e}): {:?}", String::from_utf8_lossy(&log.json)));
         let names: std::collections::HashSet<&str> = entries.0.iter().map(|(key, _)| key.as_str()).collect();

@@ -19,6 +19,8 @@ pub mod json;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod test_support;
 
 #[cfg(feature = "python")]
 mod python;

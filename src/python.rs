@@ -8,10 +8,11 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::base::boundary;
 use crate::base::cache::Cache;
-use crate::collector::{Collector, SIEM_SERVICE_CHECK};
-use crate::config::{AgentContext, ProxyConfig};
-use crate::datadog::report::{with_tag, Level, Report, Status};
-use crate::base::error::{ErrorKind, HuntressError};
+use crate::base::error::HuntressError;
+use crate::base::http::ProxyConfig;
+use crate::collector::{report_internal_error, Collector, SIEM_SERVICE_CHECK};
+use crate::config::AgentContext;
+use crate::datadog::report::{Report, Status};
 
 create_exception!(_core, HuntressCoreError, PyException, "Base class of the core's errors.");
 create_exception!(_core, ConfigError, HuntressCoreError, "The instance configuration is invalid; the message names the key.");
@@ -73,9 +74,7 @@ impl Broken {
         let message = format!("internal error in the check, it could not start: {}", self.message);
         let mut report = Report::default();
         report.service_check(SIEM_SERVICE_CHECK, Status::Critical, &self.tags, Some(message.clone()));
-        report.count("huntress.siem.errors", 1.0, &with_tag(&self.tags, format!("error_type:{}", ErrorKind::Internal.tag())));
-        report.log(Level::Error, message.clone());
-        report.fatal = Some(message);
+        report_internal_error(&self.tags, message, &mut report);
         report
     }
 }

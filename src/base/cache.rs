@@ -61,24 +61,6 @@ pub fn hash64(parts: &[&str]) -> u64 {
     u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
 }
 
-/// An in-memory `Cache`, for unit tests.
-#[cfg(test)]
-#[derive(Default)]
-pub struct MemoryCache(pub std::collections::HashMap<String, String>);
-
-#[cfg(test)]
-impl Cache for MemoryCache {
-    fn read(&mut self, key: &str) -> std::result::Result<String, String> {
-        Ok(self.0.get(key).cloned().unwrap_or_default())
-    }
-
-    fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
-        self.0.insert(key.into(), value.into());
-        Ok(())
-    }
-}
-
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,36 @@ use reqwest::redirect::Policy;
 use reqwest::{Client, RequestBuilder};
 use tokio::runtime::Runtime;
 
-use crate::config::{Config, ProxyConfig, TlsSettings};
 use crate::base::error::{HuntressError, Result};
 use crate::base::redact::Redactor;
+
+/// How one HTTP client reaches its destination: its time limit, the Agent's
+/// proxy, and how it checks the server's certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// Bounds each request, body included.
+    pub request_timeout: Duration,
+    pub proxy: Option<ProxyConfig>,
+    pub tls: TlsSettings,
+}
+
+/// The Agent's proxy settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub no_proxy: Vec<String>,
+}
+
+/// How one HTTP client checks the server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub verify: bool,
+    /// A PEM file of additional trusted CAs, checked when the config is read.
+    pub ca_cert: Option<String>,
+    /// The option `ca_cert` came from, for errors.
+    pub ca_cert_key: &'static str,
+}
 
 pub const USER_AGENT: &str = concat!("datadog-huntress/", env!("CARGO_PKG_VERSION"));
 
@@ -87,7 +114,7 @@ pub enum HttpFailure {
 
 impl HttpClient {
     /// A client for one destination: `tls` says how it checks certificates.
-    pub fn new(config: &Config, tls: &TlsSettings) -> Result<Self> {
+    pub fn new(settings: &HttpSettings) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -95,7 +122,7 @@ impl HttpClient {
         // reqwest's connector needs the runtime's context while it is built.
         let client = {
             let _entered = runtime.enter();
-            build_client(config, tls)?
+            build_client(settings)?
         };
         Ok(HttpClient { client, runtime })
     }
@@ -152,13 +179,14 @@ async fn read_capped(mut response: reqwest::Response, max_body: usize) -> std::r
 
 /// A client that never follows redirects: a redirect would carry `DD-API-KEY`
 /// (a custom header that reqwest keeps across hosts) to wherever it points.
-fn build_client(config: &Config, tls: &TlsSettings) -> Result<Client> {
+fn build_client(settings: &HttpSettings) -> Result<Client> {
     install_crypto_provider();
+    let tls = &settings.tls;
     let mut builder = Client::builder()
         .user_agent(USER_AGENT)
         .redirect(Policy::none())
-        .timeout(config.request_timeout)
-        .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+        .timeout(settings.request_timeout)
+        .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(60))
         .tls_danger_accept_invalid_certs(!tls.verify);
     if let Some(path) = &tls.ca_cert {
@@ -168,7 +196,7 @@ fn build_client(config: &Config, tls: &TlsSettings) -> Result<Client> {
             .map_err(|e| HuntressError::config(key, format!("{path:?} is not a PEM bundle: {e}")))?;
         builder = builder.tls_certs_merge(certs);
     }
-    builder = apply_proxy(builder, config.proxy.as_ref())?;
+    builder = apply_proxy(builder, settings.proxy.as_ref())?;
     builder
         .build()
         .map_err(|e| HuntressError::config(tls.ca_cert_key, format!("cannot build the HTTP client: {e}")))
@@ -203,6 +231,18 @@ pub fn excerpt(body: &[u8], max: usize, redactor: &Redactor) -> String {
         short.push('…');
     }
     short.replace(['\n', '\r'], " ")
+}
+
+/// The error with its causes. URLs in it never hold a secret: credentials go in headers.
+pub fn short_reqwest(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -276,13 +316,8 @@ mod tests {
     }
 
     fn test_client() -> HttpClient {
-        let instance = serde_json::json!({
-            "huntress_api_key": "k", "huntress_secret_key": "s", "dd_api_key": "d",
-            "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
-        });
-        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, ..Default::default() };
-        let config = Config::parse(&instance, &agent).unwrap();
-        HttpClient::new(&config, &config.huntress_tls()).unwrap()
+        let tls = TlsSettings { verify: true, ca_cert: None, ca_cert_key: "tls_ca_cert" };
+        HttpClient::new(&HttpSettings { request_timeout: Duration::from_secs(30), proxy: None, tls }).unwrap()
     }
 
     #[test]

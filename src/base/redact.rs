@@ -15,8 +15,6 @@
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 
-use crate::config::Config;
-
 pub const MASK: &str = "********";
 
 /// Header names whose values are credentials, lowercase; `_` matches `-`.
@@ -48,9 +46,9 @@ impl Redactor {
 
     /// The secrets of an instance: both Huntress keys, their Basic credential
     /// (`key:secret`), and the Datadog API key.
-    pub fn for_config(config: &Config) -> Self {
-        let basic = format!("{}:{}", config.api_key, config.secret_key);
-        Redactor::new(&[&basic, &config.api_key, &config.secret_key, &config.dd_api_key])
+    pub fn for_keys(api_key: &str, secret_key: &str, dd_api_key: &str) -> Self {
+        let basic = format!("{api_key}:{secret_key}");
+        Redactor::new(&[&basic, api_key, secret_key, dd_api_key])
     }
 
     pub fn scrub(&self, text: &str) -> String {

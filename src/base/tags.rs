@@ -13,6 +13,10 @@ pub const MAX_TAG_VALUES: usize = 100;
 pub const OTHER: &str = "other";
 /// The value of a tag whose source field is missing or empty.
 pub const UNKNOWN: &str = "unknown";
+/// The value of an inventory tag whose field the API gave as null or left out.
+pub const NONE: &str = "none";
+/// Metrics by organization tag at most this many organizations.
+pub const MAX_ORGS_TAGGED: usize = 500;
 
 /// The normalised form of a tag value; may be empty (see `tag`).
 pub fn normalize(value: &str) -> String {
@@ -40,11 +44,11 @@ pub fn tag(name: &str, value: &str) -> String {
     }
 }
 
-/// The normalised value, or `unknown` when nothing is left.
-pub fn value_or_unknown(value: Option<&str>) -> String {
+/// The normalised value, or `fallback` (`UNKNOWN`, `NONE`) when nothing is left.
+pub fn value_or(value: Option<&str>, fallback: &str) -> String {
     let value = normalize(value.unwrap_or_default());
     if value.is_empty() {
-        UNKNOWN.to_string()
+        fallback.to_string()
     } else {
         value
     }
@@ -102,7 +106,8 @@ mod tests {
         assert_eq!(tag("os", ""), "os:unknown");
         assert_eq!(tag("os", "!!"), "os:unknown");
         assert_eq!(tag("platform", "Windows"), "platform:windows");
-        assert_eq!(value_or_unknown(None), "unknown");
+        assert_eq!(value_or(None, UNKNOWN), "unknown");
+        assert_eq!(value_or(Some(" "), NONE), "none");
     }
 
     #[test]

@@ -7,10 +7,8 @@ use std::ops::Range;
 use bytes::Bytes;
 use reqwest::header::HeaderValue;
 
-use crate::config::Config;
 use crate::base::error::{ErrorKind, HuntressError, Result};
-use crate::base::http::{backoff, excerpt, Deadline, HttpClient, HttpFailure, MAX_INTAKE_BODY};
-use crate::huntress::client::short_reqwest;
+use crate::base::http::{backoff, excerpt, short_reqwest, Deadline, HttpClient, HttpFailure, HttpSettings, MAX_INTAKE_BODY};
 use crate::base::redact::Redactor;
 use crate::datadog::compression::Encoding;
 use crate::datadog::transform::PreparedLog;
@@ -19,6 +17,17 @@ pub const MAX_BATCH_LOGS: usize = 1000;
 /// The intake takes 5 MB uncompressed per request; stay clear of the edge.
 pub const MAX_BATCH_BYTES: usize = 4_800_000;
 const MAX_ATTEMPTS: u32 = 5;
+
+/// Where and how logs are sent.
+#[derive(Clone, PartialEq)]
+pub struct IntakeSettings {
+    pub url: String,
+    pub dd_api_key: String,
+    pub encoding: Encoding,
+    /// Its own TLS options (`intake_tls_*`): the intake receives the Datadog API
+    /// key, so `tls_verify: false` for the Huntress API leaves it verified.
+    pub http: HttpSettings,
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct IntakeStats {
@@ -54,17 +63,17 @@ enum BatchOutcome {
 }
 
 impl IntakeClient {
-    pub fn new(config: &Config) -> Result<Self> {
-        let mut api_key = HeaderValue::from_str(&config.dd_api_key)
+    pub fn new(settings: &IntakeSettings, redactor: Redactor) -> Result<Self> {
+        let mut api_key = HeaderValue::from_str(&settings.dd_api_key)
             .map_err(|_| HuntressError::config("dd_api_key", "contains characters that cannot go in an HTTP header"))?;
         api_key.set_sensitive(true);
         Ok(IntakeClient {
-            http: HttpClient::new(config, &config.intake_tls)?,
-            url: config.intake_url.clone(),
+            http: HttpClient::new(&settings.http)?,
+            url: settings.url.clone(),
             api_key,
-            request_timeout: config.request_timeout,
-            redactor: Redactor::for_config(config),
-            encoding: config.encoding,
+            request_timeout: settings.http.request_timeout,
+            redactor,
+            encoding: settings.encoding,
             stats: IntakeStats::default(),
         })
     }
@@ -141,9 +150,9 @@ impl IntakeClient {
                 Ok(answer) => {
                     let detail = excerpt(&answer.body, 200, &self.redactor);
                     match classify(answer.status, range.len(), &detail) {
-                        Verdict::Done(outcome) => return Ok(outcome),
-                        Verdict::Fatal(error) => return Err(error),
-                        Verdict::Retry(error) => error,
+                        Disposition::Done(outcome) => return Ok(outcome),
+                        Disposition::Fatal(error) => return Err(error),
+                        Disposition::Retry(error) => error,
                     }
                 }
                 Err(HttpFailure::TimedOut) => HuntressError::intake(
@@ -163,29 +172,29 @@ impl IntakeClient {
     }
 }
 
-enum Verdict {
+enum Disposition {
     Done(BatchOutcome),
     Retry(HuntressError),
     Fatal(HuntressError),
 }
 
-fn classify(status: u16, batch_len: usize, detail: &str) -> Verdict {
+fn classify(status: u16, batch_len: usize, detail: &str) -> Disposition {
     match status {
-        200..=299 => Verdict::Done(BatchOutcome::Accepted),
-        400 | 413 if batch_len > 1 => Verdict::Done(BatchOutcome::Split),
-        400 | 413 => Verdict::Done(BatchOutcome::Rejected(format!("intake refused a log with {status} ({detail})"))),
-        401 | 403 => Verdict::Fatal(HuntressError::intake(
+        200..=299 => Disposition::Done(BatchOutcome::Accepted),
+        400 | 413 if batch_len > 1 => Disposition::Done(BatchOutcome::Split),
+        400 | 413 => Disposition::Done(BatchOutcome::Rejected(format!("intake refused a log with {status} ({detail})"))),
+        401 | 403 => Disposition::Fatal(HuntressError::intake(
             ErrorKind::IntakeAuth,
             format!("the intake refused the API key ({status}): check `api_key` in datadog.yaml or `dd_api_key`"),
         )),
         408 | 429 | 500..=599 => {
-            Verdict::Retry(HuntressError::intake(ErrorKind::IntakeUnavailable, format!("the intake answered {status} ({detail})")))
+            Disposition::Retry(HuntressError::intake(ErrorKind::IntakeUnavailable, format!("the intake answered {status} ({detail})")))
         }
-        300..=399 => Verdict::Fatal(HuntressError::intake(
+        300..=399 => Disposition::Fatal(HuntressError::intake(
             ErrorKind::IntakeRejected,
             format!("the intake answered a redirect ({status}); redirects are not followed: check logs_intake_url"),
         )),
-        _ => Verdict::Fatal(HuntressError::intake(ErrorKind::IntakeRejected, format!("unexpected intake status {status} ({detail})"))),
+        _ => Disposition::Fatal(HuntressError::intake(ErrorKind::IntakeRejected, format!("unexpected intake status {status} ({detail})"))),
     }
 }
 
@@ -415,12 +424,10 @@ mod tests {
     }
 
     fn client_for(url: &str) -> IntakeClient {
-        let instance = serde_json::json!({
-            "huntress_api_key": "k", "huntress_secret_key": "s", "dd_api_key": "d", "logs_intake_url": url,
-            "log_queries": [{"name": "q", "esql_query": "FROM logs | KEEP uuid"}]
-        });
-        let agent = crate::config::AgentContext { api_key: String::new(), site: String::new(), min_collection_interval: 60.0, ..Default::default() };
-        IntakeClient::new(&Config::parse(&instance, &agent).unwrap()).unwrap()
+        let tls = crate::base::http::TlsSettings { verify: true, ca_cert: None, ca_cert_key: "intake_tls_ca_cert" };
+        let http = HttpSettings { request_timeout: std::time::Duration::from_secs(30), proxy: None, tls };
+        let settings = IntakeSettings { url: url.to_string(), dd_api_key: "d".into(), encoding: Encoding::Gzip(FALLBACK_GZIP_LEVEL), http };
+        IntakeClient::new(&settings, Redactor::default()).unwrap()
     }
 
     #[test]
@@ -447,15 +454,15 @@ mod tests {
     #[test]
     fn retry_decisions_follow_the_intake_contract() {
         for status in [408, 429, 500, 502, 503] {
-            assert!(matches!(classify(status, 10, ""), Verdict::Retry(_)), "{status}");
+            assert!(matches!(classify(status, 10, ""), Disposition::Retry(_)), "{status}");
         }
         for status in [400, 413] {
-            assert!(matches!(classify(status, 10, ""), Verdict::Done(BatchOutcome::Split)), "{status}");
-            assert!(matches!(classify(status, 1, ""), Verdict::Done(BatchOutcome::Rejected(_))), "{status}");
+            assert!(matches!(classify(status, 10, ""), Disposition::Done(BatchOutcome::Split)), "{status}");
+            assert!(matches!(classify(status, 1, ""), Disposition::Done(BatchOutcome::Rejected(_))), "{status}");
         }
         for status in [401, 403, 307] {
-            assert!(matches!(classify(status, 10, ""), Verdict::Fatal(_)), "{status}");
+            assert!(matches!(classify(status, 10, ""), Disposition::Fatal(_)), "{status}");
         }
-        assert!(matches!(classify(202, 10, ""), Verdict::Done(BatchOutcome::Accepted)));
+        assert!(matches!(classify(202, 10, ""), Disposition::Done(BatchOutcome::Accepted)));
     }
 }

@@ -6,7 +6,6 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::StalePolicy;
 use crate::json::row::{write_member, write_string, Fields, Row};
 
 /// The intake truncates a log over 1 MB; we cut before it does, and say so.
@@ -18,6 +17,24 @@ pub const STALE_AFTER_MS: i64 = (18 * 3600 - 600) * 1000;
 pub const FUTURE_LIMIT_MS: i64 = (2 * 3600 - 600) * 1000;
 
 const ID_FIELDS_ONLY: [&str; 3] = ["uuid", "organization_id", "organization.id"];
+
+/// What to do with a log older than the intake keeps (18 h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StalePolicy {
+    /// Send with `date` set to the send time; the event time stays in `huntress.original_timestamp`.
+    RewriteDate,
+    /// Do not send; count in `huntress.siem.logs_stale`.
+    Skip,
+}
+
+impl StalePolicy {
+    pub fn tag(self) -> &'static str {
+        match self {
+            StalePolicy::RewriteDate => "rewrite_date",
+            StalePolicy::Skip => "skip",
+        }
+    }
+}
 
 /// Everything about the logs of one query that does not change per row.
 #[derive(Debug, Clone)]
@@ -280,15 +297,15 @@ fn write_row_as_message(out: &mut Vec<u8>, row: &Row) {
 }
 
 /// `id` is the row's `event_id`, which the caller has already computed for dedup.
-pub fn prepare(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
+pub fn log_of_row(row: &Row, id: u64, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
     let mut json = Vec::new();
-    match prepare_into(row, template, enrichment, now_ms, &mut json) {
+    match write_log(row, template, enrichment, now_ms, &mut json) {
         Written::Log { stale, truncated } => Prepared::Log(PreparedLog { id, json, stale, truncated }),
         Written::SkippedStale => Prepared::SkippedStale { id },
     }
 }
 
-/// What `prepare_into` did.
+/// What `write_log` did.
 pub enum Written {
     Log { stale: bool, truncated: bool },
     /// Older than the intake keeps, and the policy says skip: nothing written.
@@ -297,7 +314,7 @@ pub enum Written {
 
 /// Serializes the log at the end of `out`, so that logs can be built back to
 /// back in one buffer.
-pub fn prepare_into(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64, out: &mut Vec<u8>) -> Written {
+pub fn write_log(row: &Row, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64, out: &mut Vec<u8>) -> Written {
     let raw_timestamp = row.get("@timestamp");
     let event_ms = raw_timestamp.and_then(raw_timestamp_ms);
     let too_old = event_ms.is_some_and(|ms| ms < now_ms - STALE_AFTER_MS);
@@ -442,10 +459,10 @@ fn write_hostname(out: &mut Vec<u8>, first: &mut bool, row: &Row) {
 }
 
 /// Prepares an already parsed record (incident reports) the same way.
-pub fn prepare_value(record: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
+pub fn log_of_record(record: Map<String, Value>, template: &LogTemplate, enrichment: &Enrichment, now_ms: i64) -> Prepared {
     let text = serde_json::to_string(&record).expect("a JSON map serializes");
     let row = Row::parse(&text).expect("a serialized map is an object");
-    prepare(&row, event_id(&row), template, enrichment, now_ms)
+    log_of_row(&row, event_id(&row), template, enrichment, now_ms)
 }
 
 /// The rare log over the limit: parsed and cut by `serialize_within_limit`.
@@ -575,7 +592,7 @@ mod tests {
     }
 
     fn prepared(value: Value, now: i64) -> (Map<String, Value>, PreparedLog) {
-        match prepare_value(row(value), &template(StalePolicy::RewriteDate), &Enrichment::default(), now) {
+        match log_of_record(row(value), &template(StalePolicy::RewriteDate), &Enrichment::default(), now) {
             Prepared::Log(log) => (serde_json::from_slice(&log.json).unwrap(), log),
             Prepared::SkippedStale { .. } => panic!("unexpected skip"),
         }
@@ -634,7 +651,7 @@ mod tests {
 
     fn prepared_text(text: &str, policy: StalePolicy, enrichment: &Enrichment) -> Option<(Map<String, Value>, Vec<String>)> {
         let row = parse(text);
-        match prepare(&row, event_id(&row), &template(policy), enrichment, NOW) {
+        match log_of_row(&row, event_id(&row), &template(policy), enrichment, NOW) {
             Prepared::Log(log) => Some((serde_json::from_slice(&log.json).unwrap(), written_names(&log.json))),
             Prepared::SkippedStale { .. } => None,
         }
@@ -760,7 +777,7 @@ mod tests {
     fn rows_without_message_stand_in_as_their_json_text() {
         let text = r#"{"uuid":"r","message":null,"event.code":4625,"user.name":null,"q\"name":"v\n","nested":{ "a" : [1, "x"] }}"#;
         let row = parse(text);
-        let Prepared::Log(log) = prepare(&row, 1, &template(StalePolicy::RewriteDate), &Enrichment::default(), NOW) else {
+        let Prepared::Log(log) = log_of_row(&row, 1, &template(StalePolicy::RewriteDate), &Enrichment::default(), NOW) else {
             panic!("a log")
         };
         let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
@@ -844,7 +861,7 @@ mod tests {
         assert_eq!(log["date"], NOW);
         assert_eq!(log["huntress.original_timestamp"], old_iso);
         assert!(log.get("@timestamp").is_none());
-        let skipped = prepare_value(row(json!({"uuid": "f", "@timestamp": old_iso})), &template(StalePolicy::Skip), &Enrichment::default(), NOW);
+        let skipped = log_of_record(row(json!({"uuid": "f", "@timestamp": old_iso})), &template(StalePolicy::Skip), &Enrichment::default(), NOW);
         assert!(matches!(skipped, Prepared::SkippedStale { .. }));
     }
 
@@ -893,7 +910,7 @@ mod tests {
     #[test]
     fn enrichment_adds_attributes_and_tags() {
         let enrichment = Enrichment::new(vec![("huntress_org_name".into(), json!("Acme"))], "huntress_org_name:acme".into());
-        let Prepared::Log(log) = prepare_value(row(json!({"uuid": "g"})), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
+        let Prepared::Log(log) = log_of_record(row(json!({"uuid": "g"})), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
         let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
         assert_eq!(log["huntress_org_name"], "Acme");
         assert_eq!(log["ddtags"], "team:sec,query_name:win,huntress_org_name:acme");
@@ -901,7 +918,7 @@ mod tests {
         let attributes = vec![("huntress_org_id".into(), json!(42)), ("huntress_org_name".into(), json!("A \"q\""))];
         let enrichment = Enrichment::new(attributes, String::new());
         for record in [json!({"uuid": "h", "huntress_org_id": 7}), json!({"x": null})] {
-            let Prepared::Log(log) = prepare_value(row(record), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
+            let Prepared::Log(log) = log_of_record(row(record), &template(StalePolicy::RewriteDate), &enrichment, NOW) else { panic!() };
             let log: Map<String, Value> = serde_json::from_slice(&log.json).unwrap();
             assert_eq!((&log["huntress_org_id"], &log["huntress_org_name"]), (&json!(42), &json!("A \"q\"")));
         }

@@ -27,19 +27,46 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::feeds::scope::{OrgRef, Scope};
-use crate::config::AgentsConfig;
+use crate::feeds::feed::{Feed, Slot};
+use crate::feeds::forwarding::FeedContext;
 use crate::huntress::client::Feature;
 use crate::feeds::orgs::{id_text, OrgDirectory};
 use crate::datadog::report::{with_tag, Report, Status};
 use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
-use crate::base::tags::{self, cap_values, MAX_TAG_VALUES, OTHER};
+use crate::base::tags::{self, cap_values, MAX_ORGS_TAGGED, MAX_TAG_VALUES, NONE, OTHER};
 use crate::datadog::transform::parse_timestamp_ms;
 
 pub const AGENTS_PATH: &str = "/v1/agents";
-/// `huntress.agents.by_organization` tags at most this many organizations.
-pub const MAX_ORGS_TAGGED: usize = 500;
-/// The tag value for a field the API gave as null or left out.
-pub const NONE: &str = "none";
+
+/// `metrics.agents`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentsSettings {
+    pub enabled: bool,
+    pub max_pages: u32,
+    /// An agent that has not called back for this long counts as stale.
+    pub stale_after_seconds: u64,
+}
+
+/// Agent inventory as a feed: after the SIEM queries, when the budget has room.
+pub struct Agents(pub AgentsSettings);
+
+impl Feed for Agents {
+    fn feature(&self) -> Feature {
+        Feature::Agents
+    }
+    fn slot(&self) -> Slot {
+        Slot::Spare
+    }
+    fn max_pages(&self) -> u32 {
+        self.0.max_pages
+    }
+    fn first_estimate(&self, directory: Option<&OrgDirectory>) -> u32 {
+        directory.and_then(OrgDirectory::agent_pages_estimate).unwrap_or(1)
+    }
+    fn run(&mut self, source: &mut dyn PageSource, ctx: FeedContext<'_>, report: &mut Report) -> (Option<Health>, u32) {
+        run(source, &self.0, ctx.now, ctx.directory, ctx.scope, ctx.base_tags, report)
+    }
+}
 
 /// Counts over every agent of the account.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -62,15 +89,6 @@ fn text<'a>(agent: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     agent.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty())
 }
 
-fn value_or_none(value: Option<&str>) -> String {
-    let normalized = tags::normalize(value.unwrap_or_default());
-    if normalized.is_empty() {
-        NONE.to_string()
-    } else {
-        normalized
-    }
-}
-
 fn bool_value(value: Option<&Value>) -> String {
     match value {
         Some(Value::Bool(true)) => "true".into(),
@@ -85,7 +103,7 @@ pub fn normalize_os(os: Option<&str>) -> String {
     let lowered = os.unwrap_or_default().trim().to_lowercase();
     let lowered = lowered.strip_prefix("microsoft ").unwrap_or(&lowered);
     let words: Vec<String> = lowered.split_whitespace().map(short_version).collect();
-    value_or_none(Some(&words.join(" ")))
+    tags::value_or(Some(&words.join(" ")), NONE)
 }
 
 fn short_version(word: &str) -> String {
@@ -100,19 +118,19 @@ fn short_version(word: &str) -> String {
 /// Isolated now: `Isolated`, or `Pending Release` (still cut off until released).
 /// `Pending Isolation` is not isolated yet; `huntress.agents.by_firewall_status` shows it.
 pub fn is_isolated(firewall_status: Option<&str>) -> bool {
-    matches!(value_or_none(firewall_status).as_str(), "isolated" | "pending_release")
+    matches!(tags::value_or(firewall_status, NONE).as_str(), "isolated" | "pending_release")
 }
 
 impl AgentInventory {
     /// Counts one agent. Stale: `last_callback_at` older than `stale_after`, or missing.
     pub fn add(&mut self, agent: &Map<String, Value>, now: DateTime<Utc>, stale_after: Duration) {
         self.total += 1;
-        *self.by_platform.entry(value_or_none(text(agent, "platform"))).or_default() += 1;
+        *self.by_platform.entry(tags::value_or(text(agent, "platform"), NONE)).or_default() += 1;
         *self.by_os.entry(normalize_os(text(agent, "os"))).or_default() += 1;
-        *self.by_version.entry(value_or_none(text(agent, "version"))).or_default() += 1;
-        *self.by_defender_status.entry(value_or_none(text(agent, "defender_status"))).or_default() += 1;
+        *self.by_version.entry(tags::value_or(text(agent, "version"), NONE)).or_default() += 1;
+        *self.by_defender_status.entry(tags::value_or(text(agent, "defender_status"), NONE)).or_default() += 1;
         let firewall = text(agent, "firewall_status");
-        *self.by_firewall_status.entry(value_or_none(firewall)).or_default() += 1;
+        *self.by_firewall_status.entry(tags::value_or(firewall, NONE)).or_default() += 1;
         self.isolated += u64::from(is_isolated(firewall));
         let tamper = (bool_value(agent.get("tamper_protection_configured")), bool_value(agent.get("tamper_protection_actual")));
         *self.tamper.entry(tamper).or_default() += 1;
@@ -148,7 +166,7 @@ impl AgentInventory {
         for (org, count) in cap_values(self.by_org.clone(), MAX_ORGS_TAGGED) {
             let name = match org.as_str() {
                 OTHER | NONE => org.clone(),
-                id => directory.and_then(|d| d.get(id)).map_or_else(|| tags::UNKNOWN.to_string(), |o| value_or_none(Some(&o.name))),
+                id => directory.and_then(|d| d.get(id)).map_or_else(|| tags::UNKNOWN.to_string(), |o| tags::value_or(Some(&o.name), NONE)),
             };
             let mut tags = with_tag(base, tags::tag("huntress_org_id", &org));
             tags.push(format!("huntress_org_name:{name}"));
@@ -189,15 +207,15 @@ pub fn collect_in_scope(
 /// left no room to send anything. The page count is for the next estimate.
 pub fn run(
     source: &mut dyn PageSource,
-    config: &AgentsConfig,
+    settings: &AgentsSettings,
     now: DateTime<Utc>,
     directory: Option<&OrgDirectory>,
     scope: &Scope,
     base: &[String],
     report: &mut Report,
 ) -> (Option<Health>, u32) {
-    let stale_after = Duration::from_secs(config.stale_after_seconds);
-    let (inventory, listing) = collect_in_scope(source, config.max_pages, now, stale_after, scope, directory);
+    let stale_after = Duration::from_secs(settings.stale_after_seconds);
+    let (inventory, listing) = collect_in_scope(source, settings.max_pages, now, stale_after, scope, directory);
     let health = match &listing.end {
         End::Budget if listing.pages == 0 => None,
         End::Failed(error) => {
@@ -208,7 +226,7 @@ pub fn run(
             Some(Health::ok(Feature::Agents))
         }
         end => {
-            let why = end.shortfall("agents", config.max_pages, "metrics.agents.max_pages").unwrap_or_default();
+            let why = end.shortfall("agents", settings.max_pages, "metrics.agents.max_pages").unwrap_or_default();
             Some(Health::warning(Feature::Agents, format!("agent metrics not submitted this run, the list is incomplete ({why})")))
         }
     };
@@ -219,7 +237,7 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::datadog::report::MetricKind;
-    use crate::feeds::paging::tests::FakeSource;
+    use crate::test_support::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -324,14 +342,14 @@ mod tests {
         let page = |token: Option<&str>| {
             Ok(json!({"agents": sample().into_iter().map(Value::Object).collect::<Vec<_>>(), "pagination": token.map_or(json!({}), |t| json!({"next_page_token": t}))}))
         };
-        let config = AgentsConfig { enabled: true, max_pages: 2, stale_after_seconds: 86_400 };
+        let config = AgentsSettings { enabled: true, max_pages: 2, stale_after_seconds: 86_400 };
         let mut report = Report::default();
         let mut source = FakeSource::new(vec![page(Some("a")), page(Some("b")), page(None)]);
         let (health, pages) = run(&mut source, &config, now(), None, &Scope::default(), &[], &mut report);
         assert_eq!((health.unwrap().status, pages), (Status::Warning, 2));
         assert!(report.metrics.is_empty());
 
-        let config = AgentsConfig { max_pages: 3, ..config };
+        let config = AgentsSettings { max_pages: 3, ..config };
         let mut source = FakeSource::new(vec![page(Some("a")), page(Some("b")), page(None)]);
         let (health, _) = run(&mut source, &config, now(), None, &Scope::default(), &[], &mut report);
         assert_eq!(health.unwrap().status, Status::Ok);

@@ -15,10 +15,11 @@ use serde_json::{json, Map, Value};
 
 use crate::datadog::report::Event;
 use crate::datadog::transform::{Enrichment, LogTemplate, PreparedLog};
-use crate::feeds::forwarding::{join_present, prepare_log, set_level};
+use crate::feeds::item::{item_log, join_present, set_level, text, truncate, updated_at};
+use crate::feeds::known::Change;
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
 use crate::feeds::scope::OrgRef;
-use crate::feeds::versioned::{alert_type, log_status, text, truncate, updated_at, Change, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
+use crate::feeds::versioned::{alert_type, log_status, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
 use crate::huntress::client::Feature;
 use crate::base::tags;
 
@@ -102,7 +103,7 @@ impl VersionedFeed for Escalations {
         row.insert("huntress.escalation_change".into(), Value::from(change.tag()));
         let org = enrichment_of(item, directory);
         let tags = [tags::tag("severity", &severity), tags::tag("escalation_status", &status)];
-        prepare_log(row, org, &tags, template, now_ms)
+        item_log(row, org, &tags, template, now_ms)
     }
 
     fn event_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event {
@@ -172,13 +173,14 @@ impl VersionedFeed for Escalations {
 mod tests {
     use super::*;
     use crate::datadog::processing::ProcessingRules;
-    use crate::config::StalePolicy;
+    use crate::datadog::transform::StalePolicy;
     use crate::datadog::report::Status;
-    use crate::feeds::paging::tests::FakeSource;
+    use crate::test_support::FakeSource;
     use crate::feeds::scope::{parse, Scope};
-    use crate::feeds::versioned::{VersionedRun, VersionedState};
-    use crate::feeds::forwarding::tests::{context, iso, TestSink, NOW};
-    use crate::base::cache::MemoryCache;
+    use crate::feeds::known::VersionedState;
+    use crate::feeds::versioned::VersionedRun;
+    use crate::test_support::{context, iso, TestSink, NOW};
+    use crate::test_support::MemoryCache;
     use crate::datadog::report::Report;
 
     fn escalation(id: u64, updated: i64, status: &str, severity: &str, org: u64) -> Map<String, Value> {

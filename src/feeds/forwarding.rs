@@ -1,22 +1,22 @@
-//! What every REST feed that forwards logs (incidents, escalations, signals)
-//! is given for one run besides its page source, and the steps they share on
-//! it: the checkpoint in the cache, the log template, the forwarding of logs
-//! through the processing rules to the intake, and how an item becomes a log.
+//! What a REST feed is given for one run besides its page source
+//! (`FeedContext`), and the steps the feeds that forward logs share on it: the
+//! checkpoint in the cache, the log template, and the forwarding of logs
+//! through the Agent's processing rules to the intake (`LogSink`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 
 use crate::base::cache::Cache;
-use crate::config::StalePolicy;
-use crate::datadog::intake::Delivery;
-use crate::datadog::processing::ProcessingRules;
-use crate::datadog::report::Report;
-use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
+use crate::datadog::transform::StalePolicy;
+use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
+use crate::datadog::processing::{ProcessingRules, Verdict};
+use crate::datadog::report::{with_tag, Report};
+use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::orgs::OrgDirectory;
 use crate::feeds::scope::Scope;
-use crate::feeds::versioned::{forward_items, LogSink, VersionedState};
+use crate::feeds::known::VersionedState;
 use crate::base::http::Deadline;
 use crate::huntress::client::Feature;
 
@@ -61,102 +61,52 @@ impl FeedContext<'_> {
     }
 }
 
-/// The item's `status` moved to `aside`, and `status` set to the log level
-/// (`status` is the level in Datadog).
-pub fn set_level(row: &mut Map<String, Value>, aside: &str, level: &str) {
-    if let Some(value) = row.remove("status") {
-        row.insert(aside.into(), value);
-    }
-    row.insert("status".into(), Value::from(level));
+/// Where logs of the REST feeds go: the intake, or a fake in tests.
+pub trait LogSink {
+    fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery;
 }
 
-/// The parts that are not empty, joined by `separator`.
-pub fn join_present(parts: &[&str], separator: &str) -> String {
-    parts.iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(separator)
-}
-
-/// The log of one item: `row` with the organization's attributes, its tags
-/// and then `tags`; `None` when the template skips it as stale.
-pub fn prepare_log(row: Map<String, Value>, org: Enrichment, tags: &[String], template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
-    let all: Vec<&str> = std::iter::once(org.tags.as_str()).filter(|t| !t.is_empty()).chain(tags.iter().map(String::as_str)).collect();
-    let enrichment = Enrichment::new(org.attributes, all.join(","));
-    match transform::prepare_value(row, template, &enrichment, now_ms) {
-        Prepared::Log(log) => Some(log),
-        Prepared::SkippedStale { .. } => None,
+impl LogSink for IntakeClient {
+    fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery {
+        let mut buffer = LogBuffer::default();
+        logs.iter().for_each(|log| buffer.push(log));
+        self.send(&buffer, deadline)
     }
 }
 
-#[cfg(test)]
-pub mod tests {
-    use super::*;
-    use crate::base::error::{ErrorKind, HuntressError};
-    use chrono::{SecondsFormat, TimeZone};
-
-    /// The time the feed tests run at.
-    pub const NOW: i64 = 1_780_000_000;
-
-    /// `secs` as the API writes times.
-    pub fn iso(secs: i64) -> String {
-        Utc.timestamp_opt(secs, 0).unwrap().to_rfc3339_opts(SecondsFormat::Secs, true)
-    }
-
-    /// An intake that accepts every log (and keeps it, parsed) or refuses every batch.
-    pub struct TestSink {
-        pub accept: bool,
-        pub logs: Vec<Map<String, Value>>,
-    }
-
-    impl TestSink {
-        pub fn accepting() -> Self {
-            TestSink { accept: true, logs: Vec::new() }
-        }
-
-        pub fn refusing() -> Self {
-            TestSink { accept: false, logs: Vec::new() }
+/// Applies the processing rules to the logs of consecutive items (`None`: an
+/// item without a log), sends the logs they keep, and counts what each rule
+/// dropped. The returned prefix counts items, not logs: those handled from the
+/// start (delivered, without a log, or dropped by a rule), so that none of them
+/// is sent again.
+pub fn forward_items(
+    sink: &mut dyn LogSink,
+    rules: &ProcessingRules,
+    deadline: &Deadline,
+    logs: impl Iterator<Item = Option<PreparedLog>>,
+    feature: Feature,
+    base_tags: &[String],
+    report: &mut Report,
+) -> Delivery {
+    let (mut kept, mut excluded, mut items) = (Vec::new(), Vec::new(), 0);
+    for (index, log) in logs.enumerate() {
+        items = index + 1;
+        let Some(mut log) = log else { continue };
+        match rules.apply(&mut log.json, 0) {
+            Verdict::Keep => kept.push((index, log)),
+            Verdict::Excluded(rule) => excluded.push((index, rule.to_string())),
         }
     }
-
-    impl LogSink for TestSink {
-        fn send_logs(&mut self, logs: &[PreparedLog], _: &Deadline) -> Delivery {
-            if !self.accept {
-                return Delivery { accepted_prefix: 0, error: Some(HuntressError::intake(ErrorKind::IntakeUnavailable, "503")) };
-            }
-            self.logs.extend(logs.iter().map(|l| serde_json::from_slice::<Map<String, Value>>(&l.json).unwrap()));
-            Delivery { accepted_prefix: logs.len(), error: None }
-        }
+    let (indexes, logs): (Vec<usize>, Vec<PreparedLog>) = kept.into_iter().unzip();
+    let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { sink.send_logs(&logs, deadline) };
+    let handled = indexes.get(delivery.accepted_prefix).map_or(items, |index| *index);
+    let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, rule) in excluded.into_iter().filter(|(index, _)| *index < handled) {
+        *by_rule.entry(rule).or_default() += 1;
     }
-
-    /// A context as the feed tests use it: no organization directory, no tags,
-    /// 10 pages, an hour of look-back, at `NOW`.
-    pub fn context<'a>(sink: &'a mut dyn LogSink, rules: &'a ProcessingRules, cache: &'a mut dyn Cache, scope: &'a Scope) -> FeedContext<'a> {
-        FeedContext {
-            sink,
-            rules,
-            cache,
-            deadline: Deadline::after(Duration::from_secs(30)),
-            directory: None,
-            scope,
-            base_tags: &[],
-            max_pages: 10,
-            initial_lookback: Duration::from_secs(3600),
-            now: Utc.timestamp_opt(NOW, 0).unwrap(),
-        }
+    for (rule, count) in by_rule {
+        let tags = with_tag(&with_tag(base_tags, format!("rule:{rule}")), format!("feature:{}", feature.tag()));
+        report.count("huntress.siem.logs_excluded", count as f64, &tags);
     }
-
-    #[test]
-    fn logs_carry_the_level_the_present_parts_and_the_organization_tags_first() {
-        let template = LogTemplate { service: "huntress-test".into(), ddtags: "team:sec".into(), stale_policy: StalePolicy::RewriteDate };
-        let mut row = serde_json::json!({"id": 1, "status": "open"}).as_object().unwrap().clone();
-        set_level(&mut row, "item_status", "warning");
-        row.insert("message".into(), Value::from(join_present(&["", "Subject", "", "Summary"], ": ")));
-        let tags = ["severity:low".to_string()];
-        let parse = |log: Option<PreparedLog>| serde_json::from_slice::<Map<String, Value>>(&log.unwrap().json).unwrap();
-        let org = Enrichment::new(vec![("huntress_org_id".into(), Value::from(7))], "huntress_org_id:7".into());
-        let log = parse(prepare_log(row.clone(), org, &tags, &template, NOW * 1000));
-        assert_eq!((&log["status"], &log["item_status"], &log["message"]), (&Value::from("warning"), &Value::from("open"), &Value::from("Subject: Summary")));
-        assert_eq!(log["huntress_org_id"], 7);
-        assert_eq!(log["ddtags"], "team:sec,huntress_org_id:7,severity:low");
-        let log = parse(prepare_log(row, Enrichment::new(Vec::new(), String::new()), &tags, &template, NOW * 1000));
-        assert_eq!(log["ddtags"], "team:sec,severity:low", "no empty tag without an organization");
-    }
+    Delivery { accepted_prefix: handled, error: delivery.error }
 }

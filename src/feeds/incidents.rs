@@ -11,23 +11,18 @@
 //!   neither closed nor dismissed), read each run with the API's `status`
 //!   filter; other statuses (e.g. `auto_remediating`) are not counted.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::base::tags;
 use crate::datadog::report::Event;
 use crate::datadog::transform::{LogTemplate, PreparedLog};
-use crate::feeds::forwarding::{join_present, prepare_log, set_level};
+use crate::feeds::item::{item_log, join_present, set_level, text, truncate, updated_at};
+use crate::feeds::known::Change;
 use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
-use crate::feeds::paging::{Listing, PageSource};
-use crate::feeds::scope::{OrgRef, Scope};
-use crate::feeds::versioned::{self, text, truncate, updated_at, FeedNames, VersionedFeed, VersionedState};
-pub use crate::feeds::versioned::{
-    new_versions, Change, KnownVersions, LogSink, Version, VersionedRun, KNOWN_ITEMS as KNOWN_REPORTS, MAX_EVENT_TEXT, MAX_EVENT_TITLE, SEVERITIES,
-};
+use crate::feeds::scope::OrgRef;
+use crate::feeds::versioned::{self, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
 use crate::huntress::client::Feature;
-use crate::base::tags;
 
 pub const INCIDENTS_PATH: &str = "/v1/incident_reports";
 pub const SERVICE: &str = "huntress-incidents";
@@ -35,9 +30,6 @@ pub const SERVICE: &str = "huntress-incidents";
 pub const INCIDENTS_KEY: &str = "incidents_state";
 /// The status of a report that is open: sent to the partner, not closed or dismissed.
 pub const OPEN_STATUS: &str = "sent";
-
-/// The incident checkpoint: the newest `updated_at` delivered and the versions forwarded.
-pub type IncidentState = VersionedState;
 
 /// Incident reports as a versioned feed.
 pub struct Incidents;
@@ -69,17 +61,6 @@ impl VersionedFeed for Incidents {
     fn status_gauges(&self) -> &'static [(&'static str, &'static str)] {
         &[("open", OPEN_STATUS)]
     }
-}
-
-/// Reports changed at or after the checkpoint, newest first.
-pub fn scan_changes(source: &mut dyn PageSource, checkpoint: DateTime<Utc>, max_pages: u32) -> versioned::Scan {
-    versioned::scan_changes(source, INCIDENTS_PATH, "incident_reports", checkpoint, max_pages)
-}
-
-/// Reports whose status is `sent`, by severity; `None` unless every page was read.
-pub fn count_open(source: &mut dyn PageSource, max_pages: u32) -> (Option<BTreeMap<String, u64>>, Listing) {
-    let (counts, listing) = versioned::count_by_status(source, &Incidents, OPEN_STATUS, max_pages, &Scope::default(), None);
-    (counts.map(|c| c.by_severity), listing)
 }
 
 fn is_final(status: &str) -> bool {
@@ -204,21 +185,24 @@ pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&O
     row.insert("huntress.incident_change".into(), Value::from(change.tag()));
     let org = enrich_row(directory, report).into_owned();
     let tags = [tags::tag("severity", &severity), tags::tag("incident_status", &status)];
-    prepare_log(row, org, &tags, template, now_ms)
+    item_log(row, org, &tags, template, now_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::datadog::processing::ProcessingRules;
-    use crate::config::StalePolicy;
+    use crate::datadog::transform::StalePolicy;
     use crate::datadog::report::{Report, Status};
     use crate::feeds::paging::{End, Health};
-    use crate::feeds::forwarding::tests::{context, iso, TestSink, NOW};
-    use crate::feeds::paging::tests::FakeSource;
+    use crate::test_support::{context, iso, TestSink, NOW};
+    use crate::test_support::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
-    use crate::base::cache::MemoryCache;
+    use crate::test_support::MemoryCache;
+    use crate::feeds::known::{KnownVersions, Version, VersionedState};
+    use crate::feeds::scope::Scope;
+    use crate::feeds::versioned::VersionedRun;
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()
@@ -263,13 +247,13 @@ mod tests {
         known.record(Version::of(&incident(2, NOW + 1, "closed", "low")));
         assert_eq!(known.len(), 3);
         assert_eq!(known.classify(&Version::of(&incident(1, NOW, "sent", "low"))), Change::New, "the oldest change was evicted");
-        let mut state = IncidentState::new(at(NOW));
+        let mut state = VersionedState::new(at(NOW));
         state.known = known.clone();
-        let decoded = IncidentState::decode(&state.encode(), "incident checkpoint").unwrap().unwrap();
+        let decoded = VersionedState::decode(&state.encode(), "incident checkpoint").unwrap().unwrap();
         assert_eq!(decoded.checkpoint, at(NOW));
         assert_eq!(decoded.known.classify(&Version::of(&incident(2, NOW + 1, "closed", "low"))), Change::Seen);
-        assert!(IncidentState::decode("", "incident checkpoint").unwrap().is_none());
-        assert!(IncidentState::decode("{", "incident checkpoint").is_err());
+        assert!(VersionedState::decode("", "incident checkpoint").unwrap().is_none());
+        assert!(VersionedState::decode("{", "incident checkpoint").is_err());
     }
 
     #[test]
@@ -292,7 +276,7 @@ mod tests {
         let newest: Vec<_> = (0..3).map(|i| incident(10 + i, NOW - i as i64 * 10, "sent", "low")).collect();
         let older: Vec<_> = (0..3).map(|i| incident(20 + i, NOW - 100 - i as i64 * 10, "sent", "low")).collect();
         let mut source = FakeSource::new(vec![page(&newest, Some("a")), page(&older, Some("b")), page(&newest, None)]);
-        let scan = scan_changes(&mut source, at(NOW - 110), 10);
+        let scan = versioned::scan_changes_where(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), 10);
         assert_eq!(scan.reports.len(), 5, "three newest and the two at or after the checkpoint");
         assert_eq!(scan.newest, Some(at(NOW)));
         assert!(matches!(scan.listing.end, End::Enough));
@@ -372,7 +356,7 @@ mod tests {
         let (report, health) = run_once(&reports, &reports[..1], &mut TestSink::refusing(), &mut cache);
         assert_eq!(health.status, Status::Warning);
         assert!(report.events.is_empty(), "no event for a log the intake did not take");
-        let state = IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap();
+        let state = VersionedState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap();
         assert_eq!(state.checkpoint, at(NOW - 3600));
 
         let mut sink = TestSink::accepting();
@@ -382,7 +366,7 @@ mod tests {
         assert_eq!(report.events[0].aggregation_key, "huntress-incident-1", "oldest change first");
         let open: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.incidents.open").map(|m| (m.tags[0].clone(), m.value)).collect();
         assert_eq!(open, vec![("severity:critical".into(), 1.0), ("severity:high".into(), 0.0), ("severity:low".into(), 0.0)]);
-        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
+        assert_eq!(VersionedState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
 
         let (report, _) = run_once(&reports, &[], &mut sink, &mut cache);
         assert!(report.events.is_empty(), "a second run sends nothing again");
@@ -396,14 +380,14 @@ mod tests {
     #[test]
     fn a_checkpoint_in_the_future_is_read_again_from_the_lookback() {
         let mut cache = MemoryCache::default();
-        cache.0.insert(INCIDENTS_KEY.into(), IncidentState::new(at(NOW + 86_400 * 365)).encode());
+        cache.0.insert(INCIDENTS_KEY.into(), VersionedState::new(at(NOW + 86_400 * 365)).encode());
         let reports = vec![incident(3, NOW - 60, "sent", "high")];
         let mut sink = TestSink::accepting();
         let (report, health) = run_once(&reports, &[], &mut sink, &mut cache);
         assert_eq!(health.status, Status::Warning);
         assert!(health.message.unwrap().contains("in the future"));
         assert_eq!(report.events.len(), 1, "the report changed before the bad checkpoint is forwarded");
-        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
+        assert_eq!(VersionedState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 60));
     }
 
     #[test]
@@ -422,7 +406,7 @@ mod tests {
         assert_eq!(report.events.len(), 3, "rules apply to logs; every change still has its event");
         let excluded: Vec<_> = report.metrics.iter().filter(|m| m.name == "huntress.siem.logs_excluded").map(|m| (m.tags.clone(), m.value)).collect();
         assert_eq!(excluded, vec![(vec!["rule:no_low".to_string(), "feature:incidents".to_string()], 1.0)]);
-        assert_eq!(IncidentState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 30));
+        assert_eq!(VersionedState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 30));
         let (report, _) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
         assert!(report.events.is_empty() && sink.logs.len() == 2, "handled changes are not sent again");
     }

@@ -443,10 +443,10 @@ impl Orgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feeds::paging::tests::FakeSource;
+    use crate::test_support::FakeSource;
     use chrono::TimeZone;
     use serde_json::json;
-    use crate::base::cache::MemoryCache;
+    use crate::test_support::MemoryCache;
     use std::collections::HashMap as Map2;
 
     fn at(secs: i64) -> DateTime<Utc> {

@@ -247,44 +247,10 @@ pub fn api_status(healths: &[Health]) -> Option<(Status, Option<String>)> {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
+    use crate::test_support::{page, FakeSource};
     use serde_json::json;
-    use std::collections::VecDeque;
-
-    /// Answers from a script of responses and records the queries it was sent.
-    pub struct FakeSource {
-        pub responses: VecDeque<Result<Value>>,
-        pub requests: Vec<(String, Vec<(String, String)>)>,
-        pub budget: u32,
-    }
-
-    impl FakeSource {
-        pub fn new(responses: Vec<Result<Value>>) -> Self {
-            FakeSource { responses: responses.into(), requests: Vec::new(), budget: u32::MAX }
-        }
-    }
-
-    impl PageSource for FakeSource {
-        fn get(&mut self, path: &str, query: &[(&str, String)]) -> Result<Value> {
-            self.budget = self.budget.saturating_sub(1);
-            self.requests.push((path.to_string(), query.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()));
-            self.responses.pop_front().unwrap_or_else(|| Ok(json!({"items": [], "pagination": {}})))
-        }
-
-        fn may_send(&self) -> bool {
-            self.budget > 0
-        }
-    }
-
-    pub fn page(plural: &str, ids: std::ops::Range<u32>, token: Option<&str>) -> Result<Value> {
-        let items: Vec<Value> = ids.map(|id| json!({"id": id})).collect();
-        let pagination = match token {
-            Some(t) => json!({"next_page_token": t}),
-            None => json!({}),
-        };
-        Ok(json!({plural: items, "pagination": pagination}))
-    }
 
     fn collect(source: &mut FakeSource, max_pages: u32) -> (Vec<Map<String, Value>>, Listing) {
         let mut all = Vec::new();

@@ -72,7 +72,7 @@ impl OrgRef {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+enum Membership {
     Keep,
     Drop,
     Unknown,
@@ -97,22 +97,22 @@ impl ScopeRules {
         !self.include.is_empty() || !self.exclude.is_empty() || self.unknown == UnknownPolicy::Drop
     }
 
-    fn verdict(&self, org: &OrgRef) -> Verdict {
+    fn verdict(&self, org: &OrgRef) -> Membership {
         if org.id.is_none() && org.name.is_none() {
-            return Verdict::Unknown;
+            return Membership::Unknown;
         }
         match list_verdict(&self.exclude, org) {
-            Some(true) => return Verdict::Drop,
-            None => return Verdict::Unknown,
+            Some(true) => return Membership::Drop,
+            None => return Membership::Unknown,
             Some(false) => {}
         }
         if self.include.is_empty() {
-            return Verdict::Keep;
+            return Membership::Keep;
         }
         match list_verdict(&self.include, org) {
-            Some(true) => Verdict::Keep,
-            Some(false) => Verdict::Drop,
-            None => Verdict::Unknown,
+            Some(true) => Membership::Keep,
+            Some(false) => Membership::Drop,
+            None => Membership::Unknown,
         }
     }
 }
@@ -149,22 +149,22 @@ impl Scope {
 
     /// Kept when any organization is in scope; unknown when none is but one
     /// cannot be told; an item without organizations is unknown.
-    fn verdict_any(&self, orgs: &[OrgRef], directory: Option<&OrgDirectory>) -> Verdict {
+    fn verdict_any(&self, orgs: &[OrgRef], directory: Option<&OrgDirectory>) -> Membership {
         if orgs.is_empty() {
-            return Verdict::Unknown;
+            return Membership::Unknown;
         }
-        let verdicts: Vec<Verdict> = orgs.iter().map(|org| self.rules.verdict(&Self::resolved(org, directory))).collect();
-        if verdicts.contains(&Verdict::Keep) {
-            Verdict::Keep
-        } else if verdicts.contains(&Verdict::Unknown) {
-            Verdict::Unknown
+        let verdicts: Vec<Membership> = orgs.iter().map(|org| self.rules.verdict(&Self::resolved(org, directory))).collect();
+        if verdicts.contains(&Membership::Keep) {
+            Membership::Keep
+        } else if verdicts.contains(&Membership::Unknown) {
+            Membership::Unknown
         } else {
-            Verdict::Drop
+            Membership::Drop
         }
     }
 
-    fn forwards(&self, verdict: Verdict) -> bool {
-        verdict == Verdict::Keep || (verdict == Verdict::Unknown && self.rules.unknown == UnknownPolicy::Forward)
+    fn forwards(&self, verdict: Membership) -> bool {
+        verdict == Membership::Keep || (verdict == Membership::Unknown && self.rules.unknown == UnknownPolicy::Forward)
     }
 
     /// Whether an item of `feed` that belongs to `org` is forwarded; counted.
@@ -181,9 +181,9 @@ impl Scope {
         }
         let verdict = self.verdict_any(orgs, directory);
         match verdict {
-            Verdict::Keep => {}
-            Verdict::Drop => self.count(feed, "filtered"),
-            Verdict::Unknown => self.count(feed, self.rules.unknown.tag()),
+            Membership::Keep => {}
+            Membership::Drop => self.count(feed, "filtered"),
+            Membership::Unknown => self.count(feed, self.rules.unknown.tag()),
         }
         self.forwards(verdict)
     }
@@ -207,7 +207,7 @@ impl Scope {
 
     /// The organizations of the directory in scope, for organization gauges.
     pub fn admits_org_id(&self, id: &str, directory: Option<&OrgDirectory>) -> bool {
-        !self.is_active() || self.rules.verdict(&Self::resolved(&OrgRef::new(Some(id.to_string()), None), directory)) == Verdict::Keep
+        !self.is_active() || self.rules.verdict(&Self::resolved(&OrgRef::new(Some(id.to_string()), None), directory)) == Membership::Keep
     }
 
     /// `huntress.scope.filtered` and `huntress.scope.unknown_organization`, by feed; then resets.

@@ -20,9 +20,11 @@ use crate::datadog::report::{with_tag, Report, Status};
 use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::paging::{list_pages, End, Health, PageSource};
-use crate::feeds::forwarding::{join_present, prepare_log, set_level, FeedContext};
+use crate::feeds::feed::{Feed, ListSettings, Slot};
+use crate::feeds::forwarding::FeedContext;
+use crate::feeds::item::{item_log, join_present, set_level, text, timestamp};
+use crate::feeds::known::{Change, Version, VersionedState};
 use crate::feeds::scope::OrgRef;
-use crate::feeds::versioned::{text, timestamp, Version, VersionedState};
 use crate::huntress::client::Feature;
 use crate::base::tags::{self, cap_values, MAX_TAG_VALUES};
 
@@ -56,7 +58,25 @@ pub fn log_for(signal: &Map<String, Value>, directory: Option<&OrgDirectory>, te
     row.insert("message".into(), Value::String(message));
     let org = enrich_row(directory, signal).into_owned();
     let tags = [tags::tag("signal_type", &kind), tags::tag("signal_status", &status), tags::tag("entity_type", entity_field(signal, "type"))];
-    prepare_log(row, org, &tags, template, now_ms)
+    item_log(row, org, &tags, template, now_ms)
+}
+
+/// Signals as a feed: after the SIEM queries, when the budget has room.
+pub struct Signals(pub ListSettings);
+
+impl Feed for Signals {
+    fn feature(&self) -> Feature {
+        Feature::Signals
+    }
+    fn slot(&self) -> Slot {
+        Slot::Spare
+    }
+    fn max_pages(&self) -> u32 {
+        self.0.max_pages
+    }
+    fn run(&mut self, source: &mut dyn PageSource, ctx: FeedContext<'_>, report: &mut Report) -> (Option<Health>, u32) {
+        SignalRun { ctx }.run(source, report)
+    }
 }
 
 /// One run of the signals feed.
@@ -123,7 +143,7 @@ impl SignalRun<'_> {
             .into_iter()
             .filter_map(|signal| {
                 let version = Version::of_id(&signal);
-                let new = seen_now.insert(version.report) && state.known.classify(&version) == crate::feeds::versioned::Change::New;
+                let new = seen_now.insert(version.report) && state.known.classify(&version) == Change::New;
                 (new && self.ctx.scope.admits(Feature::Signals.tag(), &organization(&signal), self.ctx.directory)).then_some((signal, version))
             })
             .collect()
@@ -137,7 +157,7 @@ impl SignalRun<'_> {
         let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
         for (signal, version) in fresh.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);
-            *by_type.entry(tags::value_or_unknown(Some(text(signal, "type")))).or_default() += 1;
+            *by_type.entry(tags::value_or(Some(text(signal, "type")), tags::UNKNOWN)).or_default() += 1;
         }
         for (kind, count) in cap_values(by_type, MAX_TAG_VALUES) {
             report.count("huntress.signals.collected", count as f64, &with_tag(self.ctx.base_tags, format!("signal_type:{kind}")));
@@ -149,10 +169,10 @@ impl SignalRun<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::cache::MemoryCache;
+    use crate::test_support::MemoryCache;
     use crate::datadog::processing::ProcessingRules;
-    use crate::feeds::forwarding::tests::{context, iso, TestSink, NOW};
-    use crate::feeds::paging::tests::FakeSource;
+    use crate::test_support::{context, iso, TestSink, NOW};
+    use crate::test_support::FakeSource;
     use crate::feeds::scope::{parse, Scope};
     use serde_json::json;
 

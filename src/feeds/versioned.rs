@@ -18,249 +18,28 @@
 //!   doubles them;
 //! * gauges by severity are read each run with the API's `status` filter.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
 
-use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-use crate::base::cache::{decode_entry, Cache};
-use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
-use crate::datadog::processing::{ProcessingRules, Verdict};
+use crate::base::tags::{self, cap_values, MAX_ORGS_TAGGED, MAX_TAG_VALUES};
+use crate::datadog::intake::Delivery;
 use crate::datadog::report::{with_tag, Event, Report, Status};
-use crate::datadog::transform::{self, LogTemplate, PreparedLog};
-use crate::feeds::orgs::{id_text, OrgDirectory};
+use crate::datadog::transform::{LogTemplate, PreparedLog};
+use crate::feeds::feed::{Feed, ListSettings, Slot};
+use crate::feeds::forwarding::FeedContext;
+use crate::feeds::item::{text, updated_at};
+use crate::feeds::known::{Change, KnownVersions, Version, VersionedState};
+use crate::feeds::orgs::OrgDirectory;
 use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
 use crate::feeds::scope::{OrgRef, Scope};
-use crate::base::http::Deadline;
 use crate::huntress::client::Feature;
-use crate::feeds::agents::MAX_ORGS_TAGGED;
-use crate::feeds::forwarding::FeedContext;
-use crate::base::tags::{self, cap_values, MAX_TAG_VALUES};
 
 pub const SEVERITIES: [&str; 3] = ["low", "high", "critical"];
-/// Items whose last forwarded version is remembered.
-pub const KNOWN_ITEMS: usize = 5_000;
 /// Datadog keeps 4,000 characters of event text and 100 of a title.
 pub const MAX_EVENT_TEXT: usize = 4_000;
 pub const MAX_EVENT_TITLE: usize = 100;
-const STATE_VERSION: u32 = 1;
-
-/// How an item version relates to what was forwarded before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    New,
-    StatusChanged,
-    Updated,
-    /// This version (or a newer one) was already forwarded.
-    Seen,
-}
-
-impl Change {
-    pub fn tag(self) -> &'static str {
-        match self {
-            Change::New => "new",
-            Change::StatusChanged => "status_changed",
-            Change::Updated => "updated",
-            Change::Seen => "seen",
-        }
-    }
-}
-
-/// One version of one item, as hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Version {
-    pub report: u64,
-    /// `updated_at` in epoch ms, `i64::MIN` when unreadable.
-    pub updated_ms: i64,
-    pub status: u32,
-    /// `updated_at` text and status together.
-    pub version: u32,
-}
-
-fn hash(parts: &[&str]) -> u64 {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update((part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    u64::from_le_bytes(hasher.finalize()[..8].try_into().expect("sha256 has 32 bytes"))
-}
-
-pub fn text<'a>(item: &'a Map<String, Value>, key: &str) -> &'a str {
-    item.get(key).and_then(Value::as_str).map(str::trim).unwrap_or_default()
-}
-
-pub fn timestamp(item: &Map<String, Value>, key: &str) -> Option<DateTime<Utc>> {
-    item.get(key).and_then(transform::parse_timestamp_ms).and_then(DateTime::from_timestamp_millis)
-}
-
-pub fn updated_at(item: &Map<String, Value>) -> Option<DateTime<Utc>> {
-    timestamp(item, "updated_at")
-}
-
-pub fn item_id(item: &Map<String, Value>) -> String {
-    item.get("id").and_then(id_text).unwrap_or_else(|| serde_json::to_string(item).unwrap_or_default())
-}
-
-impl Version {
-    pub fn of(item: &Map<String, Value>) -> Version {
-        let updated = item.get("updated_at").map(Value::to_string).unwrap_or_default();
-        let status = text(item, "status").to_lowercase();
-        Version {
-            report: hash(&["report", &item_id(item)]),
-            updated_ms: updated_at(item).map_or(i64::MIN, |t| t.timestamp_millis()),
-            status: hash(&["status", &status]) as u32,
-            version: hash(&["version", &updated, &status]) as u32,
-        }
-    }
-
-    /// A version that only the id makes: once forwarded, an item is `Seen`.
-    pub fn of_id(item: &Map<String, Value>) -> Version {
-        Version { report: hash(&["report", &item_id(item)]), updated_ms: i64::MIN, status: 0, version: 0 }
-    }
-}
-
-/// The last version forwarded per item, oldest change evicted first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KnownVersions {
-    order: VecDeque<u64>,
-    last: HashMap<u64, Version>,
-    capacity: usize,
-}
-
-impl KnownVersions {
-    pub fn new(capacity: usize) -> Self {
-        KnownVersions { order: VecDeque::new(), last: HashMap::new(), capacity: capacity.max(1) }
-    }
-
-    pub fn len(&self) -> usize {
-        self.last.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
-    }
-
-    pub fn classify(&self, v: &Version) -> Change {
-        let Some(old) = self.last.get(&v.report) else { return Change::New };
-        let older = old.updated_ms != i64::MIN && v.updated_ms != i64::MIN && v.updated_ms < old.updated_ms;
-        if old.version == v.version || older {
-            Change::Seen
-        } else if old.status != v.status {
-            Change::StatusChanged
-        } else {
-            Change::Updated
-        }
-    }
-
-    pub fn record(&mut self, v: Version) {
-        if self.last.insert(v.report, v).is_some() {
-            self.order.retain(|r| *r != v.report);
-        }
-        self.order.push_back(v.report);
-        while self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.last.remove(&oldest);
-            }
-        }
-    }
-
-    fn encode(&self) -> String {
-        let mut bytes = Vec::with_capacity(self.order.len() * 24);
-        for report in &self.order {
-            let v = &self.last[report];
-            bytes.extend_from_slice(&v.report.to_le_bytes());
-            bytes.extend_from_slice(&v.updated_ms.to_le_bytes());
-            bytes.extend_from_slice(&v.status.to_le_bytes());
-            bytes.extend_from_slice(&v.version.to_le_bytes());
-        }
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
-    }
-
-    fn decode(text: &str, capacity: usize) -> Result<Self, String> {
-        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(|e| format!("unreadable versions ({e})"))?;
-        let mut known = KnownVersions::new(capacity);
-        for c in bytes.chunks_exact(24) {
-            known.record(Version {
-                report: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
-                updated_ms: i64::from_le_bytes(c[8..16].try_into().expect("8 bytes")),
-                status: u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")),
-                version: u32::from_le_bytes(c[20..24].try_into().expect("4 bytes")),
-            });
-        }
-        Ok(known)
-    }
-}
-
-/// A checkpoint and the versions already forwarded, as kept in the cache.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VersionedState {
-    /// The newest time delivered; the next scan stops below it.
-    pub checkpoint: DateTime<Utc>,
-    pub known: KnownVersions,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredState {
-    v: u32,
-    checkpoint: String,
-    known: String,
-}
-
-impl VersionedState {
-    pub fn new(checkpoint: DateTime<Utc>) -> Self {
-        VersionedState { checkpoint, known: KnownVersions::new(KNOWN_ITEMS) }
-    }
-
-    pub fn encode(&self) -> String {
-        let stored = StoredState {
-            v: STATE_VERSION,
-            checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Millis, true),
-            known: self.known.encode(),
-        };
-        serde_json::to_string(&stored).expect("state serializes")
-    }
-
-    /// `what` names the entry in messages, e.g. "incident checkpoint".
-    pub fn decode(text: &str, what: &str) -> Result<Option<Self>, String> {
-        let Some(stored) = decode_entry(text, what, STATE_VERSION, |s: &StoredState| s.v)? else {
-            return Ok(None);
-        };
-        let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint).map_err(|e| format!("unreadable {what} ({e})"))?;
-        let known = KnownVersions::decode(&stored.known, KNOWN_ITEMS).map_err(|e| format!("{what}: {e}"))?;
-        Ok(Some(VersionedState { checkpoint: checkpoint.with_timezone(&Utc), known }))
-    }
-
-    /// The saved state, or a fresh one `lookback` before `now`; an unreadable
-    /// entry is reported in `warnings` and replaced.
-    pub fn load(cache: &mut dyn Cache, key: &str, what: &str, now: DateTime<Utc>, lookback: Duration, warnings: &mut Vec<String>) -> Self {
-        let fresh = || VersionedState::new(now - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::zero()));
-        match cache.read(key).map_err(|e| format!("cannot read the {what} ({e})")).and_then(|t| VersionedState::decode(&t, what)) {
-            Ok(Some(state)) if state.checkpoint > now => {
-                // Nothing changes after now: from a future checkpoint every scan would stop at
-                // once. The look-back is read again; the known versions drop what was sent.
-                let fresh = fresh();
-                warnings.push(format!(
-                    "the {what} {} is in the future (a clock step, or a restored or edited cache); items are read again from {}",
-                    state.checkpoint.to_rfc3339(),
-                    fresh.checkpoint.to_rfc3339()
-                ));
-                VersionedState { checkpoint: fresh.checkpoint, ..state }
-            }
-            Ok(Some(state)) => state,
-            Ok(None) => fresh(),
-            Err(message) => {
-                warnings.push(format!("{message}; starting again from initial_lookback_seconds"));
-                fresh()
-            }
-        }
-    }
-}
-
 /// Items changed at or after the checkpoint, newest first.
 #[derive(Debug)]
 pub struct Scan {
@@ -320,15 +99,6 @@ pub fn new_versions(reports: Vec<Map<String, Value>>, known: &KnownVersions) -> 
     out
 }
 
-pub fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(max_chars.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
-
 /// The event's alert type: `critical`/`high` → `error`, `low` → `warning`;
 /// a resolved item → `success`; anything else → `info`.
 pub fn alert_type(severity: &str, resolved: bool) -> &'static str {
@@ -352,19 +122,6 @@ pub fn log_status(severity: &str, resolved: bool) -> &'static str {
         "high" => "error",
         "low" => "warning",
         _ => "info",
-    }
-}
-
-/// Where logs of the REST feeds go: the intake, or a fake in tests.
-pub trait LogSink {
-    fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery;
-}
-
-impl LogSink for IntakeClient {
-    fn send_logs(&mut self, logs: &[PreparedLog], deadline: &Deadline) -> Delivery {
-        let mut buffer = LogBuffer::default();
-        logs.iter().for_each(|log| buffer.push(log));
-        self.send(&buffer, deadline)
     }
 }
 
@@ -418,7 +175,7 @@ pub fn count_by_status(
     let names = feed.names();
     let listing = list_pages(source, names.path, names.plural, &filters, max_pages, |page| {
         for item in page.iter().filter(|item| in_scope(feed, scope, item, directory, false)) {
-            let severity = tags::value_or_unknown(Some(text(item, "severity")));
+            let severity = tags::value_or(Some(text(item, "severity")), tags::UNKNOWN);
             for org in feed.organizations(item) {
                 let id = org.id.unwrap_or_else(|| tags::UNKNOWN.to_string());
                 *counts.by_org.entry((id, severity.clone())).or_default() += 1;
@@ -471,50 +228,35 @@ fn in_scope(feed: &dyn VersionedFeed, scope: &Scope, item: &Map<String, Value>, 
     }
 }
 
-/// Applies the processing rules to the logs of consecutive items (`None`: an
-/// item without a log), sends the logs they keep, and counts what each rule
-/// dropped. The returned prefix counts items, not logs: those handled from the
-/// start (delivered, without a log, or dropped by a rule), so that none of them
-/// is sent again.
-pub fn forward_items(
-    sink: &mut dyn LogSink,
-    rules: &ProcessingRules,
-    deadline: &Deadline,
-    logs: impl Iterator<Item = Option<PreparedLog>>,
-    feature: Feature,
-    base_tags: &[String],
-    report: &mut Report,
-) -> Delivery {
-    let (mut kept, mut excluded, mut items) = (Vec::new(), Vec::new(), 0);
-    for (index, log) in logs.enumerate() {
-        items = index + 1;
-        let Some(mut log) = log else { continue };
-        match rules.apply(&mut log.json, 0) {
-            Verdict::Keep => kept.push((index, log)),
-            Verdict::Excluded(rule) => excluded.push((index, rule.to_string())),
-        }
+/// A versioned feed with its settings, as a feed of the collector: before the
+/// SIEM queries, within the SOC share of the budget.
+pub struct Versioned<F> {
+    pub feed: F,
+    pub settings: ListSettings,
+}
+
+impl<F: VersionedFeed + Send + Sync> Feed for Versioned<F> {
+    fn feature(&self) -> Feature {
+        self.feed.names().feature
     }
-    let (indexes, logs): (Vec<usize>, Vec<PreparedLog>) = kept.into_iter().unzip();
-    let delivery = if logs.is_empty() { Delivery { accepted_prefix: 0, error: None } } else { sink.send_logs(&logs, deadline) };
-    let handled = indexes.get(delivery.accepted_prefix).map_or(items, |index| *index);
-    let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
-    for (_, rule) in excluded.into_iter().filter(|(index, _)| *index < handled) {
-        *by_rule.entry(rule).or_default() += 1;
+    fn slot(&self) -> Slot {
+        Slot::Soc
     }
-    for (rule, count) in by_rule {
-        let tags = with_tag(&with_tag(base_tags, format!("rule:{rule}")), format!("feature:{}", feature.tag()));
-        report.count("huntress.siem.logs_excluded", count as f64, &tags);
+    fn max_pages(&self) -> u32 {
+        self.settings.max_pages
     }
-    Delivery { accepted_prefix: handled, error: delivery.error }
+    fn run(&mut self, source: &mut dyn PageSource, ctx: FeedContext<'_>, report: &mut Report) -> (Option<Health>, u32) {
+        VersionedRun { feed: &self.feed, ctx }.run(source, report)
+    }
 }
 
 /// One run of a versioned feed: the feed and what its run is given.
-pub struct VersionedRun<'a> {
-    pub feed: &'a dyn VersionedFeed,
+pub struct VersionedRun<'f, 'a> {
+    pub feed: &'f dyn VersionedFeed,
     pub ctx: FeedContext<'a>,
 }
 
-impl VersionedRun<'_> {
+impl VersionedRun<'_, '_> {
     fn checkpoint_name(&self) -> String {
         format!("{} checkpoint", self.feed.names().feature.tag().trim_end_matches('s'))
     }
@@ -577,7 +319,7 @@ impl VersionedRun<'_> {
         for (item, version, change) in changes.iter().take(delivery.accepted_prefix) {
             state.known.record(*version);
             report.events.push(self.feed.event_for(item, *change, self.ctx.directory, self.ctx.base_tags, self.ctx.now));
-            *collected.entry(tags::value_or_unknown(Some(text(item, "severity")))).or_default() += 1;
+            *collected.entry(tags::value_or(Some(text(item, "severity")), tags::UNKNOWN)).or_default() += 1;
         }
         let metric = format!("{}.collected", self.feed.names().metric_prefix);
         for (severity, count) in cap_values(collected, MAX_TAG_VALUES) {

@@ -10,9 +10,8 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::RequestBuilder;
 use serde_json::Value;
 
-use crate::config::Config;
 use crate::base::error::{ErrorKind, HuntressError, Result};
-use crate::base::http::{backoff, excerpt, Answer, Deadline, HttpClient, HttpFailure, MAX_HUNTRESS_BODY};
+use crate::base::http::{backoff, excerpt, short_reqwest, Answer, Deadline, HttpClient, HttpFailure, HttpSettings, MAX_HUNTRESS_BODY};
 use crate::huntress::ratelimit::{RateBudget, MAX_LIMIT};
 use crate::base::redact::Redactor;
 
@@ -58,6 +57,15 @@ pub struct ApiStats {
     pub timed_out: u64,
 }
 
+/// Which Huntress account to reach, and how.
+#[derive(Clone, PartialEq)]
+pub struct HuntressSettings {
+    pub base_url: String,
+    pub api_key: String,
+    pub secret_key: String,
+    pub http: HttpSettings,
+}
+
 pub struct HuntressClient {
     http: HttpClient,
     base_url: String,
@@ -69,8 +77,8 @@ pub struct HuntressClient {
 }
 
 impl HuntressClient {
-    pub fn new(config: &Config, budget: RateBudget) -> Result<Self> {
-        let credentials = format!("{}:{}", config.api_key, config.secret_key);
+    pub fn new(settings: &HuntressSettings, budget: RateBudget, redactor: Redactor) -> Result<Self> {
+        let credentials = format!("{}:{}", settings.api_key, settings.secret_key);
         let mut auth = HeaderValue::from_str(&format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(credentials)
@@ -78,12 +86,12 @@ impl HuntressClient {
         .map_err(|_| HuntressError::config("huntress_api_key", "contains characters that cannot go in an HTTP header"))?;
         auth.set_sensitive(true);
         Ok(HuntressClient {
-            http: HttpClient::new(config, &config.huntress_tls())?,
-            base_url: config.base_url.clone(),
+            http: HttpClient::new(&settings.http)?,
+            base_url: settings.base_url.clone(),
             auth,
             budget,
-            request_timeout: config.request_timeout,
-            redactor: Redactor::for_config(config),
+            request_timeout: settings.http.request_timeout,
+            redactor,
             stats: ApiStats::default(),
         })
     }
@@ -279,16 +287,4 @@ fn transport_error(error: &reqwest::Error, path: &str) -> HuntressError {
     } else {
         HuntressError::api(ErrorKind::Network, format!("{path}: connection failed ({})", short_reqwest(error)))
     }
-}
-
-/// The error with its causes. URLs in it never hold a secret: credentials go in headers.
-pub fn short_reqwest(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }

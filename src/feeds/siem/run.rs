@@ -7,10 +7,10 @@ use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::base::cache::Cache;
+use crate::feeds::siem::page::{malformed, parse_page, MAX_PAGE_ROWS, QUERY_PATH};
 use crate::feeds::siem::state::{Cursor, IdHasher, QueryState};
 use crate::base::error::{ErrorKind, HuntressError, Result};
 use crate::base::http::{backoff, Deadline};
@@ -20,105 +20,20 @@ use crate::feeds::orgs::{row_org_id, row_org_name, Enricher, OrgDirectory};
 use crate::feeds::scope::{OrgRef, Scope};
 use crate::datadog::processing::{ProcessingRules, Verdict};
 use crate::json::row::Row;
-use crate::json::scan::{Kind, ScanError, Scanner};
 use crate::datadog::transform::{self, LogTemplate, Written};
 
-pub const QUERY_PATH: &str = "/v1/siem/query";
 /// A window that times out or exhausts Huntress's memory is halved, down to this.
 const MIN_WINDOW_SECONDS: i64 = 10;
 /// Expired page tokens restart a range at most this often per run.
 const MAX_RESTARTS_PER_RUN: u32 = 3;
 /// A 200 whose body has the wrong shape is fetched again this often.
 const MAX_SHAPE_RETRIES: u32 = 2;
-/// Huntress returns at most this many rows per page.
-const MAX_PAGE_ROWS: usize = 200;
 /// The share of a run's page capacity a window is planned to fill: densities
 /// vary within a window, and a window that does not fit costs a replay.
 const PLANNED_FILL: f64 = 0.75;
 /// The share a range is cut to after a pass over it could not finish: that pass
 /// saw only a lower bound of its rows.
 const REPLANNED_FILL: f64 = 0.5;
-
-pub struct SiemPage<'a> {
-    pub rows: Vec<Row<'a>>,
-    pub next_page_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Pagination {
-    #[serde(default)]
-    next_page_token: Option<String>,
-}
-
-/// Parses a page body into rows that borrow it, checking the shape the spec
-/// promises instead of trusting it.
-pub fn parse_page(body: &[u8]) -> Result<SiemPage<'_>> {
-    // UTF-8 is checked once for the whole body, not string by string.
-    let text = std::str::from_utf8(body).map_err(|e| malformed(format!("the response is not UTF-8 ({e})")))?;
-    let mut scanner = Scanner::new(text);
-    if scanner.peek_kind() != Some(Kind::Object) {
-        return Err(malformed("the response is not a JSON object".into()));
-    }
-    let (mut rows, mut pagination) = (None, None);
-    scanner.begin_object().map_err(not_json)?;
-    let mut first = true;
-    while let Some(name) = scanner.next_key(first).map_err(not_json)? {
-        first = false;
-        match name.decode().map_err(not_json)?.as_ref() {
-            "logs" if rows.is_some() => return Err(bad_shape("`logs` appears twice")),
-            "logs" => rows = Some(scan_rows(&mut scanner)?),
-            "pagination" if pagination.is_some() => return Err(bad_shape("`pagination` appears twice")),
-            "pagination" => pagination = Some(scanner.value().map_err(not_json)?),
-            _ => drop(scanner.value().map_err(not_json)?),
-        }
-    }
-    scanner.finish().map_err(not_json)?;
-    let next_page_token = match pagination.filter(|raw| *raw != "null") {
-        None => None,
-        // Through a map, so that a repeated member resolves as elsewhere: the last wins.
-        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Value>(raw)
-            .and_then(serde_json::from_value::<Pagination>)
-            .map_err(|e| bad_shape(&format!("`pagination`: {e}")))?
-            .next_page_token,
-        Some(_) => return Err(malformed("`pagination` is not an object".into())),
-    };
-    Ok(SiemPage { rows: rows.flatten().unwrap_or_default(), next_page_token: next_page_token.filter(|t| !t.is_empty()) })
-}
-
-fn malformed(what: String) -> HuntressError {
-    HuntressError::api(ErrorKind::MalformedResponse, format!("{QUERY_PATH}: {what}"))
-}
-
-fn not_json(error: ScanError) -> HuntressError {
-    malformed(format!("the response is not valid JSON ({error})"))
-}
-
-fn bad_shape(what: &str) -> HuntressError {
-    malformed(format!("the page does not have the expected shape ({what})"))
-}
-
-/// `logs`: null, or an array of objects.
-fn scan_rows<'a>(scanner: &mut Scanner<'a>) -> Result<Option<Vec<Row<'a>>>> {
-    match scanner.peek_kind() {
-        Some(Kind::Array) => {}
-        // Not a value at all: `value` says where the JSON breaks.
-        Some(Kind::Null) | None => return scanner.value().map(|_| None).map_err(not_json),
-        Some(kind) => return Err(bad_shape(&format!("`logs` is {}, not an array", kind.name()))),
-    }
-    let mut rows: Vec<Row> = Vec::with_capacity(MAX_PAGE_ROWS);
-    scanner.begin_array().map_err(not_json)?;
-    while scanner.next_element(rows.is_empty()).map_err(not_json)? {
-        match scanner.peek_kind() {
-            // Rows of one query have the same columns: the last row sizes the next.
-            Some(Kind::Object) | None => {
-                let row = Row::scan_after(scanner, rows.last()).map_err(not_json)?;
-                rows.push(row);
-            }
-            Some(kind) => return Err(bad_shape(&format!("`logs[{}]` is {}, not an object", rows.len(), kind.name()))),
-        }
-    }
-    Ok(Some(rows))
-}
 
 /// The next range to query: from the checkpoint to `now - delay`, at most
 /// `max_window` long, on whole seconds. `None` when caught up.
@@ -374,7 +289,7 @@ impl QueryRun<'_> {
             *outcome.recovered.entry(ErrorKind::QueryInvalid).or_default() += 1;
         }
         let rows = page.rows.len() as u64;
-        self.prepare(page.rows, state, pending, outcome);
+        self.buffer_rows(page.rows, state, pending, outcome);
         let mut after = Cursor {
             page_token: page.next_page_token,
             pages_done: cursor.pages_done.saturating_add(1),
@@ -572,7 +487,7 @@ impl QueryRun<'_> {
         *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
     }
 
-    fn prepare(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
+    fn buffer_rows(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
         let now_ms = transform::now_ms();
         for row in rows {
             let id = transform::event_id(&row);
@@ -588,7 +503,7 @@ impl QueryRun<'_> {
             let mut excluded_by = None;
             pending.logs.push_with(id, |out| {
                 let start = out.len();
-                written = transform::prepare_into(&row, self.template, enrichment, now_ms, out);
+                written = transform::write_log(&row, self.template, enrichment, now_ms, out);
                 if !matches!(written, Written::Log { .. }) {
                     return false;
                 }

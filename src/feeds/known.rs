@@ -1,0 +1,207 @@
+//! What a REST feed remembers between runs: its checkpoint and the last
+//! version forwarded of each recent item (incident reports, escalations,
+//! signals), kept in the Agent's persistent cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::base::cache::{decode_entry, hash64, Cache};
+use crate::feeds::item::{item_id, text, updated_at};
+
+/// Items whose last forwarded version is remembered.
+pub const KNOWN_ITEMS: usize = 5_000;
+const STATE_VERSION: u32 = 1;
+
+
+/// How an item version relates to what was forwarded before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    New,
+    StatusChanged,
+    Updated,
+    /// This version (or a newer one) was already forwarded.
+    Seen,
+}
+
+impl Change {
+    pub fn tag(self) -> &'static str {
+        match self {
+            Change::New => "new",
+            Change::StatusChanged => "status_changed",
+            Change::Updated => "updated",
+            Change::Seen => "seen",
+        }
+    }
+}
+
+/// One version of one item, as hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub report: u64,
+    /// `updated_at` in epoch ms, `i64::MIN` when unreadable.
+    pub updated_ms: i64,
+    pub status: u32,
+    /// `updated_at` text and status together.
+    pub version: u32,
+}
+
+impl Version {
+    pub fn of(item: &Map<String, Value>) -> Version {
+        let updated = item.get("updated_at").map(Value::to_string).unwrap_or_default();
+        let status = text(item, "status").to_lowercase();
+        Version {
+            report: hash64(&["report", &item_id(item)]),
+            updated_ms: updated_at(item).map_or(i64::MIN, |t| t.timestamp_millis()),
+            status: hash64(&["status", &status]) as u32,
+            version: hash64(&["version", &updated, &status]) as u32,
+        }
+    }
+
+    /// A version that only the id makes: once forwarded, an item is `Seen`.
+    pub fn of_id(item: &Map<String, Value>) -> Version {
+        Version { report: hash64(&["report", &item_id(item)]), updated_ms: i64::MIN, status: 0, version: 0 }
+    }
+}
+
+/// The last version forwarded per item, oldest change evicted first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownVersions {
+    order: VecDeque<u64>,
+    last: HashMap<u64, Version>,
+    capacity: usize,
+}
+
+impl KnownVersions {
+    pub fn new(capacity: usize) -> Self {
+        KnownVersions { order: VecDeque::new(), last: HashMap::new(), capacity: capacity.max(1) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
+    pub fn classify(&self, v: &Version) -> Change {
+        let Some(old) = self.last.get(&v.report) else { return Change::New };
+        let older = old.updated_ms != i64::MIN && v.updated_ms != i64::MIN && v.updated_ms < old.updated_ms;
+        if old.version == v.version || older {
+            Change::Seen
+        } else if old.status != v.status {
+            Change::StatusChanged
+        } else {
+            Change::Updated
+        }
+    }
+
+    pub fn record(&mut self, v: Version) {
+        if self.last.insert(v.report, v).is_some() {
+            self.order.retain(|r| *r != v.report);
+        }
+        self.order.push_back(v.report);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.last.remove(&oldest);
+            }
+        }
+    }
+
+    fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(self.order.len() * 24);
+        for report in &self.order {
+            let v = &self.last[report];
+            bytes.extend_from_slice(&v.report.to_le_bytes());
+            bytes.extend_from_slice(&v.updated_ms.to_le_bytes());
+            bytes.extend_from_slice(&v.status.to_le_bytes());
+            bytes.extend_from_slice(&v.version.to_le_bytes());
+        }
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+    }
+
+    fn decode(text: &str, capacity: usize) -> Result<Self, String> {
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(|e| format!("unreadable versions ({e})"))?;
+        let mut known = KnownVersions::new(capacity);
+        for c in bytes.chunks_exact(24) {
+            known.record(Version {
+                report: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
+                updated_ms: i64::from_le_bytes(c[8..16].try_into().expect("8 bytes")),
+                status: u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")),
+                version: u32::from_le_bytes(c[20..24].try_into().expect("4 bytes")),
+            });
+        }
+        Ok(known)
+    }
+}
+
+/// A checkpoint and the versions already forwarded, as kept in the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionedState {
+    /// The newest time delivered; the next scan stops below it.
+    pub checkpoint: DateTime<Utc>,
+    pub known: KnownVersions,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    v: u32,
+    checkpoint: String,
+    known: String,
+}
+
+impl VersionedState {
+    pub fn new(checkpoint: DateTime<Utc>) -> Self {
+        VersionedState { checkpoint, known: KnownVersions::new(KNOWN_ITEMS) }
+    }
+
+    pub fn encode(&self) -> String {
+        let stored = StoredState {
+            v: STATE_VERSION,
+            checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Millis, true),
+            known: self.known.encode(),
+        };
+        serde_json::to_string(&stored).expect("state serializes")
+    }
+
+    /// `what` names the entry in messages, e.g. "incident checkpoint".
+    pub fn decode(text: &str, what: &str) -> Result<Option<Self>, String> {
+        let Some(stored) = decode_entry(text, what, STATE_VERSION, |s: &StoredState| s.v)? else {
+            return Ok(None);
+        };
+        let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint).map_err(|e| format!("unreadable {what} ({e})"))?;
+        let known = KnownVersions::decode(&stored.known, KNOWN_ITEMS).map_err(|e| format!("{what}: {e}"))?;
+        Ok(Some(VersionedState { checkpoint: checkpoint.with_timezone(&Utc), known }))
+    }
+
+    /// The saved state, or a fresh one `lookback` before `now`; an unreadable
+    /// entry is reported in `warnings` and replaced.
+    pub fn load(cache: &mut dyn Cache, key: &str, what: &str, now: DateTime<Utc>, lookback: Duration, warnings: &mut Vec<String>) -> Self {
+        let fresh = || VersionedState::new(now - chrono::Duration::from_std(lookback).unwrap_or(chrono::Duration::zero()));
+        match cache.read(key).map_err(|e| format!("cannot read the {what} ({e})")).and_then(|t| VersionedState::decode(&t, what)) {
+            Ok(Some(state)) if state.checkpoint > now => {
+                // Nothing changes after now: from a future checkpoint every scan would stop at
+                // once. The look-back is read again; the known versions drop what was sent.
+                let fresh = fresh();
+                warnings.push(format!(
+                    "the {what} {} is in the future (a clock step, or a restored or edited cache); items are read again from {}",
+                    state.checkpoint.to_rfc3339(),
+                    fresh.checkpoint.to_rfc3339()
+                ));
+                VersionedState { checkpoint: fresh.checkpoint, ..state }
+            }
+            Ok(Some(state)) => state,
+            Ok(None) => fresh(),
+            Err(message) => {
+                warnings.push(format!("{message}; starting again from initial_lookback_seconds"));
+                fresh()
+            }
+        }
+    }
+}
+
