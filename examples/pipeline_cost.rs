@@ -3,10 +3,7 @@
 //! pipeline_cost -- page.json`.
 use std::time::Instant;
 
-use _core::datadog::transform::StalePolicy;
-use _core::datadog::compression::{Encoding, FALLBACK_GZIP_LEVEL};
-use _core::feeds::siem::parse_page;
-use _core::datadog::transform::{event_id, now_ms, log_of_row, Enrichment, LogTemplate, Prepared};
+use _core::{event_id, log_of_row, now_ms, parse_page, Enrichment, Encoding, LogTemplate, Prepared, StalePolicy, FALLBACK_GZIP_LEVEL};
 
 fn main() {
     let path = std::env::args().nth(1).expect("usage: pipeline_cost PAGE.json");

@@ -38,7 +38,7 @@ use crate::feeds::forwarding::FeedContext;
 use crate::feeds::orgs::{id_text, Orgs};
 use crate::feeds::paging::{api_status, budget_allows, soc_share, ClientSource, Health, Pacing};
 use crate::feeds::scope::Scope;
-use crate::feeds::siem::{self, ErrorCounts, Siem, SiemContext};
+use crate::feeds::siem::{ErrorCounts, Siem, SiemContext};
 use crate::huntress::client::{Feature, HuntressClient};
 use crate::huntress::ratelimit::RateBudget;
 
@@ -97,10 +97,6 @@ impl Collector {
     /// Stable per Huntress account and base URL; see `cache::cache_id`.
     pub fn cache_id(&self) -> &str {
         &self.cache_id
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
     }
 
     pub fn run(&mut self, cache: &mut dyn Cache) -> Report {
@@ -371,4 +367,3 @@ pub fn report_internal_error(base_tags: &[String], message: String, report: &mut
     report.fatal = Some(message);
 }
 
-pub use siem::SERVICE_CHECK as SIEM_SERVICE_CHECK;

@@ -10,7 +10,8 @@ use crate::base::boundary;
 use crate::base::cache::Cache;
 use crate::base::error::HuntressError;
 use crate::base::http::ProxyConfig;
-use crate::collector::{report_internal_error, Collector, SIEM_SERVICE_CHECK};
+use crate::collector::{report_internal_error, Collector};
+use crate::feeds::siem::SERVICE_CHECK as SIEM_SERVICE_CHECK;
 use crate::config::AgentContext;
 use crate::datadog::report::{Report, Status};
 

@@ -238,10 +238,6 @@ impl LogBuffer {
         self.logs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.logs.is_empty()
-    }
-
     /// All bytes held, the separators included.
     pub fn bytes_len(&self) -> usize {
         self.bytes.len()
@@ -361,7 +357,7 @@ mod tests {
             out.extend_from_slice(b"partial");
             false
         }));
-        assert!(skipped.is_empty() && skipped.bytes_len() == 0);
+        assert!(skipped.len() == 0 && skipped.bytes_len() == 0);
     }
 
     #[test]

@@ -54,7 +54,6 @@ pub struct Event {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    Debug,
     Info,
     Warning,
     Error,
@@ -63,7 +62,6 @@ pub enum Level {
 impl Level {
     pub fn name(self) -> &'static str {
         match self {
-            Level::Debug => "debug",
             Level::Info => "info",
             Level::Warning => "warning",
             Level::Error => "error",

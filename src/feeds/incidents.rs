@@ -276,7 +276,7 @@ mod tests {
         let newest: Vec<_> = (0..3).map(|i| incident(10 + i, NOW - i as i64 * 10, "sent", "low")).collect();
         let older: Vec<_> = (0..3).map(|i| incident(20 + i, NOW - 100 - i as i64 * 10, "sent", "low")).collect();
         let mut source = FakeSource::new(vec![page(&newest, Some("a")), page(&older, Some("b")), page(&newest, None)]);
-        let scan = versioned::scan_changes_where(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), 10);
+        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), 10);
         assert_eq!(scan.reports.len(), 5, "three newest and the two at or after the checkpoint");
         assert_eq!(scan.newest, Some(at(NOW)));
         assert!(matches!(scan.listing.end, End::Enough));

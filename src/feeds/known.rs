@@ -81,12 +81,9 @@ impl KnownVersions {
         KnownVersions { order: VecDeque::new(), last: HashMap::new(), capacity: capacity.max(1) }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.last.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
     }
 
     pub fn classify(&self, v: &Version) -> Change {

@@ -155,10 +155,6 @@ impl OrgDirectory {
         self.orgs.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.orgs.is_empty()
-    }
-
     pub fn orgs(&self) -> &[Org] {
         &self.orgs
     }

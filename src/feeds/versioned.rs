@@ -48,13 +48,9 @@ pub struct Scan {
     pub listing: Listing,
 }
 
-/// Pages newest change first and stops at the first item older than `checkpoint`.
-pub fn scan_changes(source: &mut dyn PageSource, path: &str, plural: &str, checkpoint: DateTime<Utc>, max_pages: u32) -> Scan {
-    scan_changes_where(source, path, plural, &[], checkpoint, max_pages)
-}
-
-/// `scan_changes` with more filters (the scope's `organization_id`).
-pub fn scan_changes_where(
+/// Pages newest change first and stops at the first item older than
+/// `checkpoint`; `extra` filters the listing (the scope's `organization_id`).
+pub fn scan_changes(
     source: &mut dyn PageSource,
     path: &str,
     plural: &str,
@@ -273,7 +269,7 @@ impl VersionedRun<'_, '_> {
         let name = self.checkpoint_name();
         let mut state = self.ctx.load_state(names.cache_key, &name, &mut warnings);
         let extra: Vec<_> = self.ctx.scope.api_filter().into_iter().collect();
-        let scan = scan_changes_where(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.max_pages);
+        let scan = scan_changes(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.max_pages);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {

@@ -11,7 +11,9 @@ mod page;
 pub mod run;
 pub mod state;
 
-pub use page::{parse_page, Pagination};
+pub use page::parse_page;
+#[cfg(test)]
+pub use page::Pagination;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -410,6 +410,7 @@ impl DedupSet {
         true
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -421,10 +422,7 @@ impl DedupSet {
         self.order.reserve(room);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
+    #[cfg(test)]
     pub fn set_capacity(&mut self, capacity: usize) {
         self.capacity = capacity.max(1);
         self.evict_to(self.capacity);
