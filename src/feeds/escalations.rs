@@ -15,11 +15,11 @@ use serde_json::{json, Map, Value};
 
 use crate::datadog::report::Event;
 use crate::datadog::transform::{Enrichment, LogTemplate, PreparedLog};
-use crate::feeds::item::{item_log, join_present, set_level, text, truncate, updated_at};
+use crate::feeds::item::{id_text, join_present, shaped_log, text, LogShape};
 use crate::feeds::known::Change;
-use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
+use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::scope::OrgRef;
-use crate::feeds::versioned::{alert_type, log_status, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
+use crate::feeds::versioned::{alert_type, log_status, push_org_tags, version_event, EventParts, FeedNames, VersionedFeed};
 use crate::huntress::client::Feature;
 use crate::base::tags;
 
@@ -75,6 +75,8 @@ static NAMES: FeedNames = FeedNames {
     what: "escalations",
     max_pages_option: "escalations.max_pages",
     metric_prefix: "huntress.escalations",
+    event_title: "Huntress escalation",
+    aggregation_prefix: "huntress-escalation",
     service: SERVICE,
 };
 
@@ -91,19 +93,16 @@ impl VersionedFeed for Escalations {
     /// subject, `huntress.escalation_change`, and the organization of the first
     /// listed organization as attributes and tags.
     fn log_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
-        let mut row = item.clone();
-        let severity = text(item, "severity").to_string();
-        let status = text(item, "status").to_string();
-        set_level(&mut row, "escalation_status", log_status(&severity, is_resolved(item)));
-        if let Some(updated) = item.get("updated_at").filter(|v| v.is_string()) {
-            row.insert("@timestamp".into(), updated.clone());
-        }
-        let message = join_present(&[text(item, "type"), text(item, "subject")], ": ");
-        row.insert("message".into(), Value::String(message));
-        row.insert("huntress.escalation_change".into(), Value::from(change.tag()));
-        let org = enrichment_of(item, directory);
-        let tags = [tags::tag("severity", &severity), tags::tag("escalation_status", &status)];
-        item_log(row, org, &tags, template, now_ms)
+        let (severity, status) = (text(item, "severity"), text(item, "status"));
+        let shape = LogShape {
+            status_aside: "escalation_status",
+            level: log_status(severity, is_resolved(item)),
+            timestamp: item.get("updated_at"),
+            message: join_present(&[text(item, "type"), text(item, "subject")], ": "),
+            extra: vec![("huntress.escalation_change", Value::from(change.tag()))],
+            tags: vec![tags::tag("severity", severity), tags::tag("escalation_status", status)],
+        };
+        shaped_log(item, shape, enrichment_of(item, directory), template, now_ms)
     }
 
     fn event_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event {
@@ -114,11 +113,6 @@ impl VersionedFeed for Escalations {
             ("", "") => format!("#{id} ({severity})"),
             (kind, "") | ("", kind) => kind.to_string(),
             (kind, subject) => format!("{kind}: {subject}"),
-        };
-        let title = match change {
-            Change::StatusChanged => format!("Huntress escalation {status}: {subject}"),
-            Change::Updated => format!("Huntress escalation updated: {subject}"),
-            Change::New | Change::Seen => format!("Huntress escalation: {subject}"),
         };
         let orgs = organizations(item, directory);
         let names: Vec<String> = orgs
@@ -144,24 +138,14 @@ impl VersionedFeed for Escalations {
         );
         let mut tags = base.to_vec();
         for org in &orgs {
-            if let Some(id) = &org.id {
-                tags.push(tags::tag("huntress_org_id", id));
-            }
-            if let Some(name) = &org.name {
-                tags.push(tags::tag("huntress_org_name", name));
-            }
+            push_org_tags(&mut tags, org.id.as_deref(), org.name.as_deref());
         }
         tags.push(tags::tag("severity", severity));
         tags.push(tags::tag("escalation_status", status));
         tags.push(tags::tag("escalation_type", text(item, "type")));
-        Event {
-            timestamp: updated_at(item).unwrap_or(now).timestamp(),
-            title: truncate(&title, MAX_EVENT_TITLE),
-            text: truncate(&body, MAX_EVENT_TEXT),
-            alert_type: alert_type(severity, is_resolved(item)).to_string(),
-            aggregation_key: format!("huntress-escalation-{id}"),
-            tags,
-        }
+        let alert_type = alert_type(severity, is_resolved(item));
+        let parts = EventParts { id, subject, status: status.to_string(), text: body, alert_type, tags };
+        version_event(&NAMES, item, change, parts, now)
     }
 
     fn status_gauges(&self) -> &'static [(&'static str, &'static str)] {

@@ -17,11 +17,11 @@ use serde_json::{Map, Value};
 use crate::base::tags;
 use crate::datadog::report::Event;
 use crate::datadog::transform::{LogTemplate, PreparedLog};
-use crate::feeds::item::{item_log, join_present, set_level, text, truncate, updated_at};
+use crate::feeds::item::{id_text, join_present, shaped_log, text, LogShape};
 use crate::feeds::known::Change;
-use crate::feeds::orgs::{enrich_row, id_text, OrgDirectory};
+use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::scope::OrgRef;
-use crate::feeds::versioned::{self, FeedNames, VersionedFeed, MAX_EVENT_TEXT, MAX_EVENT_TITLE};
+use crate::feeds::versioned::{self, push_org_tags, version_event, EventParts, FeedNames, VersionedFeed};
 use crate::huntress::client::Feature;
 
 pub const INCIDENTS_PATH: &str = "/v1/incident_reports";
@@ -42,6 +42,8 @@ static NAMES: FeedNames = FeedNames {
     what: "incident reports",
     max_pages_option: "incidents.max_pages",
     metric_prefix: "huntress.incidents",
+    event_title: "Huntress incident report",
+    aggregation_prefix: "huntress-incident",
     service: SERVICE,
 };
 
@@ -117,17 +119,10 @@ fn org_label(report: &Map<String, Value>, directory: Option<&OrgDirectory>) -> (
 /// The Datadog event for one report version.
 pub fn event_for(report: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event {
     let id = report.get("id").and_then(id_text).unwrap_or_else(|| "unknown".into());
-    let severity = text(report, "severity");
-    let status = text(report, "status");
-    let platform = text(report, "platform");
+    let (severity, status, platform) = (text(report, "severity"), text(report, "status"), text(report, "platform"));
     let subject = match text(report, "subject") {
         "" => format!("#{id} ({severity})"),
         s => s.to_string(),
-    };
-    let title = match change {
-        Change::StatusChanged => format!("Huntress incident report {status}: {subject}"),
-        Change::Updated => format!("Huntress incident report updated: {subject}"),
-        Change::New | Change::Seen => format!("Huntress incident report: {subject}"),
     };
     let (org_id, org_name) = org_label(report, directory);
     let indicators: Vec<&str> = report.get("indicator_types").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
@@ -146,26 +141,16 @@ pub fn event_for(report: &Map<String, Value>, change: Change, directory: Option<
         }
     }
     let mut tags = base.to_vec();
-    if let Some(id) = &org_id {
-        tags.push(tags::tag("huntress_org_id", id));
-    }
-    if let Some(name) = &org_name {
-        tags.push(tags::tag("huntress_org_name", name));
-    }
+    push_org_tags(&mut tags, org_id.as_deref(), org_name.as_deref());
     tags.push(tags::tag("severity", severity));
     tags.push(tags::tag("incident_status", status));
     tags.push(tags::tag("platform", platform));
     for indicator in &indicators {
         tags.push(tags::tag("indicator_type", indicator));
     }
-    Event {
-        timestamp: updated_at(report).unwrap_or(now).timestamp(),
-        title: truncate(&title, MAX_EVENT_TITLE),
-        text: truncate(&text_parts.join("\n\n"), MAX_EVENT_TEXT),
-        alert_type: alert_type(severity, status).to_string(),
-        aggregation_key: format!("huntress-incident-{id}"),
-        tags,
-    }
+    let alert_type = alert_type(severity, status);
+    let parts = EventParts { id, subject, status: status.to_string(), text: text_parts.join("\n\n"), alert_type, tags };
+    version_event(&NAMES, report, change, parts, now)
 }
 
 /// The log for one report version: the report's fields at the top level, its
@@ -173,19 +158,16 @@ pub fn event_for(report: &Map<String, Value>, change: Change, directory: Option<
 /// `message` from subject and summary, `huntress.incident_change`, and the
 /// organization attributes and tags.
 pub fn log_for(report: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
-    let mut row = report.clone();
-    let severity = text(report, "severity").to_string();
-    let status = text(report, "status").to_string();
-    set_level(&mut row, "incident_status", log_status(&severity, &status));
-    if let Some(updated) = report.get("updated_at").filter(|v| v.is_string()) {
-        row.insert("@timestamp".into(), updated.clone());
-    }
-    let message = join_present(&[text(report, "subject"), text(report, "summary")], "\n\n");
-    row.insert("message".into(), Value::String(message));
-    row.insert("huntress.incident_change".into(), Value::from(change.tag()));
-    let org = enrich_row(directory, report).into_owned();
-    let tags = [tags::tag("severity", &severity), tags::tag("incident_status", &status)];
-    item_log(row, org, &tags, template, now_ms)
+    let (severity, status) = (text(report, "severity"), text(report, "status"));
+    let shape = LogShape {
+        status_aside: "incident_status",
+        level: log_status(severity, status),
+        timestamp: report.get("updated_at"),
+        message: join_present(&[text(report, "subject"), text(report, "summary")], "\n\n"),
+        extra: vec![("huntress.incident_change", Value::from(change.tag()))],
+        tags: vec![tags::tag("severity", severity), tags::tag("incident_status", status)],
+    };
+    shaped_log(report, shape, enrich_row(directory, report).into_owned(), template, now_ms)
 }
 
 #[cfg(test)]
@@ -202,7 +184,7 @@ mod tests {
     use crate::test_support::MemoryCache;
     use crate::feeds::known::{KnownVersions, Version, VersionedState};
     use crate::feeds::scope::Scope;
-    use crate::feeds::versioned::VersionedRun;
+    use crate::feeds::versioned::{VersionedRun, MAX_EVENT_TEXT};
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0).unwrap()

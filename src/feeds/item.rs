@@ -5,8 +5,21 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::datadog::transform::{self, Enrichment, LogTemplate, Prepared, PreparedLog};
-use crate::feeds::orgs::id_text;
 
+/// An id as text, for matching: integers and non-empty strings.
+pub fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => Some(match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => (f as i64).to_string(),
+            _ => n.to_string(),
+        }),
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// A string member, trimmed; empty when missing or not a string.
 pub fn text<'a>(item: &'a Map<String, Value>, key: &str) -> &'a str {
     item.get(key).and_then(Value::as_str).map(str::trim).unwrap_or_default()
 }
@@ -23,6 +36,7 @@ pub fn item_id(item: &Map<String, Value>) -> String {
     item.get("id").and_then(id_text).unwrap_or_else(|| serde_json::to_string(item).unwrap_or_default())
 }
 
+/// At most `max_chars` characters, the last an ellipsis when cut.
 pub fn truncate(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {
         return text.to_string();
@@ -32,10 +46,9 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
     cut
 }
 
-
 /// The item's `status` moved to `aside`, and `status` set to the log level
 /// (`status` is the level in Datadog).
-pub fn set_level(row: &mut Map<String, Value>, aside: &str, level: &str) {
+fn set_level(row: &mut Map<String, Value>, aside: &str, level: &str) {
     if let Some(value) = row.remove("status") {
         row.insert(aside.into(), value);
     }
@@ -47,9 +60,38 @@ pub fn join_present(parts: &[&str], separator: &str) -> String {
     parts.iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(separator)
 }
 
+/// How an item becomes its log, beyond its own fields, which stay at the top level.
+pub struct LogShape<'a> {
+    /// Where the item's `status` moves (`status` is the log level in Datadog).
+    pub status_aside: &'static str,
+    pub level: &'static str,
+    /// The value of `@timestamp`, when the item has one in text.
+    pub timestamp: Option<&'a Value>,
+    pub message: String,
+    /// Attributes the feed adds, e.g. `huntress.incident_change`.
+    pub extra: Vec<(&'static str, Value)>,
+    /// Tags after the organization's.
+    pub tags: Vec<String>,
+}
+
+/// The log of one item in `shape`, with the organization's attributes and
+/// tags; `None` when the template skips it as stale.
+pub fn shaped_log(item: &Map<String, Value>, shape: LogShape, org: Enrichment, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
+    let mut row = item.clone();
+    set_level(&mut row, shape.status_aside, shape.level);
+    if let Some(at) = shape.timestamp.filter(|v| v.is_string()) {
+        row.insert("@timestamp".into(), at.clone());
+    }
+    row.insert("message".into(), Value::String(shape.message));
+    for (key, value) in shape.extra {
+        row.insert(key.into(), value);
+    }
+    item_log(row, org, &shape.tags, template, now_ms)
+}
+
 /// The log of one item: `row` with the organization's attributes, its tags
 /// and then `tags`; `None` when the template skips it as stale.
-pub fn item_log(row: Map<String, Value>, org: Enrichment, tags: &[String], template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
+fn item_log(row: Map<String, Value>, org: Enrichment, tags: &[String], template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
     let all: Vec<&str> = std::iter::once(org.tags.as_str()).filter(|t| !t.is_empty()).chain(tags.iter().map(String::as_str)).collect();
     let enrichment = Enrichment::new(org.attributes, all.join(","));
     match transform::log_of_record(row, template, &enrichment, now_ms) {

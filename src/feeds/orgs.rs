@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::base::cache::{decode_entry, Cache};
+use crate::feeds::item::id_text;
 use crate::base::error::{ErrorKind, HuntressError};
 use crate::huntress::client::Feature;
 use crate::datadog::report::Status;
@@ -65,19 +66,6 @@ struct StoredDirectory {
     complete: bool,
     /// `[id, name, key, agents_count]` per organization: compact for thousands.
     orgs: Vec<(Value, String, String, Option<u64>)>,
-}
-
-/// An id as text, for matching: integers and non-empty strings.
-pub fn id_text(value: &Value) -> Option<String> {
-    match value {
-        Value::Number(n) => Some(match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => (f as i64).to_string(),
-            _ => n.to_string(),
-        }),
-        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        _ => None,
-    }
 }
 
 /// The organization id of a row: `organization_id`, else `organization.id`

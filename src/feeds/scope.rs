@@ -19,7 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::datadog::report::{with_tag, Report};
 use crate::base::error::{HuntressError, Result};
-use crate::feeds::orgs::{id_text, OrgDirectory};
+use crate::feeds::item::id_text;
+use crate::feeds::orgs::OrgDirectory;
 
 /// What happens to an item whose organization cannot be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

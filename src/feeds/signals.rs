@@ -22,7 +22,7 @@ use crate::feeds::orgs::{enrich_row, OrgDirectory};
 use crate::feeds::paging::{list_pages, End, Health, PageSource};
 use crate::feeds::feed::{Feed, ListSettings, Slot};
 use crate::feeds::forwarding::FeedContext;
-use crate::feeds::item::{item_log, join_present, set_level, text, timestamp};
+use crate::feeds::item::{join_present, shaped_log, text, timestamp, LogShape};
 use crate::feeds::known::{Change, Version, VersionedState};
 use crate::feeds::scope::OrgRef;
 use crate::huntress::client::Feature;
@@ -46,19 +46,16 @@ fn organization(signal: &Map<String, Value>) -> OrgRef {
 /// `signal_status`, `type` copied to `signal_type`, the message from its name,
 /// and the organization attributes and tags.
 pub fn log_for(signal: &Map<String, Value>, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
-    let mut row = signal.clone();
-    let status = text(signal, "status").to_string();
-    let kind = text(signal, "type").to_string();
-    set_level(&mut row, "signal_status", if status.eq_ignore_ascii_case("reported") { "warning" } else { "info" });
-    row.insert("signal_type".into(), Value::String(kind.clone()));
-    if let Some(at) = signal.get("investigated_at").or_else(|| signal.get("updated_at")).filter(|v| v.is_string()) {
-        row.insert("@timestamp".into(), at.clone());
-    }
-    let message = join_present(&[text(signal, "name"), text(signal, "investigation_context")], " · ");
-    row.insert("message".into(), Value::String(message));
-    let org = enrich_row(directory, signal).into_owned();
-    let tags = [tags::tag("signal_type", &kind), tags::tag("signal_status", &status), tags::tag("entity_type", entity_field(signal, "type"))];
-    item_log(row, org, &tags, template, now_ms)
+    let (status, kind) = (text(signal, "status"), text(signal, "type"));
+    let shape = LogShape {
+        status_aside: "signal_status",
+        level: if status.eq_ignore_ascii_case("reported") { "warning" } else { "info" },
+        timestamp: signal.get("investigated_at").or_else(|| signal.get("updated_at")),
+        message: join_present(&[text(signal, "name"), text(signal, "investigation_context")], " · "),
+        extra: vec![("signal_type", Value::String(kind.to_string()))],
+        tags: vec![tags::tag("signal_type", kind), tags::tag("signal_status", status), tags::tag("entity_type", entity_field(signal, "type"))],
+    };
+    shaped_log(signal, shape, enrich_row(directory, signal).into_owned(), template, now_ms)
 }
 
 /// Signals as a feed: after the SIEM queries, when the budget has room.

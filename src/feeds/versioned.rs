@@ -29,7 +29,7 @@ use crate::datadog::report::{with_tag, Event, Report, Status};
 use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::feed::{Feed, ListSettings, Slot};
 use crate::feeds::forwarding::FeedContext;
-use crate::feeds::item::{text, updated_at};
+use crate::feeds::item::{text, truncate, updated_at};
 use crate::feeds::known::{Change, KnownVersions, Version, VersionedState};
 use crate::feeds::orgs::OrgDirectory;
 use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
@@ -134,6 +134,10 @@ pub struct FeedNames {
     pub max_pages_option: &'static str,
     /// The prefix of its metrics, e.g. `huntress.incidents`.
     pub metric_prefix: &'static str,
+    /// How its events' titles start, e.g. "Huntress incident report".
+    pub event_title: &'static str,
+    /// Its events' aggregation key, before the item id.
+    pub aggregation_prefix: &'static str,
     pub service: &'static str,
 }
 
@@ -146,6 +150,45 @@ pub trait VersionedFeed {
     fn event_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, base: &[String], now: DateTime<Utc>) -> Event;
     /// Gauges by severity, each read with a `status` filter: `(metric suffix, status)`.
     fn status_gauges(&self) -> &'static [(&'static str, &'static str)];
+}
+
+/// What differs between the events of two versioned feeds.
+pub struct EventParts {
+    /// The item's id, for the aggregation key and fallbacks.
+    pub id: String,
+    pub subject: String,
+    pub status: String,
+    pub text: String,
+    pub alert_type: &'static str,
+    pub tags: Vec<String>,
+}
+
+/// The Datadog event of one version: its title says what changed.
+pub fn version_event(names: &FeedNames, item: &Map<String, Value>, change: Change, parts: EventParts, now: DateTime<Utc>) -> Event {
+    let (kind, subject, status) = (names.event_title, &parts.subject, &parts.status);
+    let title = match change {
+        Change::StatusChanged => format!("{kind} {status}: {subject}"),
+        Change::Updated => format!("{kind} updated: {subject}"),
+        Change::New | Change::Seen => format!("{kind}: {subject}"),
+    };
+    Event {
+        timestamp: updated_at(item).unwrap_or(now).timestamp(),
+        title: truncate(&title, MAX_EVENT_TITLE),
+        text: truncate(&parts.text, MAX_EVENT_TEXT),
+        alert_type: parts.alert_type.to_string(),
+        aggregation_key: format!("{}-{}", names.aggregation_prefix, parts.id),
+        tags: parts.tags,
+    }
+}
+
+/// An organization's tags on an event, each when known.
+pub fn push_org_tags(tags: &mut Vec<String>, id: Option<&str>, name: Option<&str>) {
+    if let Some(id) = id {
+        tags.push(tags::tag("huntress_org_id", id));
+    }
+    if let Some(name) = name {
+        tags.push(tags::tag("huntress_org_name", name));
+    }
 }
 
 /// Items of one status: by severity, and by organization and severity.
