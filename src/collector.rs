@@ -44,8 +44,20 @@ use crate::huntress::client::{Feature, HuntressClient};
 use crate::huntress::ratelimit::RateBudget;
 
 pub const API_SERVICE_CHECK: &str = "huntress.api.can_connect";
-/// Errors of every part, by `error_type` (and `query_name` for SIEM queries).
-pub const ERRORS_METRIC: &str = "huntress.siem.errors";
+
+/// What a run reports of itself, on the instance's tags.
+mod metric {
+    /// Errors of every part, by `error_type` (and `query_name` for SIEM queries).
+    pub const ERRORS: &str = "huntress.siem.errors";
+    pub const RUN_DURATION: &str = "huntress.siem.run_duration_seconds";
+    pub const API_CALL_LIMIT: &str = "huntress.siem.api_call_limit";
+    pub const API_CALL_REMAINING: &str = "huntress.siem.api_call_remaining";
+    pub const THROTTLE_WAIT: &str = "huntress.api.throttle_wait_seconds";
+    /// Huntress requests, by `feature`.
+    pub const API_REQUESTS: &str = "huntress.api.requests";
+    /// The organizations of the account within the scope.
+    pub const ORGANIZATIONS: &str = "huntress.organizations.count";
+}
 
 /// What the REST feeds and the organization directory did in one run.
 #[derive(Default)]
@@ -155,18 +167,18 @@ impl Collector {
     fn report_run(&self, started: Instant, errors: &ErrorCounts, rest: &RestRun, report: &mut Report) {
         let tags = &self.config.tags;
         let stats = &self.huntress.stats;
-        report.gauge("huntress.siem.run_duration_seconds", started.elapsed().as_secs_f64(), tags);
+        report.gauge(metric::RUN_DURATION, started.elapsed().as_secs_f64(), tags);
         if let Some(limit) = stats.call_limit {
-            report.gauge("huntress.siem.api_call_limit", f64::from(limit), tags);
+            report.gauge(metric::API_CALL_LIMIT, f64::from(limit), tags);
         }
         if let Some(remaining) = stats.call_remaining {
-            report.gauge("huntress.siem.api_call_remaining", f64::from(remaining), tags);
+            report.gauge(metric::API_CALL_REMAINING, f64::from(remaining), tags);
         }
-        report.gauge("huntress.api.throttle_wait_seconds", stats.throttle_wait.as_secs_f64(), tags);
+        report.gauge(metric::THROTTLE_WAIT, stats.throttle_wait.as_secs_f64(), tags);
         let features = self.features();
         for feature in &features {
             let count = stats.requests.get(feature).copied().unwrap_or(0);
-            report.count("huntress.api.requests", count as f64, &with_tag(tags, format!("feature:{}", feature.tag())));
+            report.count(metric::API_REQUESTS, count as f64, &with_tag(tags, format!("feature:{}", feature.tag())));
         }
         let mut all_errors = errors.clone();
         for (kind, count) in &stats.retried {
@@ -183,7 +195,7 @@ impl Collector {
             if let Some(query) = query {
                 error_tags.push(format!("query_name:{query}"));
             }
-            report.count(ERRORS_METRIC, count as f64, &error_tags);
+            report.count(metric::ERRORS, count as f64, &error_tags);
         }
         let mut summary = features.iter().map(|f| format!("{}={}", f.tag(), stats.requests.get(f).copied().unwrap_or(0))).collect::<Vec<_>>().join(" ");
         summary.push_str(&format!(" (of {} per minute)", self.huntress.rate_limit()));
@@ -343,7 +355,7 @@ impl Collector {
         let tags = &self.config.tags;
         if let Some(directory) = self.orgs.directory().filter(|_| self.wants_orgs()) {
             let in_scope = directory.orgs().iter().filter_map(|org| id_text(&org.id)).filter(|id| self.scope.admits_org_id(id, Some(directory))).count();
-            report.gauge("huntress.organizations.count", in_scope as f64, tags);
+            report.gauge(metric::ORGANIZATIONS, in_scope as f64, tags);
         }
         for health in &rest.healths {
             if let Some(kind) = health.error {
@@ -363,7 +375,7 @@ impl Collector {
 /// The parts of an internal-error report every caller shares: the `internal`
 /// error count, the Agent log line, and the message the check raises.
 pub fn report_internal_error(base_tags: &[String], message: String, report: &mut Report) {
-    report.count(ERRORS_METRIC, 1.0, &with_tag(base_tags, format!("error_type:{}", ErrorKind::Internal.tag())));
+    report.count(metric::ERRORS, 1.0, &with_tag(base_tags, format!("error_type:{}", ErrorKind::Internal.tag())));
     report.log(Level::Error, message.clone());
     report.fatal = Some(message);
 }

@@ -36,8 +36,17 @@ impl Encoding {
     pub fn encode_json_array(self, joined: &[u8]) -> std::io::Result<Vec<u8>> {
         match self {
             Encoding::None => Ok([b"[", joined, b"]"].concat()),
-            Encoding::Gzip(level) => gzip(joined, level),
-            Encoding::Zstd(level) => zstd_encode(joined, level),
+            Encoding::Gzip(level) => {
+                let out = Vec::with_capacity(joined.len() / 4 + 1024);
+                frame_json_array(flate2::write::GzEncoder::new(out, flate2::Compression::new(level.min(9))), joined)?.finish()
+            }
+            Encoding::Zstd(level) => {
+                let out = Vec::with_capacity(joined.len() / 4 + 1024);
+                let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+                // The size is known: it goes in the frame header, and lets zstd size its window.
+                encoder.set_pledged_src_size(Some(joined.len() as u64 + 2))?;
+                frame_json_array(encoder, joined)?.finish()
+            }
         }
     }
 
@@ -51,24 +60,12 @@ impl Encoding {
     }
 }
 
-fn gzip(joined: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
-    let out = Vec::with_capacity(joined.len() / 4 + 1024);
-    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(level.min(9)));
+/// Writes `[`, the joined logs and `]` through `encoder`.
+fn frame_json_array<W: Write>(mut encoder: W, joined: &[u8]) -> std::io::Result<W> {
     encoder.write_all(b"[")?;
     encoder.write_all(joined)?;
     encoder.write_all(b"]")?;
-    encoder.finish()
-}
-
-fn zstd_encode(joined: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    let out = Vec::with_capacity(joined.len() / 4 + 1024);
-    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
-    // The size is known: it goes in the frame header, and lets zstd size its window.
-    encoder.set_pledged_src_size(Some(joined.len() as u64 + 2))?;
-    encoder.write_all(b"[")?;
-    encoder.write_all(joined)?;
-    encoder.write_all(b"]")?;
-    encoder.finish()
+    Ok(encoder)
 }
 
 /// The Agent's `logs_config` compression settings, as read from datadog.yaml.

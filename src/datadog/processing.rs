@@ -59,6 +59,9 @@ impl PartialEq for ProcessingRules {
     }
 }
 
+/// Logs dropped by a rule, by `rule` (and `feature` for the REST feeds).
+pub const EXCLUDED_METRIC: &str = "huntress.siem.logs_excluded";
+
 /// What the rules decided for one log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict<'a> {

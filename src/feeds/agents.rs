@@ -39,6 +39,20 @@ use crate::datadog::transform::parse_timestamp_ms;
 
 pub const AGENTS_PATH: &str = "/v1/agents";
 
+/// The feed's gauges.
+pub mod metric {
+    pub const BY_DEFENDER_STATUS: &str = "huntress.agents.by_defender_status";
+    pub const BY_FIREWALL_STATUS: &str = "huntress.agents.by_firewall_status";
+    pub const BY_ORGANIZATION: &str = "huntress.agents.by_organization";
+    pub const BY_OS: &str = "huntress.agents.by_os";
+    pub const BY_PLATFORM: &str = "huntress.agents.by_platform";
+    pub const BY_VERSION: &str = "huntress.agents.by_version";
+    pub const COUNT: &str = "huntress.agents.count";
+    pub const ISOLATED: &str = "huntress.agents.isolated";
+    pub const STALE: &str = "huntress.agents.stale";
+    pub const TAMPER_PROTECTION: &str = "huntress.agents.tamper_protection";
+}
+
 /// `metrics.agents`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentsSettings {
@@ -144,15 +158,15 @@ impl AgentInventory {
 
     /// Submits the gauges; see the module docs for the tags.
     pub fn report(&self, report: &mut Report, base: &[String], directory: Option<&OrgDirectory>) {
-        report.gauge("huntress.agents.count", self.total as f64, base);
-        report.gauge("huntress.agents.isolated", self.isolated as f64, base);
-        report.gauge("huntress.agents.stale", self.stale as f64, base);
+        report.gauge(metric::COUNT, self.total as f64, base);
+        report.gauge(metric::ISOLATED, self.isolated as f64, base);
+        report.gauge(metric::STALE, self.stale as f64, base);
         let breakdowns = [
-            ("huntress.agents.by_platform", "platform", &self.by_platform),
-            ("huntress.agents.by_os", "os", &self.by_os),
-            ("huntress.agents.by_version", "agent_version", &self.by_version),
-            ("huntress.agents.by_defender_status", "defender_status", &self.by_defender_status),
-            ("huntress.agents.by_firewall_status", "firewall_status", &self.by_firewall_status),
+            (metric::BY_PLATFORM, "platform", &self.by_platform),
+            (metric::BY_OS, "os", &self.by_os),
+            (metric::BY_VERSION, "agent_version", &self.by_version),
+            (metric::BY_DEFENDER_STATUS, "defender_status", &self.by_defender_status),
+            (metric::BY_FIREWALL_STATUS, "firewall_status", &self.by_firewall_status),
         ];
         for (metric, tag, counts) in breakdowns {
             for (value, count) in cap_values(counts.clone(), MAX_TAG_VALUES) {
@@ -162,7 +176,7 @@ impl AgentInventory {
         for ((configured, actual), count) in &self.tamper {
             let mut tags = with_tag(base, format!("tamper_configured:{configured}"));
             tags.push(format!("tamper_actual:{actual}"));
-            report.gauge("huntress.agents.tamper_protection", *count as f64, &tags);
+            report.gauge(metric::TAMPER_PROTECTION, *count as f64, &tags);
         }
         for (org, count) in cap_values(self.by_org.clone(), MAX_ORGS_TAGGED) {
             let name = match org.as_str() {
@@ -171,7 +185,7 @@ impl AgentInventory {
             };
             let mut tags = with_tag(base, tags::tag("huntress_org_id", &org));
             tags.push(format!("huntress_org_name:{name}"));
-            report.gauge("huntress.agents.by_organization", count as f64, &tags);
+            report.gauge(metric::BY_ORGANIZATION, count as f64, &tags);
         }
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crate::base::cache::Cache;
 use crate::datadog::transform::StalePolicy;
 use crate::datadog::intake::{Delivery, IntakeClient, LogBuffer};
-use crate::datadog::processing::{ProcessingRules, Verdict};
+use crate::datadog::processing::{ProcessingRules, Verdict, EXCLUDED_METRIC};
 use crate::datadog::report::{with_tag, Report};
 use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::orgs::OrgDirectory;
@@ -106,7 +106,7 @@ pub fn forward_items(
     }
     for (rule, count) in by_rule {
         let tags = with_tag(&with_tag(base_tags, format!("rule:{rule}")), format!("feature:{}", feature.tag()));
-        report.count("huntress.siem.logs_excluded", count as f64, &tags);
+        report.count(EXCLUDED_METRIC, count as f64, &tags);
     }
     Delivery { accepted_prefix: handled, error: delivery.error }
 }

@@ -22,6 +22,11 @@ use crate::base::error::{HuntressError, Result};
 use crate::feeds::item::id_text;
 use crate::feeds::orgs::OrgDirectory;
 
+/// Items dropped as outside the scope, by `feed`.
+pub const FILTERED_METRIC: &str = "huntress.scope.filtered";
+/// Items of an organization the check could not tell, by `feed` and `action`.
+pub const UNKNOWN_METRIC: &str = "huntress.scope.unknown_organization";
+
 /// What happens to an item whose organization cannot be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UnknownPolicy {
@@ -216,8 +221,8 @@ impl Scope {
         for ((feed, what), count) in std::mem::take(&mut *self.counts.lock().unwrap_or_else(|e| e.into_inner())) {
             let tags = with_tag(base, format!("feed:{feed}"));
             match what {
-                "filtered" => report.count("huntress.scope.filtered", count as f64, &tags),
-                action => report.count("huntress.scope.unknown_organization", count as f64, &with_tag(&tags, format!("action:{action}"))),
+                "filtered" => report.count(FILTERED_METRIC, count as f64, &tags),
+                action => report.count(UNKNOWN_METRIC, count as f64, &with_tag(&tags, format!("action:{action}"))),
             }
         }
     }

@@ -30,6 +30,8 @@ use crate::base::tags::{self, cap_values, MAX_TAG_VALUES};
 
 pub const SIGNALS_PATH: &str = "/v1/signals";
 pub const SERVICE: &str = "huntress-signals";
+/// Signals forwarded, by `signal_type`.
+pub const COLLECTED_METRIC: &str = "huntress.signals.collected";
 const CHECKPOINT: &str = "signal checkpoint";
 /// The signal checkpoint (`investigated_at`) and the ids already forwarded.
 pub const SIGNALS_KEY: &str = "signals_state";
@@ -157,7 +159,7 @@ impl SignalRun<'_> {
             *by_type.entry(tags::value_or(Some(text(signal, "type")), tags::UNKNOWN)).or_default() += 1;
         }
         for (kind, count) in cap_values(by_type, MAX_TAG_VALUES) {
-            report.count("huntress.signals.collected", count as f64, &with_tag(self.ctx.base_tags, format!("signal_type:{kind}")));
+            report.count(COLLECTED_METRIC, count as f64, &with_tag(self.ctx.base_tags, format!("signal_type:{kind}")));
         }
         delivery
     }

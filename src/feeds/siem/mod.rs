@@ -42,7 +42,7 @@ pub mod metric {
     pub const LOGS_REFUSED: &str = "huntress.siem.logs_refused";
     pub const LOGS_DEDUPLICATED: &str = "huntress.siem.logs_deduplicated";
     pub const LOGS_TRUNCATED: &str = "huntress.siem.logs_truncated";
-    pub const LOGS_EXCLUDED: &str = "huntress.siem.logs_excluded";
+    pub use crate::datadog::processing::EXCLUDED_METRIC as LOGS_EXCLUDED;
     pub const LOGS_STALE: &str = "huntress.siem.logs_stale";
     pub const PAGES_FETCHED: &str = "huntress.siem.pages_fetched";
     pub const CHECKPOINT_LAG: &str = "huntress.siem.checkpoint_lag_seconds";
