@@ -159,8 +159,16 @@ impl Collector {
             scope: &self.scope,
             base_tags: &self.config.tags,
         };
+        let checks_before = report.service_checks.len();
         if self.siem.run(&mut ctx, errors, report) {
-            report.fatal = report.service_checks.iter().rev().find_map(|c| c.message.clone());
+            // Every query failed: the run fails with each query's reason, said once.
+            let mut reasons: Vec<String> = Vec::new();
+            for message in report.service_checks[checks_before..].iter().filter_map(|c| c.message.clone()) {
+                if !reasons.contains(&message) {
+                    reasons.push(message);
+                }
+            }
+            report.fatal = (!reasons.is_empty()).then(|| reasons.join("; "));
         }
     }
 

@@ -276,11 +276,13 @@ impl Siem {
             let warning = format!(
                 "query {name:?} returns rows with only uuid and organization_id: add a `| KEEP @timestamp, message, ...` clause to esql_query"
             );
+            // In the Agent log once per process; on the service check every run.
             if self.warned_keep.insert(name.clone()) {
                 report.log(Level::Warning, warning.clone());
             }
             warnings.push(warning);
         }
+        let logged_already = warnings.len();
         if outcome.stale > 0 {
             warnings.push(format!(
                 "query {name:?}: {} events were older than the intake's 18 h limit (policy {})",
@@ -310,7 +312,7 @@ impl Siem {
                 warnings.push(format!("query {name:?}: the run deadline was reached before a page could be read"));
             }
         }
-        for warning in &warnings {
+        for warning in &warnings[logged_already..] {
             report.log(Level::Warning, warning.clone());
         }
         if warnings.is_empty() {
