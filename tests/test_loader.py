@@ -164,3 +164,26 @@ def test_importing_the_check_without_a_core_raises_import_error(tmp_path):
     found = ' '.join(_loader.running_platform())
     assert f' has no native core for this platform ({found}, Python ' in last_line, last_line
     assert f'this installation holds native cores for: windows amd64. Install the wheel built for {found}, ' in last_line
+
+
+def test_the_message_shown_in_docs_installation_is_the_loader_s():
+    """docs/installation.md quotes the error of a labelled wheel on a platform it lacks; it must read as the loader
+    writes it (the Python version aside)."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, 'docs', 'installation.md'), encoding='utf-8') as f:
+        lines = f.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('    ImportError: '))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith('    '):
+            break
+        block.append(line.strip())
+    message = _loader.missing_core_message(('linux', 'aarch64'), [('linux', 'x86_64')], '0.2.0+linux.x64')
+
+    def any_python(text):
+        return re.sub(r'Python \d+\.\d+\.\d+', 'Python X.Y.Z', text)
+
+    assert any_python(' '.join(block)) == any_python('ImportError: ' + message)

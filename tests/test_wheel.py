@@ -24,7 +24,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABOUT = os.path.join(ROOT, 'python', 'datadog_checks', 'huntress', '__about__.py')
 STAND_IN_PLATFORMS = {
-    'manylinux_2_17_aarch64.manylinux2014_aarch64': ('_core.abi3.so', '_core_linux_aarch64.abi3.so'),
+    'manylinux2014_aarch64.manylinux_2_17_aarch64': ('_core.abi3.so', '_core_linux_aarch64.abi3.so'),
     'win_amd64': ('_core.pyd', '_core_windows_amd64.pyd'),
     'macosx_10_12_x86_64': ('_core.abi3.so', '_core_macos_x86_64.abi3.so'),
     'macosx_11_0_arm64': ('_core.abi3.so', '_core_macos_arm64.abi3.so'),
@@ -307,6 +307,11 @@ def test_release_assets_hold_every_wheel_its_sbom_and_sums_that_check(wheels, tm
     for line in sums:
         digest, name = line.split('  ')
         assert digest == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    # docs/installation.md lists every asset by name, the version written X.Y.Z.
+    with open(os.path.join(ROOT, 'docs', 'installation.md'), encoding='utf-8') as f:
+        docs = f.read()
+    for name in wheel_names + ['SHA256SUMS', f'datadog_huntress-{version}-<platform>.cyclonedx.json']:
+        assert f'`{name.replace(version, "X.Y.Z")}`' in docs, name
     if shutil.which('sha256sum'):
         check = subprocess.run(['sha256sum', '-c', 'SHA256SUMS'], capture_output=True, text=True, cwd=out)
         assert check.returncode == 0, check.stdout + check.stderr
