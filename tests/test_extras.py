@@ -4,8 +4,12 @@ check's folder, `python -m build --wheel` with hatchling (what `ddev release bui
 installs with --no-deps next to datadog-checks-base and runs a cycle against the simulator (scripts/wheel-cycle.sh).
 The other platforms' cores are the stand-ins of tests/test_wheel.py."""
 
+import hashlib
 import os
+import shutil
 import subprocess
+import sys
+import tarfile
 import tomllib
 import zipfile
 
@@ -132,3 +136,44 @@ def test_cores_of_other_sources_are_refused(wheels, tmp_path):
     result = run_export(tmp_path / 'out', str(edited))
     assert result.returncode == 1
     assert "its Python files differ from the tree's: ['datadog_checks/huntress/check.py']" in result.stderr
+
+
+def test_the_release_publishes_the_folder_as_a_tar_with_its_sum(wheels, tmp_path):
+    """release_assets.py --extras: the folder as it was exported (not its dist/), under huntress/, in SHA256SUMS."""
+    dist = tmp_path / 'dist'
+    inputs = every_platform(wheels, dist)
+    assert run_assembly(inputs, dist, '--require-all').returncode == 0
+    shutil.copy2(wheels['platform'], dist)
+    exported = run_export(tmp_path / 'extras', '--require-all', '--build', *inputs)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    folder = tmp_path / 'extras' / 'huntress'
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'scripts', 'release_assets.py'),
+            '--dist',
+            str(dist),
+            '--out',
+            str(tmp_path / 'release'),
+            '--extras',
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    name = f'datadog_huntress-{about_version()}-integrations-extras.tar.gz'
+    archive_path = tmp_path / 'release' / name
+    with tarfile.open(archive_path) as archive:
+        archived = sorted(m.name for m in archive.getmembers() if m.isfile())
+    on_disk = sorted(
+        'huntress/' + os.path.relpath(os.path.join(d, f), folder).replace(os.sep, '/')
+        for d, subdirs, files in os.walk(folder)
+        if not os.path.relpath(d, folder).split(os.sep)[0] == 'dist'
+        for f in files
+    )
+    assert archived == on_disk
+    assert 'huntress/pyproject.toml' in archived
+    assert 'huntress/datadog_checks/huntress/_native/_core_linux_x86_64.abi3.so' in archived
+    digest = hashlib.sha256(archive_path.read_bytes()).hexdigest()
+    assert f'{digest}  {name}' in (tmp_path / 'release' / 'SHA256SUMS').read_text().splitlines()
