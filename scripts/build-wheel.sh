@@ -2,8 +2,10 @@
 # Builds the release wheels into dist/:
 #   - the platform wheel of this host (or of --target): abi3 (Python >= 3.9); on Linux manylinux2014 (glibc 2.17),
 #     linked with zig (the `ziglang` package) so that it runs on old distributions;
-#   - the universal wheel, datadog_huntress-<version>-py3-none-any.whl, from every platform wheel of this version
-#     found in dist/ (scripts/build-universal.sh). Put the other platforms' wheels in dist/ first to bundle them.
+#   - the universal wheel, from every platform wheel of this version found in dist/ (scripts/build-universal.sh).
+#     Put the other platforms' wheels in dist/ first to bundle them: only with all five is it named
+#     datadog_huntress-<version>-py3-none-any.whl; built from fewer, it warns and carries a local version label
+#     naming what it holds, such as datadog_huntress-<version>+linux.x64-py3-none-any.whl.
 # Wheels of other versions are removed from dist/. The build needs Rust, Python and the platform's C compiler only.
 #
 # Usage: scripts/build-wheel.sh [--target RUST_TARGET] [--no-universal]
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --target) target=(--target "$2"); shift 2 ;;
         --no-universal) universal=0; shift ;;
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-wheel: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -39,7 +41,7 @@ version="$(sed -nE "s/^__version__ = '([^']+)'/\1/p" python/datadog_checks/huntr
 mkdir -p dist
 for stale in dist/datadog_huntress-*.whl; do
     case "$stale" in
-        "dist/datadog_huntress-$version-"*|'dist/datadog_huntress-*.whl') ;;
+        "dist/datadog_huntress-$version-"*|"dist/datadog_huntress-$version+"*|'dist/datadog_huntress-*.whl') ;;
         *) rm -f "$stale" ;;
     esac
 done

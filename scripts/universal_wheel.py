@@ -4,17 +4,39 @@ The Agent's tile installer (`datadog-agent integration install -t`) only downloa
 wheel holds the Python package of the platform wheels once, and each platform's native core under its own name in
 `datadog_checks/huntress/_native/`; `datadog_checks/huntress/_loader.py` picks the one for the running interpreter.
 
-Usage: python scripts/universal_wheel.py [--out DIR] WHEEL [WHEEL ...]
+Only a wheel that holds the core of every platform of the loader's table (`BUNDLED_CORES`) carries the plain
+release version. One assembled from fewer platform wheels is labelled with the platforms it holds, as a PEP 440 local
+version (`0.2.0+linux.x64`) in its file name, its METADATA and its .dist-info folder, and a warning says so;
+`--require-all` makes that an error instead (the release workflow uses it).
+
+Usage: python scripts/universal_wheel.py [--out DIR] [--require-all] WHEEL [WHEEL ...]
 The platform wheels must be of one version and hold the same Python files. Standard library only.
 """
 
 import argparse
 import base64
 import hashlib
+import importlib.util
 import os
 import re
 import sys
 import zipfile
+
+
+def _load_loader():
+    """The check's own `_loader.py`, whose table of platforms and core names this script follows."""
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'python', 'datadog_checks', 'huntress', '_loader.py'
+    )
+    spec = importlib.util.spec_from_file_location('huntress_loader', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LOADER = _load_loader()
+# The CPU names of the local version label: short, and of the characters a normalized PEP 440 label keeps.
+LABEL_CPU = {'x86_64': 'x64', 'amd64': 'x64', 'aarch64': 'arm64', 'arm64': 'arm64'}
 
 PACKAGE_DIR = 'datadog_checks/huntress/'
 NATIVE_DIR = PACKAGE_DIR + '_native/'
@@ -47,6 +69,28 @@ def core_name(platform_tag):
         if len(cpus) == 1:
             return f'_core_macos_{cpus.pop()}.abi3.so'
     raise AssemblyError(f'no bundled name for the platform tag {platform_tag!r}')
+
+
+def held_platforms(core_names):
+    """The (OS, CPU) platforms of the loader's table that the given `_native/` file names serve."""
+    return [key for key, names in LOADER.BUNDLED_CORES.items() if any(name in core_names for name in names)]
+
+
+def missing_platforms(core_names):
+    held = held_platforms(core_names)
+    return [key for key in LOADER.BUNDLED_CORES if key not in held]
+
+
+def local_label(platforms):
+    """`linux.x64.windows.x64`: the platforms a partial wheel holds, as a PEP 440 local version label."""
+    return '.'.join(f'{os_name}.{LABEL_CPU.get(cpu, cpu)}' for os_name, cpu in platforms)
+
+
+def wheel_version(version, core_names):
+    """The release version when every platform's core is there, else the version with a local label."""
+    if not missing_platforms(core_names):
+        return version
+    return f'{version}+{local_label(held_platforms(core_names))}'
 
 
 def platform_sboms(members, dist_info, bundled_core):
@@ -82,8 +126,9 @@ def pure_members(members, core, dist_info):
     return {name: data for name, data in members.items() if name != core and not name.startswith(dist_info)}
 
 
-def assemble(wheel_paths, out_dir):
-    """Writes the universal wheel into out_dir and returns its path."""
+def assemble(wheel_paths, out_dir, require_all=False, warn=None):
+    """Writes the universal wheel into out_dir and returns its path. Without the core of every platform, the wheel is
+    labelled (see wheel_version) and warn(message) is called, or AssemblyError raised when require_all is set."""
     if not wheel_paths:
         raise AssemblyError('no platform wheel given')
     base = None
@@ -109,6 +154,19 @@ def assemble(wheel_paths, out_dir):
     if 'datadog_checks/__init__.py' in pure:
         raise AssemblyError('the wheels ship datadog_checks/__init__.py, which belongs to datadog-checks-base')
 
+    version = wheel_version(match['version'], cores)
+    missing = missing_platforms(cores)
+    if missing:
+        message = (
+            f"the wheel holds the native cores of {LOADER.platform_names(held_platforms(cores))} only, not of "
+            f"{LOADER.platform_names(missing)}: it is versioned {version}, not {match['version']}, and fails to "
+            'import on the platforms it lacks'
+        )
+        if require_all:
+            raise AssemblyError(message)
+        (warn or (lambda text: print(f'universal_wheel: warning: {text}', file=sys.stderr)))(message)
+
+    new_dist_info = f"{match['dist']}-{version}.dist-info/"
     files = dict(pure)
     for name, data in cores.items():
         files[NATIVE_DIR + name] = data
@@ -117,6 +175,13 @@ def assemble(wheel_paths, out_dir):
             if not name.startswith(dist_info + 'sboms/'):
                 files[name] = data
     files.update(sboms)
+    metadata = files[dist_info + 'METADATA'].decode()
+    version_line = f"Version: {match['version']}\n"
+    if version_line not in metadata:
+        raise AssemblyError(f"{base[4]}: METADATA has no line {version_line.strip()!r}")
+    files[dist_info + 'METADATA'] = metadata.replace(version_line, f'Version: {version}\n', 1).encode()
+    files = {new_dist_info + n[len(dist_info) :] if n.startswith(dist_info) else n: d for n, d in files.items()}
+    dist_info = new_dist_info
     files[dist_info + 'WHEEL'] = (
         'Wheel-Version: 1.0\nGenerator: datadog-huntress universal_wheel.py\nRoot-Is-Purelib: true\nTag: py3-none-any\n'
     ).encode()
@@ -127,7 +192,7 @@ def assemble(wheel_paths, out_dir):
     files[record_name] = record.encode()
 
     os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, f"{match['dist']}-{match['version']}-py3-none-any.whl")
+    target = os.path.join(out_dir, f"{match['dist']}-{version}-py3-none-any.whl")
     with zipfile.ZipFile(target + '.part', 'w', zipfile.ZIP_DEFLATED) as archive:
         # dist-info last, RECORD at the very end, as wheel tools write them.
         for name in sorted(files, key=lambda n: (n.startswith(dist_info), n == record_name, n)):
@@ -143,10 +208,13 @@ def assemble(wheel_paths, out_dir):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='dist', help='output directory (default: dist)')
+    parser.add_argument(
+        '--require-all', action='store_true', help="fail unless every platform's core is given (a release wheel)"
+    )
     parser.add_argument('wheels', nargs='+', help='platform wheels (cpXY-abi3-<platform>)')
     args = parser.parse_args(argv)
     try:
-        target = assemble(args.wheels, args.out)
+        target = assemble(args.wheels, args.out, require_all=args.require_all)
     except AssemblyError as error:
         print(f'universal_wheel: {error}', file=sys.stderr)
         return 1

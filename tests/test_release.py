@@ -65,6 +65,33 @@ def test_manifest_lists_the_platforms_the_release_workflow_builds():
     }
 
 
+def test_release_workflow_publishes_only_complete_tested_assets_with_their_sums():
+    """The universal wheel and the extras folder are built from all five platform wheels (--require-all), each is
+    run once against the simulator, and only a tag's run publishes, with write access in that one job."""
+    workflow = yaml.safe_load(read('.github', 'workflows', 'release.yml'))
+    assert workflow['permissions'] == {'contents': 'read'}
+    runs = [step.get('run', '') for step in workflow['jobs']['universal-wheel']['steps']]
+    order = [
+        'scripts/build-universal.sh --require-all',
+        'scripts/wheel-cycle.sh dist/datadog_huntress-*-py3-none-any.whl',
+        'scripts/export-extras.sh --require-all --build',
+        'scripts/wheel-cycle.sh "$(tail -n 1 extras-wheel.txt)"',
+        'python scripts/release_assets.py --dist dist --out release --extras dist/extras/huntress',
+        'sha256sum -c SHA256SUMS',
+    ]
+    positions = [next(i for i, run in enumerate(runs) if command in run) for command in order]
+    assert positions == sorted(positions)
+    publish = workflow['jobs']['publish']
+    assert publish['needs'] == 'universal-wheel'
+    assert publish['if'] == "startsWith(github.ref, 'refs/tags/v')"
+    assert publish['permissions'] == {'contents': 'write'}
+    script = publish['steps'][-1]['run']
+    assert 'sha256sum -c SHA256SUMS' in script and 'gh release create "$TAG"' in script and './*' in script
+    for name, job in workflow['jobs'].items():
+        if name != 'publish':
+            assert 'permissions' not in job, name
+
+
 def test_release_workflow_passes_actionlint(tmp_path):
     actionlint = shutil.which('actionlint', path=os.path.dirname(sys.executable))
     assert actionlint, 'actionlint is installed by requirements-dev.txt'

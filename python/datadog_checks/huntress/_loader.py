@@ -3,11 +3,13 @@
 A platform wheel (or a development build) holds one core, `_core.abi3.so` or `_core.pyd`, next to this file, and
 it is imported as is. The universal wheel (`py3-none-any`, for the Agent's tile installer) holds one core per
 platform in `_native/`, each under its own name; the one matching the interpreter's OS and CPU is loaded and
-registered as `datadog_checks.huntress._core`, the name its init function (`PyInit__core`) was built for.
+registered as `datadog_checks.huntress._core`, the name its init function (`PyInit__core`) was built for. When
+there is none, the ImportError names the platform found and the cores this installation does hold.
 """
 
 import importlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -48,23 +50,58 @@ def running_platform():
     return os_name, _OS_CPU_NAMES.get(os_name, {}).get(cpu, cpu)
 
 
-def supported_platforms():
-    return ', '.join(f'{os_name} {cpu}' for os_name, cpu in BUNDLED_CORES)
+def platform_names(platforms):
+    return ', '.join(f'{os_name} {cpu}' for os_name, cpu in platforms)
+
+
+def held_platforms(native_dir=NATIVE_DIR):
+    """The platforms whose core is in native_dir, in the order of BUNDLED_CORES: what this installation can run on."""
+    try:
+        present = set(os.listdir(native_dir))
+    except OSError:
+        present = set()
+    return [key for key, names in BUNDLED_CORES.items() if any(name in present for name in names)]
+
+
+def installed_version():
+    """The version of the installed distribution (a local label such as `+linux.x64` names a partial build)."""
+    try:
+        return importlib.metadata.version('datadog-huntress')
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def missing_core_message(found, held, version):
+    os_name, cpu = found
+    name = f'datadog-huntress {version}' if version else 'datadog-huntress'
+    if held:
+        holds = f'this installation holds native cores for: {platform_names(held)}'
+    else:
+        holds = 'this installation holds no native core'
+    if found in BUNDLED_CORES:
+        advice = (
+            f'Install the wheel built for {os_name} {cpu}, or the release wheel that holds the cores of every '
+            'platform (README, Installation).'
+        )
+    else:
+        advice = (
+            f'No release wheel is built for {os_name} {cpu} (they are built for {platform_names(BUNDLED_CORES)}); '
+            'building the wheel from source on this host may work (README, Installation).'
+        )
+    return (
+        f'{name} has no native core for this platform ({os_name} {cpu}, Python {platform.python_version()}); '
+        f'{holds}. {advice}'
+    )
 
 
 def bundled_core_path(native_dir=NATIVE_DIR):
     """The path of the bundled core for this interpreter; ImportError when there is none."""
-    os_name, cpu = running_platform()
-    for name in BUNDLED_CORES.get((os_name, cpu), []):
+    found = running_platform()
+    for name in BUNDLED_CORES.get(found, []):
         path = os.path.join(native_dir, name)
         if os.path.isfile(path):
             return path
-    raise ImportError(
-        f'datadog-huntress has no native core for this platform ({os_name} {cpu}, Python {platform.python_version()}); '
-        f'it supports: {supported_platforms()}. Build the wheel from source on this host (see the README, '
-        'Installation from source).',
-        name=CORE_MODULE,
-    )
+    raise ImportError(missing_core_message(found, held_platforms(native_dir), installed_version()), name=CORE_MODULE)
 
 
 def load_bundled_core(native_dir=NATIVE_DIR):
