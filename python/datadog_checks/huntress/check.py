@@ -5,6 +5,7 @@ from datadog_checks.base.errors import CheckException
 
 from ._loader import load_core
 from .config_models import ConfigMixin
+from .lease import RunLease, lease_path
 
 try:
     import datadog_agent
@@ -52,8 +53,11 @@ class HuntressCheck(AgentCheck, ConfigMixin):
                 settings[key] = value
         return json.dumps(settings, default=str)
 
+    def _interval(self):
+        return self.instance.get('min_collection_interval') or self.init_config.get('min_collection_interval') or 15
+
     def _agent_context(self):
-        interval = self.instance.get('min_collection_interval') or self.init_config.get('min_collection_interval') or 15
+        interval = self._interval()
         return {
             'api_key': datadog_agent.get_config('api_key'),
             'site': datadog_agent.get_config('site'),
@@ -67,6 +71,43 @@ class HuntressCheck(AgentCheck, ConfigMixin):
         return self._collector.cache_id
 
     def check(self, _):
+        # One collector per account at a time on this node: a second process on the same persistent cache
+        # (`datadog-agent check huntress` beside the Agent) would send again what the first is sending.
+        # Instances of this process on the same account wait for each other, at most one interval.
+        lease = RunLease(self._lease_path(), check_id=self.check_id)
+        outcome = lease.acquire(local_wait_seconds=self._interval())
+        if not outcome.held:
+            self._report_skipped_run(outcome.describe_holder())
+            return
+        if outcome.unprotected:
+            self.log.warning('%s; this run collects without it', outcome.unprotected)
+        try:
+            self._collect()
+        finally:
+            lease.release()
+
+    def _lease_path(self):
+        # The Agent keeps the persistent cache under `run_path`, in a directory named after the check.
+        check_name = ':'.join(self.check_id.split(':')[:-1]) or self.name
+        return lease_path(datadog_agent.get_config('run_path'), check_name, self._collector.cache_id)
+
+    def _report_skipped_run(self, holder):
+        message = (
+            f'skipped this run: another process is collecting this Huntress account from the same persistent '
+            f'cache ({holder}); the next run continues from its checkpoint'
+        )
+        self.log.warning('%s', message)
+        tags = list(self.instance.get('tags') or [])
+        queries = [q for q in self.instance.get('log_queries') or [] if isinstance(q, dict) and q.get('name')]
+        for query in queries:
+            self.service_check(
+                'huntress.siem.can_connect',
+                AgentCheck.WARNING,
+                tags=tags + [f"query_name:{query['name']}"],
+                message=message,
+            )
+
+    def _collect(self):
         try:
             report = self._collector.run(self.read_persistent_cache, self.write_persistent_cache)
         except Exception:
