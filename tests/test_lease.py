@@ -4,8 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -81,18 +79,28 @@ def test_a_holder_that_dies_leaves_the_lease_free(tmp_path, other_process):
     lease.release()
 
 
-def test_instances_of_one_process_wait_for_each_other(tmp_path):
+def test_instances_of_one_process_share_the_lease_and_keep_it_from_other_processes(tmp_path):
+    """The Agent runs instances of one account side by side (one per client, or queries split over instances):
+    they share the lease; another process is refused until the last of them is done."""
     path = str(tmp_path / 'huntress' / 'acct.lock')
-    first = RunLease(path)
-    assert first.acquire().held
-    assert not RunLease(path).acquire(local_wait_seconds=0).held
+    first, second = RunLease(path), RunLease(path)
+    assert first.acquire().held and second.acquire().held
 
-    threading.Timer(0.3, first.release).start()
-    second = RunLease(path)
-    started = time.monotonic()
-    assert second.acquire(local_wait_seconds=10).held
-    assert 0.2 < time.monotonic() - started < 5
+    def other_process_gets_it():
+        probe = f"""
+import sys
+sys.path.insert(0, {os.path.join(ROOT, 'python')!r})
+from datadog_checks.huntress.lease import RunLease
+outcome = RunLease({path!r}).acquire()
+print(outcome.held, outcome.holder.get('pid'))
+"""
+        out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, check=True).stdout.split()
+        return out[0] == 'True', out[1]
+
+    first.release()
+    assert other_process_gets_it() == (False, str(os.getpid()))
     second.release()
+    assert other_process_gets_it() == (True, 'None')
 
 
 def test_without_a_usable_directory_the_run_goes_ahead_and_says_why(tmp_path):

@@ -71,7 +71,6 @@ class HuntressCheck(AgentCheck, ConfigMixin):
 
     def _interval(self):
         return self.instance.get('min_collection_interval') or self.init_config.get('min_collection_interval') or 15
-
     def _agent_context(self):
         interval = self._interval()
         return {
@@ -89,11 +88,11 @@ class HuntressCheck(AgentCheck, ConfigMixin):
     def check(self, _):
         # One collector per account at a time on this node: a second process on the same persistent cache
         # (`datadog-agent check huntress` beside the Agent) would send again what the first is sending.
-        # Instances of this process on the same account wait for each other, at most one interval.
+        # The lease is per process: instances of this Agent on the same account still run side by side.
         lease = RunLease(self._lease_path(), check_id=self.check_id)
-        outcome = lease.acquire(local_wait_seconds=self._interval())
+        outcome = lease.acquire()
         if not outcome.held:
-            self._report_skipped_run(outcome.describe_holder())
+            self._report_skipped_run(outcome)
             return
         if outcome.unprotected:
             self.log.warning('%s; this run collects without it', outcome.unprotected)
@@ -107,11 +106,12 @@ class HuntressCheck(AgentCheck, ConfigMixin):
         check_name = ':'.join(self.check_id.split(':')[:-1]) or self.name
         return lease_path(datadog_agent.get_config('run_path'), check_name, self._collector.cache_id)
 
-    def _report_skipped_run(self, holder):
+    def _report_skipped_run(self, outcome):
         message = (
-            f'skipped this run: another process is collecting this Huntress account from the same persistent '
-            f'cache ({holder}); the next run continues from its checkpoint'
+            'skipped this run: another process is collecting this Huntress account from the same persistent cache '
+            f'({outcome.describe_holder()}); the next run continues from its checkpoint'
         )
+
         self.log.warning('%s', message)
         tags = list(self.instance.get('tags') or [])
         queries = [q for q in self.instance.get('log_queries') or [] if isinstance(q, dict) and q.get('name')]

@@ -20,8 +20,9 @@ ever have this name.
 * The file is never deleted (deleting a locked file lets a third process lock a
   new file of the same name while the old one is held). While held it names
   the holder: pid, host, check id and since when.
-* Instances of one process that share an account wait for each other (bounded);
-  another process never waits: the run is skipped and reported.
+* The lease is taken per process: instances of one Agent that share an account
+  run side by side as before; another process does not wait, its run is
+  skipped and reported.
 * When the lock file cannot be created or locked at all (a read-only
   directory, a file system without locks), the run goes ahead unprotected and
   the reason is returned, rather than stopping collection.
@@ -50,10 +51,6 @@ _INVALID_NAME_CHARS = re.compile(r'[^a-zA-Z0-9_-]')
 # Windows: the locked byte. LockFile may lock past the end of a file without growing it.
 _WINDOWS_LOCK_OFFSET = 1 << 30
 
-_local_guard = threading.Lock()
-_local_locks: dict[str, threading.Lock] = {}
-
-
 def fallback_run_path() -> str:
     """Where lease files go when the Agent gives no `run_path` (outside the Agent, as in its test stub,
     whose persistent cache is in memory): a directory of the system's temporary directory."""
@@ -69,7 +66,7 @@ def lease_path(run_path: str | None, check_name: str, cache_id: str) -> str:
 
 class Outcome:
     """What `RunLease.acquire` found. `held` is true when this run may collect; `holder` describes the other
-    collector when it may not; `unprotected` says why a run goes ahead without the lock."""
+    process when it may not; `unprotected` says why a run goes ahead without the lock."""
 
     def __init__(self, held: bool, holder: dict | None = None, unprotected: str | None = None):
         self.held = held
@@ -89,54 +86,74 @@ class Outcome:
         return ' '.join(parts) if parts else 'a process that did not say which'
 
 
+class _Held:
+    """The lock of one lease file in this process, shared by the instances of this process that use it."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.users = 1
+
+
+# lease path -> _Held, for the instances of this process (guarded by _guard).
+_guard = threading.Lock()
+_held: dict[str, _Held] = {}
+
+
 class RunLease:
-    """The lease of one account's collection; `acquire` then `release`, on one thread."""
+    """The lease of one account's collection for this process: `acquire`, then `release` once it was held.
+
+    The lease excludes other processes, not other instances of this one: the Agent never runs one instance
+    twice at once, and instances of one Agent that share an account (one per client, or queries split over
+    instances) keep running side by side, as they do without the lease, sharing one rate budget."""
 
     def __init__(self, path: str, check_id: str = ''):
         self.path = path
         self.check_id = check_id
-        self._fd = None
-        self._local = None
+        self._joined = False
 
-    def acquire(self, local_wait_seconds: float = 0.0) -> Outcome:
-        with _local_guard:
-            local = _local_locks.setdefault(self.path, threading.Lock())
-        # Another instance of this process on the same account: wait for it, then take the file lock.
-        if not local.acquire(timeout=max(local_wait_seconds, 0.0)):
-            return Outcome(False, holder=self._read_holder() or {'pid': os.getpid(), 'host': socket.gethostname()})
-        try:
-            fd = self._open()
-        except OSError as e:
-            local.release()
-            return Outcome(True, unprotected=f'cannot open the run lease {self.path} ({e.strerror or e})')
-        try:
-            _lock(fd)
-        except OSError as e:
-            os.close(fd)
-            local.release()
-            if _is_contention(e):
-                return Outcome(False, holder=self._read_holder())
-            return Outcome(True, unprotected=f'cannot lock the run lease {self.path} ({e.strerror or e})')
-        self._fd, self._local = fd, local
-        self._write_holder()
-        return Outcome(True)
+    def acquire(self) -> Outcome:
+        with _guard:
+            held = _held.get(self.path)
+            if held is not None:
+                held.users += 1
+                self._joined = True
+                return Outcome(True)
+            try:
+                fd = self._open()
+            except OSError as e:
+                return Outcome(True, unprotected=f'cannot open the run lease {self.path} ({e.strerror or e})')
+            try:
+                _lock(fd)
+            except OSError as e:
+                os.close(fd)
+                if _is_contention(e):
+                    return Outcome(False, holder=self._read_holder())
+                return Outcome(True, unprotected=f'cannot lock the run lease {self.path} ({e.strerror or e})')
+            _held[self.path] = _Held(fd)
+            self._joined = True
+            self._write_holder(fd)
+            return Outcome(True)
 
     def release(self) -> None:
-        fd, local = self._fd, self._local
-        self._fd = self._local = None
-        if fd is None:
-            return
-        try:
+        with _guard:
+            if not self._joined:
+                return
+            self._joined = False
+            held = _held[self.path]
+            held.users -= 1
+            if held.users:
+                return
+            del _held[self.path]
             try:
-                os.ftruncate(fd, 0)
+                os.ftruncate(held.fd, 0)
             except OSError:
                 pass
-            _unlock(fd)
-        except OSError:
-            pass  # closing the file releases the lock anyway
-        finally:
-            os.close(fd)
-            local.release()
+            try:
+                _unlock(held.fd)
+            except OSError:
+                pass  # closing the file releases the lock anyway
+            finally:
+                os.close(held.fd)
 
     def _open(self) -> int:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
@@ -148,7 +165,7 @@ class RunLease:
             # read-only descriptor, only the holder's description is not written.
             return os.open(self.path, os.O_RDONLY | flags)
 
-    def _write_holder(self) -> None:
+    def _write_holder(self, fd: int) -> None:
         holder = {
             'pid': os.getpid(),
             'host': socket.gethostname(),
@@ -156,9 +173,9 @@ class RunLease:
             'since': datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
         }
         try:
-            os.ftruncate(self._fd, 0)
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            os.write(self._fd, json.dumps(holder).encode())
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(holder).encode())
         except OSError:
             pass  # read-only descriptor: the lock holds all the same
 
