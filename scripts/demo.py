@@ -179,6 +179,13 @@ def summary(instance, sink, loaded, runs, events, service_checks, errors):
     enriched = sum(1 for log in siem_logs if log.get('huntress_org_name'))
     event_keys = Counter(e['aggregation_key'].rsplit('-', 1)[0] for e in events)
 
+    print('=== Forwarded logs: one of each service ===')
+    for service in sorted(by_service):
+        log = next(log for log in sink.logs if log.get('service') == service)
+        tags = [t for t in log.get('ddtags', '').split(',') if not t.startswith(('huntress_org_key', 'huntress_account'))]
+        print(f'  {service:<21} ddsource:{log.get("ddsource")} {",".join(tags)}')
+        print(f'  {"":<21} message: {" ".join(str(log.get("message", "")).split())[:90]}')
+    print()
     print('=== Summary: delivered to the intake sink ===')
     print(f'  {"feed":<18} {"loaded":>7} {"delivered":>10}  details')
     print(f'  {"SIEM logs":<18} {len(loaded["siem"]):>7} {len(counts):>10}  '

@@ -38,7 +38,11 @@ class HuntressCheck(AgentCheck, ConfigMixin):
     def load_configuration_model(import_path, model_name, config, context):
         # The base class reports a model's errors as `log_queries -> 1 -> name` / `Input should be a valid tuple`;
         # here they name the option as the core does (`log_queries[0].name`, counted from 0) in YAML's words.
-        model = getattr(importlib.import_module(import_path), model_name, None)
+        try:
+            package = importlib.import_module(import_path)
+        except ModuleNotFoundError:
+            package = None  # no models there (a subclass defined elsewhere): the base class decides, as it does
+        model = getattr(package, model_name, None)
         if model is not None:
             from pydantic import ValidationError
 
