@@ -173,25 +173,39 @@ def test_bad_config_names_the_key(make_check, instance, edit, key):
 
 
 @pytest.mark.parametrize(
-    'edit, location, problem',
+    'edit, key, problem',
     [
         (lambda i: i.pop('huntress_api_key'), 'huntress_api_key', 'Field required'),
-        (lambda i: i.update(log_queries=[{'esql_query': 'FROM logs'}]), 'log_queries -> 1 -> name', 'Field required'),
+        # Indexes count from 0, as in the core's own errors (`log_queries[0].esql_query`).
+        (lambda i: i.update(log_queries=[{'esql_query': 'FROM logs'}]), 'log_queries[0].name', 'Field required'),
         (lambda i: i.update(max_pages_per_run=0), 'max_pages_per_run', 'greater than or equal to 1'),
         (lambda i: i.update(tls_verify='maybe'), 'tls_verify', 'valid boolean'),
-        (lambda i: i.update(tags='a:b'), 'tags', 'valid tuple'),
+        # YAML has lists, not tuples.
+        (lambda i: i.update(tags='env:prod'), 'tags', 'Input should be a list'),
+        (lambda i: i['log_queries'][0].update(tags='a:b'), 'log_queries[0].tags', 'Input should be a list'),
+        (lambda i: i.update(organizations='Acme'), 'organizations', 'Input should be a mapping'),
+        # Neither an id nor a name: one mistake, one error (not one per member of the id-or-name union).
+        (lambda i: i.update(organizations={'include': [{'id': 1}]}), 'organizations.include[0]', 'valid integer or string'),
     ],
 )
-def test_wrong_type_is_reported_by_the_config_model(make_check, instance, edit, location, problem):
-    """config_models/ (generated from spec.yaml) validates the instance before the core sees it, and reports the
-    option and the problem in the words of every other integration."""
+def test_wrong_type_is_reported_by_the_config_model(make_check, instance, edit, key, problem):
+    """config_models/ (generated from spec.yaml) validates the instance before the core sees it; its errors name
+    the option the way the core's do, one line per mistake."""
     edit(instance)
     with pytest.raises(ConfigurationError) as error:
         make_check(instance)
-    lines = str(error.value).splitlines()
-    assert lines[0] == 'Detected 1 error while loading configuration model `InstanceConfig`:'
-    assert lines[1] == location
-    assert problem in lines[2]
+    (line,) = str(error.value).splitlines()
+    assert line.startswith(f'configuration error in `{key}`: ')
+    assert problem in line
+    assert 'tuple' not in line and ' -> ' not in line
+
+
+def test_every_mistake_has_its_own_line(make_check, instance):
+    instance.update(tags='env:prod', max_pages_per_run=0, log_queries=[{'name': 'x', 'esql_query': 'FROM logs'}, {}])
+    with pytest.raises(ConfigurationError) as error:
+        make_check(instance)
+    keys = sorted(line.split('`')[1] for line in str(error.value).splitlines())
+    assert keys == ['log_queries[1].esql_query', 'log_queries[1].name', 'max_pages_per_run', 'tags']
 
 
 def test_dd_api_key_defaults_to_the_agent_key(make_check, dd_run_check, datadog_agent, huntress, sink, instance):
