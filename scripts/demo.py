@@ -213,7 +213,7 @@ def summary(instance, sink, loaded, runs, events, service_checks, errors):
         print(f'  off in this instance: {", ".join(off)} (set to true to collect them)')
     print()
     print('=== Next steps ===')
-    print('  1. Install the wheel on each Agent host (the README lists the wheels and the Windows command):')
+    print('  1. Install the wheel on each Agent host (docs/installation.md lists the wheels and the Windows command):')
     print(f'       sudo -u dd-agent datadog-agent integration install -w datadog_huntress-{__version__}-<TAGS>.whl')
     print('  2. Configure: edit huntress.d/conf.yaml in the Agent\'s conf.d/ (start from conf.yaml.example), set')
     print('     huntress_api_key, huntress_secret_key and your log_queries; try it here first, on demo data:')

@@ -30,7 +30,7 @@ PACKAGE = os.path.join(ROOT, 'python', 'datadog_checks', 'huntress')
 NAME = 'huntress'
 # The tile's files, as integrations-extras keeps them next to datadog_checks/ in the check's folder.
 TILE_FILES = ['README.md', 'CHANGELOG.md', 'manifest.json', 'metadata.csv']
-TILE_DIRS = ['assets']
+TILE_DIRS = ['assets', 'docs', 'images']
 HATCHLING_BUILD_SYSTEM = '[build-system]\nrequires = ["hatchling>=1.27"]\nbuild-backend = "hatchling.build"\n'
 # What a development build leaves in the package and no wheel holds.
 LOCAL_ONLY = re.compile(r'^(_core\..*\.(so|pyd)|_core\.(so|pyd)|_native|__pycache__|.*\.py[co])$')
