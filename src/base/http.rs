@@ -137,7 +137,30 @@ impl HttpClient {
 
     /// Sends the request and reads the answer, its body as a stream of at most
     /// `max_body` bytes. `timeout` bounds the whole exchange, body included.
+    ///
+    /// A request given up (timed out, or failed part way) closes its
+    /// connection before this returns: the connection's task lives on this
+    /// runtime, which otherwise would run it again only at the next request,
+    /// after the backoff, leaving the server a connection held open.
     pub fn execute(&self, request: RequestBuilder, timeout: Duration, max_body: usize) -> std::result::Result<Answer, HttpFailure> {
+        let result = self.exchange(request, timeout, max_body);
+        if result.is_err() {
+            self.settle();
+        }
+        result
+    }
+
+    /// Runs the tasks the dropped exchange left ready (the connection noticing
+    /// that nobody waits for its answer, and closing), without waiting for anything.
+    fn settle(&self) {
+        self.runtime.block_on(async {
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
+    fn exchange(&self, request: RequestBuilder, timeout: Duration, max_body: usize) -> std::result::Result<Answer, HttpFailure> {
         self.runtime.block_on(async {
             let exchange = async {
                 let response = request.send().await.map_err(HttpFailure::Send)?;
