@@ -86,7 +86,13 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Every error of building the collector is scrubbed of the secrets the
+    /// instance and the Agent gave, whatever part raised it.
     pub fn new(instance: &Value, agent: &AgentContext) -> Result<Self> {
+        Self::build(instance, agent).map_err(|e| e.redacted(&crate::config::raw_redactor(instance, agent)))
+    }
+
+    fn build(instance: &Value, agent: &AgentContext) -> Result<Self> {
         boundary::panic_if_injected(PanicPoint::New);
         let config = Config::parse(instance, agent)?;
         let cache_id = cache_id(&config.huntress.base_url, &config.huntress.api_key);
