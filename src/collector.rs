@@ -139,8 +139,23 @@ impl Collector {
         self.report_rest(&rest, &mut errors, &mut report);
         self.scope.report(&mut report, &self.config.tags);
         self.report_run(started, &errors, &rest, &mut report);
+        self.mask_events(&mut report);
         report.redact(&self.redactor);
         report
+    }
+
+    /// The processing rules' masks on what the events carry from Huntress
+    /// data: title, text and tags (metric tags are not masked).
+    fn mask_events(&self, report: &mut Report) {
+        let rules = &self.config.processing_rules;
+        if !rules.has_masks() {
+            return;
+        }
+        for event in &mut report.events {
+            event.title = rules.mask_text(&event.title);
+            event.text = rules.mask_text(&event.text);
+            event.tags = event.tags.iter().map(|tag| rules.mask_tag(tag)).collect();
+        }
     }
 
     /// The report of a run that panicked (see `boundary`): CRITICAL on every
