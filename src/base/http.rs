@@ -344,6 +344,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_given_up_closes_its_connection_before_execute_returns() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            // Reads the request, never answers, and reports when the client closes.
+            while socket.read(&mut buf).is_ok_and(|n| n > 0) {}
+            closed_tx.send(Instant::now()).unwrap();
+        });
+        let client = test_client();
+        let result = client.execute(client.get(&url), Duration::from_millis(300), 1024);
+        let returned = Instant::now();
+        assert!(matches!(result, Err(HttpFailure::TimedOut)));
+        let closed = closed_rx.recv_timeout(Duration::from_secs(5)).expect("the connection is closed without another request");
+        assert!(closed.saturating_duration_since(returned) < Duration::from_millis(200), "closed {:?} after giving up", closed - returned);
+    }
+
+    #[test]
     fn an_endless_chunked_body_stops_at_the_cap() {
         let url = serve("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", None);
         let client = test_client();
