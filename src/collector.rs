@@ -86,7 +86,13 @@ pub struct Collector {
 }
 
 impl Collector {
+    /// Every error of building the collector is scrubbed of the secrets the
+    /// instance and the Agent gave, whatever part raised it.
     pub fn new(instance: &Value, agent: &AgentContext) -> Result<Self> {
+        Self::build(instance, agent).map_err(|e| e.redacted(&crate::config::raw_redactor(instance, agent)))
+    }
+
+    fn build(instance: &Value, agent: &AgentContext) -> Result<Self> {
         boundary::panic_if_injected(PanicPoint::New);
         let config = Config::parse(instance, agent)?;
         let cache_id = cache_id(&config.huntress.base_url, &config.huntress.api_key);
@@ -133,8 +139,23 @@ impl Collector {
         self.report_rest(&rest, &mut errors, &mut report);
         self.scope.report(&mut report, &self.config.tags);
         self.report_run(started, &errors, &rest, &mut report);
+        self.mask_events(&mut report);
         report.redact(&self.redactor);
         report
+    }
+
+    /// The processing rules' masks on what the events carry from Huntress
+    /// data: title, text and tags (metric tags are not masked).
+    fn mask_events(&self, report: &mut Report) {
+        let rules = &self.config.processing_rules;
+        if !rules.has_masks() {
+            return;
+        }
+        for event in &mut report.events {
+            event.title = rules.mask_text(&event.title);
+            event.text = rules.mask_text(&event.text);
+            event.tags = event.tags.iter().map(|tag| rules.mask_tag(tag)).collect();
+        }
     }
 
     /// The report of a run that panicked (see `boundary`): CRITICAL on every

@@ -57,11 +57,30 @@ pub struct Config {
 }
 
 impl Config {
-    /// Scrubs every secret this instance was given.
+    /// Scrubs every secret this instance was given: both Huntress keys, the
+    /// Datadog API key, and the credentials of the proxies it uses.
     pub fn redactor(&self) -> Redactor {
-        Redactor::for_keys(&self.huntress.api_key, &self.huntress.secret_key, &self.intake.dd_api_key)
+        let proxies: Vec<&str> = [&self.huntress.http.proxy, &self.intake.http.proxy]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| [p.http.as_deref(), p.https.as_deref()])
+            .flatten()
+            .collect();
+        Redactor::for_credentials(&self.huntress.api_key, &self.huntress.secret_key, &[&self.intake.dd_api_key], &proxies)
     }
 }
+
+/// Scrubs every secret an instance and the Agent give, read from them as they
+/// are: for the errors raised before the instance is understood (a
+/// configuration error quotes what it was given, and may quote a secret).
+pub fn raw_redactor(instance: &Value, agent: &AgentContext) -> Redactor {
+    let text = |key: &str| instance.get(key).and_then(Value::as_str).map(str::trim).unwrap_or_default().to_string();
+    let proxies: Vec<&str> = agent.proxy.iter().flat_map(|p| [p.http.as_deref(), p.https.as_deref()]).flatten().collect();
+    let dd_keys = [text("dd_api_key"), agent.api_key.trim().to_string()];
+    let dd_keys: Vec<&str> = dd_keys.iter().map(String::as_str).collect();
+    Redactor::for_credentials(&text("huntress_api_key"), &text("huntress_secret_key"), &dd_keys, &proxies)
+}
+
 
 /// Checks that `path` holds at least one PEM certificate and nothing that
 /// breaks the PEM format.

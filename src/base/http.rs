@@ -137,7 +137,30 @@ impl HttpClient {
 
     /// Sends the request and reads the answer, its body as a stream of at most
     /// `max_body` bytes. `timeout` bounds the whole exchange, body included.
+    ///
+    /// A request given up (timed out, or failed part way) closes its
+    /// connection before this returns: the connection's task lives on this
+    /// runtime, which otherwise would run it again only at the next request,
+    /// after the backoff, leaving the server a connection held open.
     pub fn execute(&self, request: RequestBuilder, timeout: Duration, max_body: usize) -> std::result::Result<Answer, HttpFailure> {
+        let result = self.exchange(request, timeout, max_body);
+        if result.is_err() {
+            self.settle();
+        }
+        result
+    }
+
+    /// Runs the tasks the dropped exchange left ready (the connection noticing
+    /// that nobody waits for its answer, and closing), without waiting for anything.
+    fn settle(&self) {
+        self.runtime.block_on(async {
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+
+    fn exchange(&self, request: RequestBuilder, timeout: Duration, max_body: usize) -> std::result::Result<Answer, HttpFailure> {
         self.runtime.block_on(async {
             let exchange = async {
                 let response = request.send().await.map_err(HttpFailure::Send)?;
@@ -318,6 +341,27 @@ mod tests {
     fn test_client() -> HttpClient {
         let tls = TlsSettings { verify: true, ca_cert: None, ca_cert_key: "tls_ca_cert" };
         HttpClient::new(&HttpSettings { request_timeout: Duration::from_secs(30), proxy: None, tls }).unwrap()
+    }
+
+    #[test]
+    fn a_request_given_up_closes_its_connection_before_execute_returns() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            // Reads the request, never answers, and reports when the client closes.
+            while socket.read(&mut buf).is_ok_and(|n| n > 0) {}
+            closed_tx.send(Instant::now()).unwrap();
+        });
+        let client = test_client();
+        let result = client.execute(client.get(&url), Duration::from_millis(300), 1024);
+        let returned = Instant::now();
+        assert!(matches!(result, Err(HttpFailure::TimedOut)));
+        let closed = closed_rx.recv_timeout(Duration::from_secs(5)).expect("the connection is closed without another request");
+        assert!(closed.saturating_duration_since(returned) < Duration::from_millis(200), "closed {:?} after giving up", closed - returned);
     }
 
     #[test]

@@ -10,10 +10,15 @@
 //! - the value of any `Authorization`, `Proxy-Authorization`, `DD-API-KEY` or
 //!   `DD-APPLICATION-KEY` header quoted in the text, whatever its case, in
 //!   header form (`Authorization: Basic ...`) or JSON/dict form
-//!   (`"authorization": "..."`), known secret or not.
+//!   (`"authorization": "..."`), known secret or not;
+//! - the credential of a proxy URL (`http://user:password@host`): the user,
+//!   the password and `user:password`, as written and percent-decoded, each
+//!   with its base64 forms (`Proxy-Authorization: Basic` carries one of them).
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
+
+use crate::base::error::HuntressError;
 
 pub const MASK: &str = "********";
 
@@ -44,11 +49,15 @@ impl Redactor {
         Redactor { needles }
     }
 
-    /// The secrets of an instance: both Huntress keys, their Basic credential
-    /// (`key:secret`), and the Datadog API key.
-    pub fn for_keys(api_key: &str, secret_key: &str, dd_api_key: &str) -> Self {
+    /// The secrets of an instance: the key and secret key, their Basic credential, the
+    /// Datadog API key, and the credentials of each proxy URL.
+    pub fn for_credentials(api_key: &str, secret_key: &str, dd_api_keys: &[&str], proxies: &[&str]) -> Self {
         let basic = format!("{api_key}:{secret_key}");
-        Redactor::new(&[&basic, api_key, secret_key, dd_api_key])
+        let mut secrets: Vec<String> = vec![basic, api_key.to_string(), secret_key.to_string()];
+        secrets.extend(dd_api_keys.iter().map(|k| k.trim().to_string()));
+        secrets.extend(proxies.iter().flat_map(|url| proxy_credentials(url)));
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).filter(|s| !s.is_empty()).collect();
+        Redactor::new(&secrets)
     }
 
     pub fn scrub(&self, text: &str) -> String {
@@ -67,6 +76,61 @@ impl Redactor {
             *text = clean;
         }
     }
+}
+
+impl HuntressError {
+    /// The same error with `redactor` applied to every text it carries.
+    pub fn redacted(self, redactor: &Redactor) -> HuntressError {
+        match self {
+            HuntressError::Config { key, message } => HuntressError::Config { key: redactor.scrub(&key), message: redactor.scrub(&message) },
+            HuntressError::Api { kind, message } => HuntressError::Api { kind, message: redactor.scrub(&message) },
+            HuntressError::Intake { kind, message } => HuntressError::Intake { kind, message: redactor.scrub(&message) },
+            HuntressError::Cache(m) => HuntressError::Cache(redactor.scrub(&m)),
+            HuntressError::Deadline(m) => HuntressError::Deadline(redactor.scrub(&m)),
+            HuntressError::Internal(m) => HuntressError::Internal(redactor.scrub(&m)),
+        }
+    }
+}
+
+/// The credential parts of a proxy URL: `user:password`, the password and
+/// the user, each as written and percent-decoded. Empty without a user part.
+pub fn proxy_credentials(url: &str) -> Vec<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some((userinfo, _host)) = authority.rsplit_once('@') else { return Vec::new() };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut parts = Vec::new();
+    for (user, password) in [(user.to_string(), password.to_string()), (percent_decoded(user), percent_decoded(password))] {
+        if !password.is_empty() {
+            parts.push(format!("{user}:{password}"));
+            parts.push(password);
+        }
+        parts.push(user);
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.dedup();
+    parts
+}
+
+/// `%41` as `A`; a `%` not followed by two hex digits stays as it is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The base64 texts in which `secret` can show: its whole encodings, and for
@@ -219,6 +283,30 @@ mod tests {
         }
         let clean = Redactor::default().scrub("{\"authorization\": \"Basic abc\", \"host\": \"api\"}");
         assert!(clean.contains("\"host\": \"api\""), "the rest of the text stays: {clean}");
+    }
+
+    #[test]
+    fn proxy_credentials_are_scrubbed_in_every_form() {
+        let redactor = Redactor::for_credentials(KEY, SECRET, &[DD_KEY], &["http://squid-user:p%40ss-w0rd-42@proxy.local:3128/"]);
+        let decoded = "squid-user:p@ss-w0rd-42";
+        for text in [
+            format!("407 echo: {decoded}"),
+            format!("bare {}", STANDARD.encode(decoded)),
+            format!("Proxy-Authorization: Basic {}", STANDARD.encode(decoded)),
+            format!("{{\"proxy-authorization\": \"Basic {}\"}}", STANDARD.encode(decoded)),
+            "url http://squid-user:p%40ss-w0rd-42@proxy.local:3128/".to_string(),
+            format!("inside {}", STANDARD.encode(format!("xy{decoded}zz"))),
+            "password p@ss-w0rd-42 alone".to_string(),
+        ] {
+            let clean = redactor.scrub(&text);
+            assert!(!clean.contains("p@ss-w0rd-42") && !clean.contains("p%40ss-w0rd-42") && !clean.contains("squid-user"), "{clean}");
+            for form in base64_forms(decoded.as_bytes()) {
+                assert!(!clean.contains(&form), "{form} in {clean}");
+            }
+        }
+        assert!(proxy_credentials("http://proxy.local:3128").is_empty());
+        assert_eq!(proxy_credentials("https://bob@proxy"), vec!["bob".to_string()]);
+        assert_eq!(percent_decoded("a%2Fb%zz%4"), "a/b%zz%4");
     }
 
     #[test]

@@ -10,12 +10,20 @@
 //! - `exclude_truncated` drops a log the check cut to the intake's size limit;
 //! - `multi_line` has no meaning for logs that arrive whole, and is skipped.
 //!
-//! Matching sees the `message` only, as the Agent's does. Masking also rewrites
-//! every other string value of the log, nested ones included, except the three
-//! the check sets from its own configuration (`ddsource`, `service`, `ddtags`):
-//! a Huntress log repeats its message's content in ECS attributes (`ecs.message`,
-//! `user.name`, `source.ip`...), and a mask that left them would not keep the
-//! masked text in.
+//! Matching sees the `message` only, as the Agent's does. Masking rewrites
+//! every copy of what it matches in a log, since a Huntress log repeats its
+//! message's content in ECS attributes (`ecs.message`, `user.name`,
+//! `source.ip`...):
+//! - every string value, nested ones included, and each copy of a member a
+//!   nested object repeats;
+//! - every member name, except the reserved attributes the check writes
+//!   (`message`, `date`, `status`, `hostname`, `service`, `ddsource`, `ddtags`);
+//! - each tag of `ddtags` (organization names and the other tags built from
+//!   Huntress data, the instance's tags too), a `,` a mask writes becoming `_`.
+//!
+//! `ddsource` and `service` come from the configuration and are not masked.
+//! `mask_events` applies the masks to the title, text and tags of the Datadog
+//! events the check sends. Metric and service check tags are not masked.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -26,10 +34,20 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::base::error::{HuntressError, Result};
+use crate::datadog::transform::{cut_to_limit, MAX_LOG_BYTES};
 use crate::json::row::write_string;
 
+/// What masks may write for one log, all strings together: past it, the rest
+/// of the string being masked is cut (never sent unmasked) and the log is cut
+/// to the intake's limit afterwards. A placeholder longer than what it
+/// replaces, or a pattern that matches everywhere, cannot make the rules'
+/// memory grow past this.
+const MASK_BUDGET: usize = 2 * MAX_LOG_BYTES;
+
 /// Attributes set by the check from its configuration, never from Huntress data.
-const UNMASKED: [&str; 3] = ["ddsource", "service", "ddtags"];
+const UNMASKED: [&str; 2] = ["ddsource", "service"];
+/// Members whose names stay: the reserved attributes the check writes.
+const RESERVED_NAMES: [&str; 7] = ["message", "date", "status", "hostname", "service", "ddsource", "ddtags"];
 
 #[derive(Clone, Debug)]
 enum Action {
@@ -67,6 +85,9 @@ pub const EXCLUDED_METRIC: &str = "huntress.siem.logs_excluded";
 pub enum Verdict<'a> {
     /// Sent, masked or not.
     Keep,
+    /// Sent, but the masks made it longer than the intake takes: it was cut
+    /// again to the limit, and counts as truncated.
+    Cut,
     /// Dropped by the rule of this name.
     Excluded(&'a str),
 }
@@ -92,6 +113,35 @@ impl ProcessingRules {
         Ok(parsed)
     }
 
+    /// Applies the masks, in order, to one text the check sends outside a
+    /// log (an event's title or text); at most `MASK_BUDGET` bytes come out.
+    pub fn mask_text(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        let mut budget = MASK_BUDGET;
+        for rule in &self.rules {
+            if let Action::Mask { regex, placeholder } = &rule.action {
+                mask_text(&mut text, regex, placeholder, &mut budget);
+            }
+        }
+        text
+    }
+
+    /// Applies the masks to each tag of a list (event tags), as to `ddtags`.
+    pub fn mask_tag(&self, tag: &str) -> String {
+        let mut tag = tag.to_string();
+        let mut budget = MASK_BUDGET;
+        for rule in &self.rules {
+            if let Action::Mask { regex, placeholder } = &rule.action {
+                tag = mask_tags(&tag, regex, placeholder, &mut budget);
+            }
+        }
+        tag
+    }
+
+    pub fn has_masks(&self) -> bool {
+        self.rules.iter().any(|rule| matches!(rule.action, Action::Mask { .. }))
+    }
+
     #[cfg(test)]
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|rule| rule.name.as_str())
@@ -106,6 +156,12 @@ impl ProcessingRules {
         match self.decide(&out[start..]) {
             Decision::Drop(name) => Verdict::Excluded(name),
             Decision::Keep(None) => Verdict::Keep,
+            Decision::Keep(Some(rewritten)) if rewritten.len() > MAX_LOG_BYTES => {
+                let (cut, _) = cut_to_limit(&rewritten);
+                out.truncate(start);
+                out.extend_from_slice(&cut);
+                Verdict::Cut
+            }
             Decision::Keep(Some(rewritten)) => {
                 out.truncate(start);
                 out.extend_from_slice(&rewritten);
@@ -122,13 +178,14 @@ impl ProcessingRules {
             return Decision::Drop(&self.rules[0].name);
         };
         let mut changed = false;
+        let mut budget = MASK_BUDGET;
         for rule in &self.rules {
             let dropped = match &rule.action {
                 Action::ExcludeAtMatch(regex) => regex.is_match(&log.message()),
                 Action::IncludeAtMatch(regex) => !regex.is_match(&log.message()),
                 Action::ExcludeTruncated => log.is_truncated(),
                 Action::Mask { regex, placeholder } => {
-                    changed |= log.mask(regex, placeholder);
+                    changed |= log.mask(regex, placeholder, &mut budget);
                     false
                 }
             };
@@ -252,14 +309,30 @@ impl Members<'_> {
     }
 
     /// Masks the message and every other string value; true when any changed.
-    fn mask(&mut self, regex: &Regex, placeholder: &str) -> bool {
+    fn mask(&mut self, regex: &Regex, placeholder: &str, budget: &mut usize) -> bool {
         let mut changed = false;
-        for (_, value) in self.0.iter_mut().filter(|(key, _)| !UNMASKED.contains(&key.as_str())) {
+        for (key, value) in self.0.iter_mut().filter(|(key, _)| !UNMASKED.contains(&key.as_str())) {
+            if !RESERVED_NAMES.contains(&key.as_str()) {
+                changed |= mask_text(key, regex, placeholder, budget);
+            }
+            if key == "ddtags" {
+                let tags = match value {
+                    Member::Text(text) => text.clone(),
+                    Member::Raw(raw) => string_content(raw).map(Cow::into_owned).unwrap_or_default(),
+                    Member::Json(_) => continue,
+                };
+                let masked = mask_tags(&tags, regex, placeholder, budget);
+                if masked != tags {
+                    *value = Member::Text(masked);
+                    changed = true;
+                }
+                continue;
+            }
             match value {
-                Member::Text(text) => changed |= mask_text(text, regex, placeholder),
+                Member::Text(text) => changed |= mask_text(text, regex, placeholder, budget),
                 Member::Raw(raw) if raw.get().starts_with('"') => {
                     let Some(content) = string_content(raw) else { continue };
-                    if let Cow::Owned(masked) = regex.replace_all(&content, placeholder) {
+                    if let Cow::Owned(masked) = bounded_replace(&content, regex, placeholder, budget) {
                         if masked != content {
                             *value = Member::Text(masked);
                             changed = true;
@@ -267,13 +340,13 @@ impl Members<'_> {
                     }
                 }
                 Member::Raw(raw) if raw.get().starts_with(['{', '[']) => {
-                    if let Some(masked) = mask_json(raw.get(), regex, placeholder) {
+                    if let Some(masked) = mask_json(raw.get(), regex, placeholder, budget) {
                         *value = Member::Json(masked);
                         changed = true;
                     }
                 }
                 Member::Json(json) => {
-                    if let Some(masked) = mask_json(json, regex, placeholder) {
+                    if let Some(masked) = mask_json(json, regex, placeholder, budget) {
                         *json = masked;
                         changed = true;
                     }
@@ -304,14 +377,60 @@ impl Members<'_> {
     }
 }
 
-/// An object or array with its strings masked, as JSON text; None when unchanged.
-fn mask_json(json: &str, regex: &Regex, placeholder: &str) -> Option<String> {
-    let mut nested = serde_json::from_str::<Value>(json).ok()?;
-    mask_value(&mut nested, regex, placeholder).then(|| serde_json::to_string(&nested).expect("a Value serializes"))
+/// Each tag of a comma-separated list masked on its own; a `,` the mask
+/// writes becomes `_`, so that one tag stays one tag.
+fn mask_tags(tags: &str, regex: &Regex, placeholder: &str, budget: &mut usize) -> String {
+    tags.split(',')
+        .map(|tag| match bounded_replace(tag, regex, placeholder, budget) {
+            Cow::Borrowed(tag) => tag.to_string(),
+            Cow::Owned(masked) => masked.replace(',', "_"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-fn mask_text(text: &mut String, regex: &Regex, placeholder: &str) -> bool {
-    match regex.replace_all(text, placeholder) {
+/// An object or array with every string in it masked, member names and each
+/// copy of a repeated member included, as JSON text; None when unchanged.
+/// The text is rewritten string by string, never parsed into a tree: what is
+/// not a string is copied as it is.
+fn mask_json(json: &str, regex: &Regex, placeholder: &str, budget: &mut usize) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut out: Option<String> = None;
+    let (mut copied, mut at) = (0, 0);
+    while at < bytes.len() {
+        if bytes[at] != b'"' {
+            at += 1;
+            continue;
+        }
+        let mut end = at + 1;
+        while end < bytes.len() && bytes[end] != b'"' {
+            end += if bytes[end] == b'\\' { 2 } else { 1 };
+        }
+        let end = (end + 1).min(bytes.len());
+        let literal = &json[at..end];
+        let content: Cow<'_, str> = match literal.contains('\\') {
+            false => Cow::Borrowed(&literal[1..literal.len().saturating_sub(1).max(1)]),
+            true => Cow::Owned(serde_json::from_str::<String>(literal).ok()?),
+        };
+        if let Cow::Owned(masked) = bounded_replace(&content, regex, placeholder, budget) {
+            if masked != content {
+                let out = out.get_or_insert_with(|| String::with_capacity(json.len()));
+                out.push_str(&json[copied..at]);
+                let mut encoded = Vec::with_capacity(masked.len() + 2);
+                write_string(&mut encoded, &masked);
+                out.push_str(std::str::from_utf8(&encoded).expect("JSON text is UTF-8"));
+                copied = end;
+            }
+        }
+        at = end;
+    }
+    let mut out = out?;
+    out.push_str(&json[copied..]);
+    Some(out)
+}
+
+fn mask_text(text: &mut String, regex: &Regex, placeholder: &str, budget: &mut usize) -> bool {
+    match bounded_replace(text, regex, placeholder, budget) {
         Cow::Borrowed(_) => false,
         Cow::Owned(masked) => {
             let changed = masked != *text;
@@ -321,13 +440,38 @@ fn mask_text(text: &mut String, regex: &Regex, placeholder: &str) -> bool {
     }
 }
 
-fn mask_value(value: &mut Value, regex: &Regex, placeholder: &str) -> bool {
-    match value {
-        Value::String(text) => mask_text(text, regex, placeholder),
-        Value::Array(items) => items.iter_mut().fold(false, |changed, item| mask_value(item, regex, placeholder) | changed),
-        Value::Object(members) => members.values_mut().fold(false, |changed, item| mask_value(item, regex, placeholder) | changed),
-        _ => false,
+/// `regex.replace_all(text, placeholder)`, writing at most `budget` bytes
+/// (taken from it). Past the budget the text is cut where the writing
+/// stopped: what follows is left out, never left unmasked.
+fn bounded_replace<'t>(text: &'t str, regex: &Regex, placeholder: &str, budget: &mut usize) -> Cow<'t, str> {
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    for caps in regex.captures_iter(text) {
+        let whole = caps.get(0).expect("group 0 is the match");
+        let out = out.get_or_insert_with(|| String::with_capacity(text.len().min(*budget)));
+        out.push_str(&text[copied..whole.start()]);
+        caps.expand(placeholder, out);
+        copied = whole.end();
+        if out.len() > *budget {
+            let mut cut = *budget;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            *budget = 0;
+            return Cow::Owned(std::mem::take(out));
+        }
     }
+    let Some(mut out) = out else { return Cow::Borrowed(text) };
+    let rest = &text[copied..];
+    let room = budget.saturating_sub(out.len());
+    let mut keep = rest.len().min(room);
+    while !rest.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    out.push_str(&rest[..keep]);
+    *budget = budget.saturating_sub(out.len());
+    Cow::Owned(out)
 }
 
 impl<'de> Deserialize<'de> for Members<'de> {
@@ -366,7 +510,7 @@ mod tests {
         let mut out = b"prefix,".to_vec();
         out.extend_from_slice(log.to_string().as_bytes());
         match rules.apply(&mut out, 7) {
-            Verdict::Keep => {
+            Verdict::Keep | Verdict::Cut => {
                 assert_eq!(&out[..7], b"prefix,");
                 (Some(serde_json::from_slice(&out[7..]).unwrap()), None)
             }
@@ -432,7 +576,7 @@ mod tests {
         assert_eq!(mask.apply(&mut out, 0), Verdict::Keep);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
-            r#"{"z":"x.x.x.x","message":"from x.x.x.x","ddtags":"ip:10.0.0.1","nested":{"a":["x.x.x.x",3]},"big":123456789012345678901234567890}"#
+            r#"{"z":"x.x.x.x","message":"from x.x.x.x","ddtags":"ip:x.x.x.x","nested":{"a":["x.x.x.x",3]},"big":123456789012345678901234567890}"#
         );
         // Escaped strings are decoded before matching, and written back escaped; two
         // masks in a row both reach a nested value.
@@ -488,6 +632,51 @@ mod tests {
         let (_, message) = error(Value::Null, json!([{"type": "include_at_match", "name": "empty"}]));
         assert!(message.contains("\"empty\"") && message.contains("pattern"), "{message}");
         assert_eq!(error(Value::Null, json!("x")).0, "log_processing_rules");
+    }
+
+    #[test]
+    fn masks_reach_every_copy_member_names_and_tags() {
+        let mask = rules(Value::Null, json!([{"type": "mask_sequences", "name": "client", "replace_placeholder": "[client]", "pattern": "(?i)acme[ _]dental"}]));
+        // A nested object repeating a member: the first copy matches, the last does not.
+        let text = r#"{"message":"m","service":"huntress-siem","nested":{"who":"Acme Dental","who":"nobody"},"list":[{"k":"acme dental"},{"k":"acme dental"}],"by_name":{"Acme Dental":1},"Acme Dental":"x","ddtags":"huntress_org_name:acme_dental,team:acme dental,env:prod"}"#;
+        let mut out = text.as_bytes().to_vec();
+        assert_eq!(mask.apply(&mut out, 0), Verdict::Keep);
+        let masked = std::str::from_utf8(&out).unwrap();
+        assert!(!masked.to_lowercase().contains("acme"), "{masked}");
+        assert!(masked.contains(r#""nested":{"who":"[client]","who":"nobody"}"#), "both copies stay, each masked: {masked}");
+        assert!(masked.contains(r#""by_name":{"[client]":1}"#) && masked.contains(r#""[client]":"x""#), "member names are masked: {masked}");
+        assert!(masked.contains(r#""ddtags":"huntress_org_name:[client],team:[client],env:prod""#), "each tag on its own: {masked}");
+        assert!(masked.contains(r#""message":"m","service":"huntress-siem""#), "reserved names and configured values stay");
+        // The tag built from the name (lowercased, `_` for spaces) is what a mask on tags must catch.
+        let tag_mask = rules(Value::Null, json!([{"type": "mask_sequences", "name": "tag", "replace_placeholder": "a,b", "pattern": "acme_dental"}]));
+        let (log, _) = run(&tag_mask, json!({"message": "m", "ddtags": "huntress_org_name:acme_dental,team:secops"}));
+        assert_eq!(log.unwrap()["ddtags"], "huntress_org_name:a_b,team:secops", "a comma a mask writes does not split a tag");
+        assert_eq!(mask.mask_text("Escalation for ACME Dental"), "Escalation for [client]");
+        assert_eq!(tag_mask.mask_tag("huntress_org_name:acme_dental"), "huntress_org_name:a_b");
+        assert!(mask.has_masks() && !rules(Value::Null, Value::Null).has_masks());
+    }
+
+    #[test]
+    fn masks_never_make_a_log_longer_than_the_intake_takes() {
+        // A placeholder longer than what it replaces: a 500 KB message of digits.
+        let long = rules(json!(null), json!([{"type": "mask_sequences", "name": "long", "pattern": "[0-9]", "replace_placeholder": "[digit]"}]));
+        let mut out = json!({"message": "7".repeat(500_000), "uuid": "u"}).to_string().into_bytes();
+        assert_eq!(long.apply(&mut out, 0), Verdict::Cut);
+        assert!(out.len() <= MAX_LOG_BYTES, "{}", out.len());
+        let log: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(log["huntress.truncated"], json!(true));
+        assert!(!log["message"].as_str().unwrap().contains('7'), "what is cut away is never left unmasked");
+        // A pattern that matches everywhere, over many strings: the masks' output stays within the budget.
+        let everywhere = rules(json!(null), json!([{"type": "mask_sequences", "name": "all", "pattern": "x*", "replace_placeholder": "0123456789"}]));
+        let strings: Vec<String> = (0..2_000).map(|i| format!("{i:0>400}")).collect();
+        let mut out = json!({"message": "m", "items": strings}).to_string().into_bytes();
+        assert_eq!(everywhere.apply(&mut out, 0), Verdict::Cut);
+        assert!(out.len() <= MAX_LOG_BYTES);
+        let mut budget = 100;
+        let ones = "1".repeat(1_000);
+        let masked = bounded_replace(&ones, &compile("1").unwrap(), "xx", &mut budget);
+        assert_eq!((masked.len(), budget), (100, 0));
+        assert_eq!(bounded_replace("abc", &compile("z").unwrap(), "x", &mut budget), "abc", "nothing to mask costs nothing");
     }
 
     #[test]

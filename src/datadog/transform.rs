@@ -466,7 +466,7 @@ pub fn log_of_record(record: Map<String, Value>, template: &LogTemplate, enrichm
 }
 
 /// The rare log over the limit: parsed and cut by `serialize_within_limit`.
-fn cut_to_limit(json: &[u8]) -> (Vec<u8>, bool) {
+pub fn cut_to_limit(json: &[u8]) -> (Vec<u8>, bool) {
     match serde_json::from_slice::<Map<String, Value>>(json) {
         Ok(log) => serialize_within_limit(log),
         Err(_) => (json.to_vec(), false),

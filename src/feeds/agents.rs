@@ -206,10 +206,10 @@ pub fn collect_in_scope(
     directory: Option<&OrgDirectory>,
 ) -> (AgentInventory, Listing) {
     let mut inventory = AgentInventory::default();
-    let filters: Vec<_> = scope.api_filter().into_iter().collect();
+    let filters: Vec<_> = scope.api_filter(directory).into_iter().collect();
     let listing = list_pages(source, AGENTS_PATH, "agents", &filters, max_pages, |agents| {
         for agent in &agents {
-            let org = OrgRef::new(agent.get("organization_id").and_then(id_text), None);
+            let org = OrgRef::of_fields(agent);
             if scope.admits(Feature::Agents.tag(), &org, directory) {
                 inventory.add(agent, now, stale_after);
             }

@@ -17,7 +17,7 @@ use crate::datadog::report::Event;
 use crate::datadog::transform::{Enrichment, LogTemplate, PreparedLog};
 use crate::feeds::item::{id_text, join_present, shaped_log, text, LogShape};
 use crate::feeds::known::Change;
-use crate::feeds::orgs::{enrich_row, OrgDirectory};
+use crate::feeds::orgs::{enrich_row, resolve, OrgDirectory};
 use crate::feeds::scope::OrgRef;
 use crate::feeds::versioned::{alert_type, log_status, push_org_tags, version_event, EventParts, FeedNames, VersionedFeed};
 use crate::huntress::client::Feature;
@@ -34,18 +34,12 @@ fn is_resolved(item: &Map<String, Value>) -> bool {
     text(item, "status").eq_ignore_ascii_case("resolved")
 }
 
-/// The organizations listed by the escalation, named by the directory when it can.
+/// The organizations listed by the escalation (objects, ids or names), resolved by the directory when it can.
 fn organizations(item: &Map<String, Value>, directory: Option<&OrgDirectory>) -> Vec<OrgRef> {
     let listed = item.get("organizations").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     listed
         .iter()
-        .map(|org| {
-            let mut org = OrgRef::from_object(org);
-            if org.name.is_none() {
-                org.name = org.id.as_deref().and_then(|id| directory?.get(id)).map(|o| o.name.clone()).filter(|n| !n.is_empty());
-            }
-            org
-        })
+        .map(|org| resolve(directory, &OrgRef::from_object(org)))
         .collect()
 }
 

@@ -94,6 +94,10 @@ pub fn forward_items(
         let Some(mut log) = log else { continue };
         match rules.apply(&mut log.json, 0) {
             Verdict::Keep => kept.push((index, log)),
+            Verdict::Cut => {
+                log.truncated = true;
+                kept.push((index, log));
+            }
             Verdict::Excluded(rule) => excluded.push((index, rule.to_string())),
         }
     }

@@ -52,7 +52,7 @@ impl VersionedFeed for Incidents {
         &NAMES
     }
     fn organizations(&self, item: &Map<String, Value>) -> Vec<OrgRef> {
-        vec![OrgRef::new(item.get("organization_id").and_then(id_text), None)]
+        vec![OrgRef::of_fields(item)]
     }
     fn log_for(&self, item: &Map<String, Value>, change: Change, directory: Option<&OrgDirectory>, template: &LogTemplate, now_ms: i64) -> Option<PreparedLog> {
         log_for(item, change, directory, template, now_ms)

@@ -89,6 +89,62 @@ fn name_key(name: &str) -> String {
     name.trim().to_lowercase()
 }
 
+/// Whether two organization names are the same name, as the directory
+/// matches them: trimmed, case-insensitively.
+pub fn same_name(a: &str, b: &str) -> bool {
+    a.trim().to_lowercase() == b.trim().to_lowercase()
+}
+
+/// An organization as an item names it: its id and/or its name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgRef {
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+impl OrgRef {
+    pub fn new(id: Option<String>, name: Option<String>) -> Self {
+        let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+        OrgRef { id, name }
+    }
+
+    /// `{"id": .., "name": ..}`, as escalations and signals carry it. The spec
+    /// also types escalation organizations as strings: a number (or a string of
+    /// digits) is taken as an id, other text as a name.
+    pub fn from_object(value: &Value) -> Self {
+        match value {
+            Value::Object(_) => OrgRef::new(value.get("id").and_then(id_text), value.get("name").and_then(Value::as_str).map(String::from)),
+            Value::String(text) if !text.trim().is_empty() && !text.trim().bytes().all(|b| b.is_ascii_digit()) => OrgRef::new(None, Some(text.clone())),
+            other => OrgRef::new(id_text(other), None),
+        }
+    }
+
+    /// The organization of a row or map: `organization_id` or `organization.id`
+    /// (flat or nested), and `organization.name` or `organization_name`.
+    pub fn of_fields(row: &dyn Fields) -> Self {
+        OrgRef::new(row_org_id(row).map(|(_, id)| id), row_org_name(row))
+    }
+}
+
+/// The one resolver of organizations, for scope, enrichment and tags.
+///
+/// An id is the organization: the directory gives its name, and a name the
+/// item also carries is ignored. When the directory does not know the id, the
+/// item's own name is kept unless it is the name of another organization of
+/// the directory (an item cannot borrow another client's name). Without an
+/// id, the name is looked up in the directory (trimmed, case-insensitively)
+/// and gives the id when exactly one organization has that name. What stays
+/// unknown stays `None`; the scope decides what an unresolved organization means.
+pub fn resolve(directory: Option<&OrgDirectory>, org: &OrgRef) -> OrgRef {
+    let Some(directory) = directory else { return org.clone() };
+    if let Some(index) = directory.index_of(org) {
+        let known = &directory.orgs[index];
+        return OrgRef::new(id_text(&known.id), Some(known.name.clone()).filter(|n| !n.trim().is_empty()).or_else(|| org.name.clone()));
+    }
+    let borrowed = org.id.is_some() && org.name.as_deref().is_some_and(|name| directory.by_name.contains_key(&name_key(name)));
+    OrgRef::new(org.id.clone(), org.name.clone().filter(|_| !borrowed))
+}
+
 impl OrgDirectory {
     pub fn new(fetched_at: DateTime<Utc>, account_id: Option<Value>, orgs: Vec<Org>, complete: bool) -> Self {
         let mut directory = OrgDirectory {
@@ -151,6 +207,16 @@ impl OrgDirectory {
         self.by_id.get(id).map(|&i| &self.orgs[i])
     }
 
+    /// The organization an item names: by id when it gives one, else by a
+    /// name exactly one organization has (see `resolve`).
+    fn index_of(&self, org: &OrgRef) -> Option<usize> {
+        match (&org.id, &org.name) {
+            (Some(id), _) => self.by_id.get(id).copied(),
+            (None, Some(name)) => self.by_name.get(&name_key(name)).copied().flatten(),
+            (None, None) => None,
+        }
+    }
+
     /// Pages of 500 that listing every agent takes, from the organizations' `agents_count`.
     pub fn agent_pages_estimate(&self) -> Option<u32> {
         let counts: Vec<u64> = self.orgs.iter().filter_map(|o| o.agents_count).collect();
@@ -170,19 +236,13 @@ impl OrgDirectory {
     /// `organization.id` (flat or nested), else by `organization.name`.
     /// A known organization's enrichment is borrowed, not built per row.
     pub fn enrich(&self, row: &dyn Fields) -> Cow<'_, Enrichment> {
-        if let Some((raw, text)) = row_org_id(row) {
-            return match self.by_id.get(&text) {
-                Some(&i) => Cow::Borrowed(&self.enrichments[i]),
-                None => Cow::Owned(enrichment(self.account_id.as_ref(), Some(&raw), None, None)),
-            };
+        let org = OrgRef::of_fields(row);
+        if let Some(index) = self.index_of(&org) {
+            return Cow::Borrowed(&self.enrichments[index]);
         }
-        if let Some(name) = row_org_name(row) {
-            return match self.by_name.get(&name_key(&name)) {
-                Some(Some(i)) => Cow::Borrowed(&self.enrichments[*i]),
-                _ => Cow::Owned(enrichment(self.account_id.as_ref(), None, Some(&name), None)),
-            };
-        }
-        Cow::Owned(enrichment(self.account_id.as_ref(), None, None, None))
+        let org = resolve(Some(self), &org);
+        let raw = row_org_id(row).map(|(raw, _)| raw);
+        Cow::Owned(enrichment(self.account_id.as_ref(), raw.as_ref(), org.name.as_deref(), None))
     }
 
     pub fn encode(&self) -> String {
@@ -243,10 +303,7 @@ fn enrichment(account: Option<&Value>, id: Option<&Value>, name: Option<&str>, k
 pub fn enrich_row<'d>(directory: Option<&'d OrgDirectory>, row: &dyn Fields) -> Cow<'d, Enrichment> {
     match directory {
         Some(directory) => directory.enrich(row),
-        None => Cow::Owned(match row_org_id(row) {
-            Some((raw, _)) => enrichment(None, Some(&raw), None, None),
-            None => enrichment(None, None, row_org_name(row).as_deref(), None),
-        }),
+        None => Cow::Owned(enrichment(None, row_org_id(row).map(|(raw, _)| raw).as_ref(), row_org_name(row).as_deref(), None)),
     }
 }
 

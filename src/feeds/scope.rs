@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 use crate::datadog::report::{with_tag, Report};
 use crate::base::error::{HuntressError, Result};
 use crate::feeds::item::id_text;
-use crate::feeds::orgs::OrgDirectory;
+pub use crate::feeds::orgs::OrgRef;
+use crate::feeds::orgs::{resolve, same_name, OrgDirectory};
 
 /// Items dropped as outside the scope, by `feed`.
 pub const FILTERED_METRIC: &str = "huntress.scope.filtered";
@@ -52,31 +53,6 @@ pub struct ScopeRules {
     pub unknown: UnknownPolicy,
 }
 
-/// An organization as an item names it: its id and/or its name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OrgRef {
-    pub id: Option<String>,
-    pub name: Option<String>,
-}
-
-impl OrgRef {
-    pub fn new(id: Option<String>, name: Option<String>) -> Self {
-        let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
-        OrgRef { id, name }
-    }
-
-    /// `{"id": .., "name": ..}`, as escalations and signals carry it. The spec
-    /// also types escalation organizations as strings: a number (or a string of
-    /// digits) is taken as an id, other text as a name.
-    pub fn from_object(value: &Value) -> Self {
-        match value {
-            Value::Object(_) => OrgRef::new(value.get("id").and_then(id_text), value.get("name").and_then(Value::as_str).map(String::from)),
-            Value::String(text) if !text.trim().is_empty() && !text.trim().bytes().all(|b| b.is_ascii_digit()) => OrgRef::new(None, Some(text.clone())),
-            other => OrgRef::new(id_text(other), None),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Membership {
     Keep,
@@ -84,15 +60,23 @@ enum Membership {
     Unknown,
 }
 
-/// One list of rules, matched by id, else by exact name.
+fn is_id(entry: &str) -> bool {
+    !entry.is_empty() && entry.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// One list of rules against a resolved organization: an id entry matches its
+/// id, a name entry its name (trimmed, case-insensitively, as enrichment
+/// matches names). `None` when the list names organizations in a way the
+/// item's organization cannot be told by: ids without the item's id, or names
+/// without its name.
 fn list_verdict(list: &[String], org: &OrgRef) -> Option<bool> {
-    if org.id.as_ref().is_some_and(|id| list.contains(id)) || org.name.as_ref().is_some_and(|name| list.contains(name)) {
+    let by_id = org.id.as_ref().is_some_and(|id| list.iter().any(|entry| entry == id));
+    let by_name = org.name.as_ref().is_some_and(|name| list.iter().any(|entry| !is_id(entry) && same_name(entry, name)));
+    if by_id || by_name {
         return Some(true);
     }
-    // An entry that is not a number names an organization by name: without
-    // the item's name the answer is unknown.
-    let names_by_name = list.iter().any(|entry| !entry.bytes().all(|b| b.is_ascii_digit()));
-    if org.name.is_none() && names_by_name {
+    let (has_ids, has_names) = (list.iter().any(|e| is_id(e)), list.iter().any(|e| !is_id(e)));
+    if (has_ids && org.id.is_none()) || (has_names && org.name.is_none()) {
         return None;
     }
     Some(false)
@@ -144,13 +128,9 @@ impl Scope {
         *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry((feed, what)).or_default() += 1;
     }
 
-    /// The name an item lacks, from the directory.
+    /// The organization an item names, as the directory resolves it (see `orgs::resolve`).
     fn resolved(org: &OrgRef, directory: Option<&OrgDirectory>) -> OrgRef {
-        let mut org = org.clone();
-        if org.name.is_none() {
-            org.name = org.id.as_deref().and_then(|id| directory?.get(id)).map(|o| o.name.trim().to_string()).filter(|n| !n.is_empty());
-        }
-        org
+        resolve(directory, org)
     }
 
     /// Kept when any organization is in scope; unknown when none is but one
@@ -195,15 +175,16 @@ impl Scope {
     }
 
     /// The `organization_id` filter a list request can carry: when the scope is
-    /// exactly one organization id, the API leaves the others out and saves
-    /// requests. The items are still checked against the scope.
-    pub fn api_filter(&self) -> Option<(&'static str, String)> {
+    /// exactly one organization (by id, or by a name the directory resolves),
+    /// the API leaves the others out and saves requests. The items are still
+    /// checked against the scope.
+    pub fn api_filter(&self, directory: Option<&OrgDirectory>) -> Option<(&'static str, String)> {
         let single = match (self.rules.include.as_slice(), self.rules.exclude.is_empty()) {
             ([only], true) => only,
             _ => return None,
         };
-        let is_id = !single.is_empty() && single.len() <= 10 && single.bytes().all(|b| b.is_ascii_digit());
-        is_id.then(|| ("organization_id", single.clone()))
+        let id = if is_id(single) { Some(single.clone()) } else { resolve(directory, &OrgRef::new(None, Some(single.clone()))).id };
+        id.filter(|id| is_id(id) && id.len() <= 10).map(|id| ("organization_id", id))
     }
 
     /// `admits_any` without counting: for items read a second time in a run (the status gauges).
@@ -299,7 +280,33 @@ mod tests {
         let by_name = Scope::new(rules(json!({"organizations": {"include": ["Acme Dental"]}})));
         assert!(by_name.admits("incidents", &org(Some("101"), None), Some(&d)), "the directory gives the name");
         assert!(!by_name.admits("incidents", &org(Some("102"), None), Some(&d)));
-        assert!(!by_name.admits("incidents", &org(None, Some("acme dental")), None), "names match exactly");
+        assert!(by_name.admits("incidents", &org(None, Some(" acme DENTAL ")), None), "names match as enrichment matches them");
+    }
+
+    #[test]
+    fn scope_decides_on_the_organization_the_directory_resolves() {
+        let d = directory();
+        // Excluded by id: the client's items named only by name are resolved and dropped.
+        let exclude = Scope::new(rules(json!({"organizations": {"exclude": [102]}, "unknown_organization": "drop"})));
+        for named in [org(Some("102"), None), org(None, Some("Bravo Law")), org(None, Some("bravo law")), org(Some("102"), Some("Acme Dental"))] {
+            assert!(!exclude.admits("siem", &named, Some(&d)), "{named:?}");
+        }
+        assert!(exclude.admits("siem", &org(None, Some("ACME dental")), Some(&d)));
+        assert!(!exclude.admits("siem", &org(None, Some("Nobody Inc")), Some(&d)), "a name nobody has is unknown: dropped");
+        assert!(!exclude.admits("siem", &org(None, Some("Bravo Law")), None), "no directory: unknown, dropped");
+        // Included by id: the client's own items named by name are kept, not filtered.
+        let include = Scope::new(rules(json!({"organizations": {"include": [101]}, "unknown_organization": "drop"})));
+        assert!(include.admits("escalations", &org(None, Some("Acme Dental")), Some(&d)));
+        assert!(include.admits_any("escalations", &[OrgRef::from_object(&json!("acme dental"))], Some(&d)));
+        assert!(!include.admits_any("escalations", &[OrgRef::from_object(&json!("Bravo Law"))], Some(&d)));
+        // An unknown id cannot borrow the name of another organization.
+        let by_name = Scope::new(rules(json!({"organizations": {"include": ["Acme Dental"]}, "unknown_organization": "drop"})));
+        assert!(!by_name.admits("signals", &org(Some("999"), Some("Acme Dental")), Some(&d)));
+        assert!(by_name.admits("signals", &org(Some("101"), Some("whatever the item says")), Some(&d)));
+        let mut report = Report::default();
+        include.report(&mut report, &[]);
+        let filtered: Vec<(String, f64)> = report.metrics.iter().map(|m| (m.tags.join(","), m.value)).collect();
+        assert_eq!(filtered, vec![("feed:escalations".to_string(), 1.0)], "only the other client's escalation is filtered");
     }
 
     #[test]
@@ -335,10 +342,13 @@ mod tests {
         assert_eq!(OrgRef::from_object(&json!("101")), org(Some("101"), None));
         assert_eq!(OrgRef::from_object(&json!("Acme Dental")), org(None, Some("Acme Dental")));
         assert_eq!(OrgRef::from_object(&json!(null)), org(None, None));
-        assert_eq!(scope.api_filter(), Some(("organization_id", "101".to_string())));
-        assert_eq!(Scope::new(rules(json!({"organizations": {"include": ["Acme"]}}))).api_filter(), None);
-        assert_eq!(Scope::new(rules(json!({"organizations": {"include": [1, 2]}}))).api_filter(), None);
-        assert_eq!(Scope::new(rules(json!({"organizations": {"include": [1], "exclude": [3]}}))).api_filter(), None);
+        assert_eq!(scope.api_filter(None), Some(("organization_id", "101".to_string())));
+        assert_eq!(Scope::new(rules(json!({"organizations": {"include": ["Acme"]}}))).api_filter(None), None);
+        let d = directory();
+        let by_name = Scope::new(rules(json!({"organizations": {"include": ["bravo law"]}})));
+        assert_eq!(by_name.api_filter(Some(&d)), Some(("organization_id", "102".to_string())), "a name the directory resolves");
+        assert_eq!(Scope::new(rules(json!({"organizations": {"include": [1, 2]}}))).api_filter(None), None);
+        assert_eq!(Scope::new(rules(json!({"organizations": {"include": [1], "exclude": [3]}}))).api_filter(None), None);
         assert!(!Scope::default().is_active());
         assert!(Scope::default().admits("siem", &org(None, None), None));
     }

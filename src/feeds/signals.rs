@@ -40,8 +40,10 @@ fn entity_field<'a>(signal: &'a Map<String, Value>, key: &str) -> &'a str {
     signal.get("entity").and_then(|e| e.get(key)).and_then(Value::as_str).map(str::trim).unwrap_or_default()
 }
 
+/// The signal's organization: `organization: {id, name}`, or a flat
+/// `organization_id`, resolved by the scope like every other feed's.
 fn organization(signal: &Map<String, Value>) -> OrgRef {
-    signal.get("organization").map(OrgRef::from_object).unwrap_or_default()
+    OrgRef::of_fields(signal)
 }
 
 /// The log for one signal: its fields at the top level, `status` moved to
@@ -97,7 +99,7 @@ impl SignalRun<'_> {
             ("sort_field", "id".to_string()),
             ("sort_direction", "asc".to_string()),
         ];
-        filters.extend(self.ctx.scope.api_filter());
+        filters.extend(self.ctx.scope.api_filter(self.ctx.directory));
         let mut signals = Vec::new();
         let mut newest: Option<DateTime<Utc>> = None;
         let listing = list_pages(source, SIGNALS_PATH, "signals", &filters, self.ctx.max_pages, |page| {

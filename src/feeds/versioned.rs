@@ -210,13 +210,13 @@ pub fn count_by_status(
 ) -> (Option<StatusCounts>, Listing) {
     let mut counts = StatusCounts { by_severity: SEVERITIES.iter().map(|s| (s.to_string(), 0)).collect(), by_org: BTreeMap::new() };
     let mut filters = vec![("status", status.to_string())];
-    filters.extend(scope.api_filter());
+    filters.extend(scope.api_filter(directory));
     let names = feed.names();
     let listing = list_pages(source, names.path, names.plural, &filters, max_pages, |page| {
         for item in page.iter().filter(|item| in_scope(feed, scope, item, directory, false)) {
             let severity = tags::value_or(Some(text(item, "severity")), tags::UNKNOWN);
             for org in feed.organizations(item) {
-                let id = org.id.unwrap_or_else(|| tags::UNKNOWN.to_string());
+                let id = crate::feeds::orgs::resolve(directory, &org).id.unwrap_or_else(|| tags::UNKNOWN.to_string());
                 *counts.by_org.entry((id, severity.clone())).or_default() += 1;
             }
             *counts.by_severity.entry(severity).or_default() += 1;
@@ -311,7 +311,7 @@ impl VersionedRun<'_, '_> {
         let mut warnings = Vec::new();
         let name = self.checkpoint_name();
         let mut state = self.ctx.load_state(names.cache_key, &name, &mut warnings);
-        let extra: Vec<_> = self.ctx.scope.api_filter().into_iter().collect();
+        let extra: Vec<_> = self.ctx.scope.api_filter(self.ctx.directory).into_iter().collect();
         let scan = scan_changes(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.max_pages);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {

@@ -113,6 +113,27 @@ class _ApiError(Exception):
         self.message = message
 
 
+def _org_ids(item: dict, orgs: list) -> set:
+    """The ids of the organizations an item belongs to, however it names them:
+    `organization_id`, `organization.id` (flat or nested), `organization.name`,
+    or `organizations` as objects, ids or names. The API filters on the
+    organization itself, not on how the item spells it."""
+    by_name = {str(o.get("name", "")).strip().lower(): o["id"] for o in orgs}
+    refs = [_dig(item, "organization_id"), _dig(item, "organization.id"), _dig(item, "organization.name")]
+    refs += item.get("organizations") or []
+    ids = set()
+    for ref in refs:
+        if isinstance(ref, dict):
+            ref = ref.get("id") if ref.get("id") is not None else ref.get("name")
+        if isinstance(ref, bool) or ref is None:
+            continue
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.strip().isdigit()):
+            ids.add(int(ref))
+        elif isinstance(ref, str) and ref.strip().lower() in by_name:
+            ids.add(by_name[ref.strip().lower()])
+    return ids
+
+
 def _dig(item: dict, dotted: str):
     """item['a.b'] if present, else item['a']['b']."""
     if dotted in item:
@@ -688,8 +709,14 @@ class HuntressSimulator(ServerBase):
             [path, sort_field, sort_dir, [(a[0], a[3]) for a in active]], default=str).encode()).hexdigest()[:16]
         now = self.clock()
 
+        orgs = self._lists.get("/v1/organizations", [])
+
         def keep(item):
             for _name, kind, getter, val in active:
+                if _name == "organization_id":
+                    if val not in _org_ids(item, orgs):
+                        return False
+                    continue
                 if getter == "escalation_status":
                     if not _escalation_has_status(item, val, now):
                         return False

@@ -501,15 +501,20 @@ impl QueryRun<'_> {
             let enrichment = self.enricher.enrich(&row);
             let mut written = Written::SkippedStale;
             let mut excluded_by = None;
+            let mut cut_by_rules = false;
             pending.logs.push_with(id, |out| {
                 let start = out.len();
                 written = transform::write_log(&row, self.template, enrichment, now_ms, out);
                 if !matches!(written, Written::Log { .. }) {
                     return false;
                 }
-                if let Verdict::Excluded(rule) = self.rules.apply(out, start) {
-                    excluded_by = Some(rule);
-                    return false;
+                match self.rules.apply(out, start) {
+                    Verdict::Excluded(rule) => {
+                        excluded_by = Some(rule);
+                        return false;
+                    }
+                    Verdict::Cut => cut_by_rules = true,
+                    Verdict::Keep => {}
                 }
                 true
             });
@@ -522,7 +527,7 @@ impl QueryRun<'_> {
             match written {
                 Written::Log { stale, truncated } => {
                     outcome.stale += u64::from(stale);
-                    outcome.truncated += u64::from(truncated);
+                    outcome.truncated += u64::from(truncated || cut_by_rules);
                     pending.ids.insert(id);
                 }
                 Written::SkippedStale => {
