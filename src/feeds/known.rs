@@ -126,9 +126,14 @@ impl KnownVersions {
         }
     }
 
-    /// Lets the set remember at least `capacity` items from now on.
-    pub fn ensure_capacity(&mut self, capacity: usize) {
-        self.capacity = self.capacity.max(capacity);
+    /// Remembers `capacity` items from now on (the oldest changes beyond it are dropped).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.last.remove(&oldest);
+            }
+        }
     }
 
     /// The content hashes, in the order of `encode`: a member of its own, so

@@ -210,7 +210,8 @@ impl SignalRun<'_> {
             }
             warnings.push(format!("reading signals failed part way ({error}); the next run reads them again"));
         }
-        state.known.ensure_capacity(signals.len() + KNOWN_ITEMS);
+        // Every id read in this run is remembered, however many pages it read.
+        state.known.set_capacity(signals.len() + KNOWN_ITEMS);
         let fresh = self.fresh(signals, &state);
         let delivery = self.deliver(&fresh, &mut state, report);
         if delivery.error.is_none() {
