@@ -122,7 +122,8 @@ impl SignalRun<'_> {
         // The span of the last window read to its end in this run.
         let mut last_complete: Option<i64> = None;
         loop {
-            let end = state.span.map(|s| start + chrono::Duration::seconds(s)).filter(|e| *e < now);
+            // A span too long to add (a corrupt cache entry) reads up to now.
+            let end = state.span.and_then(chrono::Duration::try_seconds).and_then(|d| start.checked_add_signed(d)).filter(|e| *e < now);
             let mut filters = vec![
                 ("investigated_at_min", start.to_rfc3339_opts(SecondsFormat::Secs, true)),
                 ("sort_field", "id".to_string()),
@@ -153,8 +154,8 @@ impl SignalRun<'_> {
                         reached = reached.max(end);
                         start = end;
                         last_complete = state.span;
-                        // Grow while windows come back light: eightfold when empty.
-                        let factor = if empty { 8 } else { i64::from((max_pages / listing.pages.max(1)).clamp(1, 8)) };
+                        // Grow while windows come back light, and fast across empty time.
+                        let factor = if empty { 64 } else { i64::from((max_pages / listing.pages.max(1)).clamp(1, 8)) };
                         state.span = state.span.map(|s| s.saturating_mul(factor));
                         if pages < max_pages && source.may_send() {
                             continue;
@@ -176,7 +177,7 @@ impl SignalRun<'_> {
                         start.to_rfc3339_opts(SecondsFormat::Secs, true)
                     ));
                     signals.append(&mut read);
-                    reached = reached.max(start + chrono::Duration::seconds(1));
+                    reached = reached.max(start + chrono::Duration::seconds(1)).min(now);
                     state.span = Some(1);
                     break;
                 }
@@ -406,6 +407,26 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), count, "none twice");
+    }
+
+    #[test]
+    fn a_corrupt_span_or_an_ancient_checkpoint_reads_up_to_now() {
+        let rules = ProcessingRules::default();
+        let scope = Scope::default();
+        for span in [i64::MAX, 1] {
+            let mut cache = MemoryCache::default();
+            let mut state = VersionedState::new(DateTime::from_timestamp(-62_000_000_000, 0).unwrap());
+            state.span = Some(span);
+            crate::base::cache::Cache::write(&mut cache, SIGNALS_KEY, &state.encode()).unwrap();
+            let mut sink = TestSink::accepting();
+            let mut source = Windowed { signals: vec![signal(1, NOW - 60, 101)], per_page: 10, requests: Vec::new() };
+            let mut report = Report::default();
+            let (health, pages) = SignalRun { ctx: context(&mut sink, &rules, &mut cache, &scope) }.run(&mut source, &mut report);
+            let health = health.unwrap();
+            assert_eq!(health.status, Status::Ok, "{:?}", health.message);
+            assert!(pages <= 10);
+            assert_eq!(sink.logs.len(), 1, "span {span}: the signal a minute ago is read in this run");
+        }
     }
 
     #[test]
