@@ -216,7 +216,9 @@ mod tests {
         assert_eq!(known.classify(&Version::of(&incident(1, NOW + 5, "sent", "high"))), Change::Updated);
         assert_eq!(known.classify(&Version::of(&incident(1, NOW + 5, "closed", "high"))), Change::StatusChanged);
         assert_eq!(known.classify(&Version::of(&incident(1, NOW, "closed", "high"))), Change::StatusChanged, "status alone makes a version");
-        assert_eq!(known.classify(&Version::of(&incident(1, NOW - 60, "dismissed", "high"))), Change::Seen, "never older than what was sent");
+        assert_eq!(known.classify(&Version::of(&incident(1, NOW - 60, "sent", "high"))), Change::Seen, "an older copy of what was sent");
+        assert_eq!(known.classify(&Version::of(&incident(1, NOW - 60, "dismissed", "high"))), Change::StatusChanged, "a changed status is new whatever its time");
+        assert_eq!(known.classify(&Version::of(&incident(1, NOW - 60, "sent", "critical"))), Change::Updated, "so is a changed severity");
         assert_eq!(known.classify(&Version::of(&incident(2, NOW, "sent", "high"))), Change::New);
     }
 
@@ -258,13 +260,29 @@ mod tests {
         let newest: Vec<_> = (0..3).map(|i| incident(10 + i, NOW - i as i64 * 10, "sent", "low")).collect();
         let older: Vec<_> = (0..3).map(|i| incident(20 + i, NOW - 100 - i as i64 * 10, "sent", "low")).collect();
         let mut source = FakeSource::new(vec![page(&newest, Some("a")), page(&older, Some("b")), page(&newest, None)]);
-        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), 10);
+        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), at(NOW), 10);
         assert_eq!(scan.reports.len(), 5, "three newest and the two at or after the checkpoint");
         assert_eq!(scan.newest, Some(at(NOW)));
         assert!(matches!(scan.listing.end, End::Enough));
         assert_eq!(source.requests.len(), 2);
         let query = &source.requests[0].1;
         assert!(query.contains(&("sort_field".into(), "updated_at".into())) && query.contains(&("sort_direction".into(), "desc".into())));
+    }
+
+    #[test]
+    fn a_listing_that_ignores_the_sort_order_is_read_to_its_end() {
+        // Oldest first, whatever was asked: the first item is older than the checkpoint.
+        let mut ascending: Vec<_> = (0..4).map(|i| incident(30 + i, NOW - 300 + i as i64 * 10, "sent", "low")).collect();
+        ascending.push(incident(99, NOW - 5, "sent", "critical"));
+        let mut future = incident(98, NOW + 3_000_000_000, "sent", "low");
+        future.insert("updated_at".into(), json!("2099-01-01T00:00:00Z"));
+        let mut source = FakeSource::new(vec![page(&ascending[..2], Some("a")), page(&ascending[2..], Some("b")), page(&[future], None)]);
+        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), at(NOW), 10);
+        assert!(!scan.ordered);
+        assert!(matches!(scan.listing.end, End::Complete));
+        let ids: Vec<_> = scan.reports.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, vec![99, 98], "the new critical item is found, the old ones are left out");
+        assert_eq!(scan.newest, Some(at(NOW - 5)), "a time in the future does not move the checkpoint");
     }
 
     #[test]

@@ -39,6 +39,10 @@ impl Change {
     }
 }
 
+/// The members whose change makes a new version whatever `updated_at` says:
+/// what a reader of the item acts on (its status, severity and resolution).
+pub const CONTENT_FIELDS: [&str; 6] = ["status", "severity", "closed_at", "resolved_at", "resolution", "resolution_summary"];
+
 /// One version of one item, as hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
@@ -48,23 +52,30 @@ pub struct Version {
     pub status: u32,
     /// `updated_at` text and status together.
     pub version: u32,
+    /// The `CONTENT_FIELDS` together; 0 when not known (a version saved
+    /// before contents were remembered, or one made from the id alone).
+    pub content: u32,
 }
 
 impl Version {
     pub fn of(item: &Map<String, Value>) -> Version {
         let updated = item.get("updated_at").map(Value::to_string).unwrap_or_default();
         let status = text(item, "status").to_lowercase();
+        let fields: Vec<String> = CONTENT_FIELDS.iter().map(|k| item.get(*k).map(Value::to_string).unwrap_or_default()).collect();
+        let mut parts: Vec<&str> = vec!["content"];
+        parts.extend(fields.iter().map(String::as_str));
         Version {
             report: hash64(&["report", &item_id(item)]),
             updated_ms: updated_at(item).map_or(i64::MIN, |t| t.timestamp_millis()),
             status: hash64(&["status", &status]) as u32,
             version: hash64(&["version", &updated, &status]) as u32,
+            content: (hash64(&parts) as u32).max(1),
         }
     }
 
     /// A version that only the id makes: once forwarded, an item is `Seen`.
     pub fn of_id(item: &Map<String, Value>) -> Version {
-        Version { report: hash64(&["report", &item_id(item)]), updated_ms: i64::MIN, status: 0, version: 0 }
+        Version { report: hash64(&["report", &item_id(item)]), updated_ms: i64::MIN, status: 0, version: 0, content: 0 }
     }
 }
 
@@ -86,10 +97,15 @@ impl KnownVersions {
         self.last.len()
     }
 
+    /// A version is seen when its content is the one forwarded and its time is
+    /// the same or older (a stale copy). A changed content is a new version
+    /// whatever its time says: an item once served with a time far in the
+    /// future still has its later resolution forwarded.
     pub fn classify(&self, v: &Version) -> Change {
         let Some(old) = self.last.get(&v.report) else { return Change::New };
         let older = old.updated_ms != i64::MIN && v.updated_ms != i64::MIN && v.updated_ms < old.updated_ms;
-        if old.version == v.version || older {
+        let same_content = if old.content != 0 && v.content != 0 { old.content == v.content } else { old.status == v.status };
+        if same_content && (old.version == v.version || older) {
             Change::Seen
         } else if old.status != v.status {
             Change::StatusChanged
@@ -110,6 +126,23 @@ impl KnownVersions {
         }
     }
 
+    /// Remembers `capacity` items from now on (the oldest changes beyond it are dropped).
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.last.remove(&oldest);
+            }
+        }
+    }
+
+    /// The content hashes, in the order of `encode`: a member of its own, so
+    /// that a version of the check that does not know it still reads the rest.
+    fn encode_contents(&self) -> String {
+        let bytes: Vec<u8> = self.order.iter().flat_map(|r| self.last[r].content.to_le_bytes()).collect();
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+    }
+
     fn encode(&self) -> String {
         let mut bytes = Vec::with_capacity(self.order.len() * 24);
         for report in &self.order {
@@ -122,11 +155,20 @@ impl KnownVersions {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
     }
 
-    fn decode(text: &str, capacity: usize) -> Result<Self, String> {
-        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).map_err(|e| format!("unreadable versions ({e})"))?;
-        let mut known = KnownVersions::new(capacity);
-        for c in bytes.chunks_exact(24) {
+    fn decode(text: &str, contents: &str, capacity: usize) -> Result<Self, String> {
+        let engine = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let bytes = engine.decode(text).map_err(|e| format!("unreadable versions ({e})"))?;
+        let contents = engine.decode(contents).map_err(|e| format!("unreadable version contents ({e})"))?;
+        // Contents that do not match the versions one for one are not used.
+        let contents: Vec<u32> = if contents.len() / 4 == bytes.len() / 24 {
+            contents.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
+        } else {
+            Vec::new()
+        };
+        let mut known = KnownVersions::new(capacity.max(bytes.len() / 24));
+        for (i, c) in bytes.chunks_exact(24).enumerate() {
             known.record(Version {
+                content: contents.get(i).copied().unwrap_or(0),
                 report: u64::from_le_bytes(c[0..8].try_into().expect("8 bytes")),
                 updated_ms: i64::from_le_bytes(c[8..16].try_into().expect("8 bytes")),
                 status: u32::from_le_bytes(c[16..20].try_into().expect("4 bytes")),
@@ -143,6 +185,8 @@ pub struct VersionedState {
     /// The newest time delivered; the next scan stops below it.
     pub checkpoint: DateTime<Utc>,
     pub known: KnownVersions,
+    /// How far past the checkpoint one listing reads, in seconds; `None`: up to now.
+    pub span: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -150,11 +194,17 @@ struct StoredState {
     v: u32,
     checkpoint: String,
     known: String,
+    /// The content hash of each version in `known` (added later: may be missing).
+    #[serde(default)]
+    contents: String,
+    /// The signal feed's read window, in seconds (see `signals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    span: Option<i64>,
 }
 
 impl VersionedState {
     pub fn new(checkpoint: DateTime<Utc>) -> Self {
-        VersionedState { checkpoint, known: KnownVersions::new(KNOWN_ITEMS) }
+        VersionedState { checkpoint, known: KnownVersions::new(KNOWN_ITEMS), span: None }
     }
 
     pub fn encode(&self) -> String {
@@ -162,6 +212,8 @@ impl VersionedState {
             v: STATE_VERSION,
             checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Millis, true),
             known: self.known.encode(),
+            contents: self.known.encode_contents(),
+            span: self.span,
         };
         serde_json::to_string(&stored).expect("state serializes")
     }
@@ -172,8 +224,9 @@ impl VersionedState {
             return Ok(None);
         };
         let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint).map_err(|e| format!("unreadable {what} ({e})"))?;
-        let known = KnownVersions::decode(&stored.known, KNOWN_ITEMS).map_err(|e| format!("{what}: {e}"))?;
-        Ok(Some(VersionedState { checkpoint: checkpoint.with_timezone(&Utc), known }))
+        let known = KnownVersions::decode(&stored.known, &stored.contents, KNOWN_ITEMS).map_err(|e| format!("{what}: {e}"))?;
+        let span = stored.span.filter(|s| *s > 0);
+        Ok(Some(VersionedState { checkpoint: checkpoint.with_timezone(&Utc), known, span }))
     }
 
     /// The saved state, or a fresh one `lookback` before `now`; an unreadable
@@ -202,3 +255,47 @@ impl VersionedState {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item(updated: &str, status: &str, resolved_at: Option<&str>) -> Map<String, Value> {
+        json!({"id": 7, "updated_at": updated, "status": status, "severity": "critical", "resolved_at": resolved_at})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn a_version_from_the_future_does_not_hide_a_later_resolution() {
+        let mut known = KnownVersions::new(10);
+        known.record(Version::of(&item("2099-01-01T00:00:00Z", "open", None)));
+        let resolved = Version::of(&item("2026-12-02T10:00:00Z", "resolved", Some("2026-12-02T10:00:00Z")));
+        assert_eq!(known.classify(&resolved), Change::StatusChanged);
+        known.record(resolved);
+        assert_eq!(known.classify(&resolved), Change::Seen, "then it is seen");
+        let resolution_only = Version::of(&item("2026-12-02T09:00:00Z", "resolved", Some("2026-12-02T11:00:00Z")));
+        assert_eq!(known.classify(&resolution_only), Change::Updated, "a changed resolution is new too");
+    }
+
+    #[test]
+    fn contents_round_trip_and_entries_without_them_still_read() {
+        let mut state = VersionedState::new(Utc::now());
+        state.known.record(Version::of(&item("2099-01-01T00:00:00Z", "open", None)));
+        state.span = Some(40);
+        let decoded = VersionedState::decode(&state.encode(), "test state").unwrap().unwrap();
+        assert_eq!(decoded.span, Some(40));
+        let later = Version::of(&item("2026-12-02T10:00:00Z", "open", Some("2026-12-02T10:00:00Z")));
+        assert_eq!(decoded.known.classify(&later), Change::Updated);
+
+        // An entry written before contents were kept: the status decides alone.
+        let mut stored: serde_json::Value = serde_json::from_str(&state.encode()).unwrap();
+        stored.as_object_mut().unwrap().remove("contents");
+        stored.as_object_mut().unwrap().remove("span");
+        let old = VersionedState::decode(&stored.to_string(), "test state").unwrap().unwrap();
+        assert_eq!((old.span, old.known.classify(&later)), (None, Change::Seen));
+        assert_eq!(old.known.classify(&Version::of(&item("2026-12-02T10:00:00Z", "resolved", None))), Change::StatusChanged);
+    }
+}

@@ -44,36 +44,55 @@ pub const MAX_EVENT_TITLE: usize = 100;
 #[derive(Debug)]
 pub struct Scan {
     pub reports: Vec<Map<String, Value>>,
+    /// The newest `updated_at` read that is not after `now`: a time from the
+    /// future never moves the checkpoint past the changes still to come.
     pub newest: Option<DateTime<Utc>>,
     pub listing: Listing,
+    /// Whether every item came in the order asked for (newest change first).
+    pub ordered: bool,
 }
 
-/// Pages newest change first and stops at the first item older than
-/// `checkpoint`; `extra` filters the listing (the scope's `organization_id`).
+/// Pages newest change first (the API has no `updated_at` filter) and keeps
+/// the items changed at or after `checkpoint`; `extra` filters the listing
+/// (the scope's `organization_id`). The order is checked, not trusted: the scan
+/// stops after a page only when every item so far came newest first and that
+/// page reached below the checkpoint; a listing out of order is read to its end.
 pub fn scan_changes(
     source: &mut dyn PageSource,
     path: &str,
     plural: &str,
     extra: &[(&str, String)],
     checkpoint: DateTime<Utc>,
+    now: DateTime<Utc>,
     max_pages: u32,
 ) -> Scan {
     let mut reports = Vec::new();
     let mut newest: Option<DateTime<Utc>> = None;
+    let mut previous: Option<DateTime<Utc>> = None;
+    let mut ordered = true;
     let mut filters = vec![("sort_field", "updated_at".to_string()), ("sort_direction", "desc".to_string())];
     filters.extend_from_slice(extra);
     let listing = list_pages(source, path, plural, &filters, max_pages, |page| {
+        let mut reached = false;
         for report in page {
-            match updated_at(&report) {
-                Some(t) if t < checkpoint => return false,
-                Some(t) => newest = Some(newest.map_or(t, |n| n.max(t))),
-                None => {}
+            if let Some(t) = updated_at(&report) {
+                if previous.is_some_and(|p| t > p) {
+                    ordered = false;
+                }
+                previous = Some(t);
+                if t < checkpoint {
+                    reached = true;
+                    continue;
+                }
+                if t <= now {
+                    newest = Some(newest.map_or(t, |n| n.max(t)));
+                }
             }
             reports.push(report);
         }
-        true
+        !(reached && ordered)
     });
-    Scan { reports, newest, listing }
+    Scan { reports, newest, listing, ordered }
 }
 
 /// The versions not forwarded yet, oldest change first, with how each changed.
@@ -312,7 +331,7 @@ impl VersionedRun<'_, '_> {
         let name = self.checkpoint_name();
         let mut state = self.ctx.load_state(names.cache_key, &name, &mut warnings);
         let extra: Vec<_> = self.ctx.scope.api_filter(self.ctx.directory).into_iter().collect();
-        let scan = scan_changes(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.max_pages);
+        let scan = scan_changes(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.now, self.ctx.max_pages);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {
@@ -325,6 +344,11 @@ impl VersionedRun<'_, '_> {
         let delivery = self.deliver(&changes, &mut state, report);
         match &scan.listing.end {
             End::Complete | End::Enough if delivery.error.is_none() => state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint)),
+            End::PageCap | End::RepeatedToken if delivery.error.is_none() && !scan.ordered => {
+                // Out of order, the unread pages may hold changes newer than any read.
+                let why = scan.listing.end.shortfall(what, self.ctx.max_pages, names.max_pages_option).unwrap_or_default();
+                warnings.push(format!("{why}; the listing was not sorted by updated_at, so the checkpoint stays and the next run reads it again"));
+            }
             End::PageCap | End::RepeatedToken if delivery.error.is_none() => {
                 state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint));
                 let why = scan.listing.end.shortfall(what, self.ctx.max_pages, names.max_pages_option).unwrap_or_default();

@@ -13,9 +13,14 @@ use serde_json::Value;
 use crate::base::error::{ErrorKind, HuntressError, Result};
 use crate::base::http::{backoff, excerpt, short_reqwest, Answer, Deadline, HttpClient, HttpFailure, HttpSettings, MAX_HUNTRESS_BODY};
 use crate::huntress::ratelimit::{RateBudget, MAX_LIMIT};
+use crate::json::cost::tree_cost;
 use crate::base::redact::Redactor;
 
 const MAX_ATTEMPTS: u32 = 4;
+/// The largest tree a REST answer may be parsed into (see `json::cost`): with
+/// the body itself (at most `MAX_HUNTRESS_BODY`), one answer stays well within
+/// 100 MB, whatever its shape. A page of 500 items costs a few MiB.
+pub const MAX_REST_TREE: u64 = 48 << 20;
 const LIMIT_HEADER: &str = "x-huntress-api-call-limit";
 const REMAINING_HEADER: &str = "x-huntress-api-call-remaining";
 
@@ -125,9 +130,22 @@ impl HuntressClient {
         self.send(feature, path, deadline, build, |bytes| Ok(bytes.clone()))
     }
 
+    /// GETs a JSON document. One whose tree would cost more than
+    /// `MAX_REST_TREE` (millions of tiny values under the body cap) is refused
+    /// as a malformed response before any of it is built.
     pub fn get_json(&mut self, feature: Feature, path: &str, query: &[(&str, String)], deadline: &Deadline) -> Result<Value> {
         let url = format!("{}{}", self.base_url, path);
-        self.send(feature, path, deadline, |http| http.get(&url).query(query), |bytes| serde_json::from_slice(bytes))
+        self.send(feature, path, deadline, |http| http.get(&url).query(query), |bytes| {
+            let cost = tree_cost(bytes);
+            if cost > MAX_REST_TREE {
+                return Err(Unparsed::Refused(format!(
+                    "the response holds too many values to read (about {} MiB as a tree, {} MiB allowed); it was not parsed",
+                    cost >> 20,
+                    MAX_REST_TREE >> 20
+                )));
+            }
+            serde_json::from_slice(bytes).map_err(Unparsed::Invalid)
+        })
     }
 
     fn send<T>(
@@ -136,7 +154,7 @@ impl HuntressClient {
         path: &str,
         deadline: &Deadline,
         build: impl Fn(&HttpClient) -> RequestBuilder,
-        parse: impl Fn(&Bytes) -> serde_json::Result<T>,
+        parse: impl Fn(&Bytes) -> std::result::Result<T, Unparsed>,
     ) -> Result<T> {
         let mut attempt = 0;
         // A timeout of the previous attempt: what to report when the deadline ends the retries.
@@ -208,7 +226,7 @@ impl HuntressClient {
         answer: Answer,
         path: &str,
         attempt: u32,
-        parse: &impl Fn(&Bytes) -> serde_json::Result<T>,
+        parse: &impl Fn(&Bytes) -> std::result::Result<T, Unparsed>,
     ) -> std::result::Result<T, Failure> {
         self.stats.answered += 1;
         self.observe_headers(&answer.headers);
@@ -220,11 +238,12 @@ impl HuntressClient {
             )));
         }
         if (200..300).contains(&status) {
-            return parse(&body).map_err(|e| {
-                Failure::Retry(
+            return parse(&body).map_err(|e| match e {
+                Unparsed::Invalid(e) => Failure::Retry(
                     HuntressError::api(ErrorKind::MalformedResponse, format!("{path}: the response is not valid JSON ({e})")),
                     None,
-                )
+                ),
+                Unparsed::Refused(why) => Failure::Fatal(HuntressError::api(ErrorKind::MalformedResponse, format!("{path}: {why}"))),
             });
         }
         Err(self.classify(status, path, &body, attempt))
@@ -270,6 +289,13 @@ impl HuntressClient {
         let limit = limit.map(|l| l.min(MAX_LIMIT));
         self.budget.observe(limit, remaining.map(|r| r.min(limit.unwrap_or(MAX_LIMIT))));
     }
+}
+
+/// Why a 2xx body was not parsed: not JSON (retried: it may have been cut),
+/// or refused as it stands (not retried).
+enum Unparsed {
+    Invalid(serde_json::Error),
+    Refused(String),
 }
 
 enum Failure {

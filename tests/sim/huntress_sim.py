@@ -190,6 +190,8 @@ class HuntressSimulator(ServerBase):
         self.siem_raw_page = None     # bytes -> every SIEM query answers 200 with exactly these bytes
         self.repeat_page_tokens = False  # True -> a SIEM page read with a token hands the same token out again
         self.retention_seconds = None  # a number -> a SIEM range starting earlier than that far back answers 400
+        self.ignore_sort = False      # True -> REST lists come back by id ascending, whatever sort_field/sort_direction ask
+        self.rest_raw_pages = {}      # path -> bytes: that REST list answers 200 with exactly these bytes
         self._lock = threading.RLock()
         self._secret = os.urandom(16)
         self._token_generation = 0
@@ -487,6 +489,8 @@ class HuntressSimulator(ServerBase):
             raw = b'{"logs": [{"uuid": "6f1c", "message": "unterminated' if path == SIEM_PATH \
                 else b'{"data": [1, 2,'
             return ("raw", 200, raw)
+        if status == 200 and path in self.rest_raw_pages:
+            return ("raw", 200, self.rest_raw_pages[path])
         raw = json.dumps(payload).encode("utf-8")
         if path == SIEM_PATH and status == 200 and self.siem_raw_page is not None:
             # What json.dumps cannot write: repeated members, lone surrogate escapes.
@@ -678,6 +682,8 @@ class HuntressSimulator(ServerBase):
         sort_dir = params.get("sort_direction", "desc")
         if sort_dir not in ("asc", "desc"):
             raise _ApiError(400, "sort_direction does not have a valid value (asc, desc)")
+        if self.ignore_sort:
+            sort_field, sort_dir = "id", "asc"
         active = []
         for name, (kind, getter) in filters.items():
             if name not in params:
