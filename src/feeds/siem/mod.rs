@@ -47,6 +47,9 @@ pub mod metric {
     pub const PAGES_FETCHED: &str = "huntress.siem.pages_fetched";
     pub const CHECKPOINT_LAG: &str = "huntress.siem.checkpoint_lag_seconds";
     pub const WINDOW_IN_PROGRESS: &str = "huntress.siem.window_in_progress";
+    /// Ranges given up, by `reason`: `retention` (refused as too old, with
+    /// proof), `dense` (one millisecond held more rows than a run could read).
+    pub const RANGES_GIVEN_UP: &str = "huntress.siem.ranges_given_up";
 }
 /// A checkpoint older than this moves forward under `stale_log_policy: skip`:
 /// the intake's 18 h limit.
@@ -260,6 +263,9 @@ impl Siem {
             report.count(metric::LOGS_EXCLUDED, *count as f64, &with_tag(&tags, format!("rule:{rule}")));
         }
         report.count(metric::LOGS_STALE, outcome.stale as f64, &with_tag(&tags, format!("policy:{}", self.settings.stale_policy.tag())));
+        for (reason, count) in &outcome.given_up {
+            report.count(metric::RANGES_GIVEN_UP, *count as f64, &with_tag(&tags, format!("reason:{reason}")));
+        }
         let (status, message) = self.query_status(query, outcome, ctx.intake, report);
         report.service_check(SERVICE_CHECK, status, &tags, message);
     }

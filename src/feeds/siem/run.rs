@@ -34,6 +34,19 @@ const PLANNED_FILL: f64 = 0.75;
 /// The share a range is cut to after a pass over it could not finish: that pass
 /// saw only a lower bound of its rows.
 const REPLANNED_FILL: f64 = 0.5;
+/// The shortest range a query is narrowed to: ECS timestamps carry milliseconds.
+const MIN_RANGE_MS: i64 = 1;
+/// A window read whole in its first page makes the next one up to this many
+/// times longer (past `max_window_seconds`): quiet time costs a few requests.
+const EMPTY_GROWTH: i64 = 16;
+/// A range refused twice is given up only up to the oldest start the API still
+/// serves, searched in at most this many requests...
+const BOUNDARY_STEPS: u32 = 12;
+/// ... down to this many seconds.
+const BOUNDARY_PRECISION_SECONDS: i64 = 60;
+/// Searches for that start per run: one more when the first start found has
+/// aged out of the API's reach before its range was read.
+const BOUNDARY_SEARCHES_PER_RUN: u32 = 2;
 
 /// The next range to query: from the checkpoint to `now - delay`, at most
 /// `max_window` long, on whole seconds. `None` when caught up.
@@ -51,7 +64,7 @@ pub fn next_window(
 }
 
 /// The window length that `capacity` pages can read at `events_per_second`
-/// (unknown: 0), on whole seconds, between one second and `max_window`.
+/// (unknown: 0), on whole milliseconds, between one millisecond and `max_window`.
 pub fn planned_length(capacity: u64, events_per_second: f64, max_window: ChronoDuration) -> ChronoDuration {
     length_for(capacity, PLANNED_FILL, events_per_second, max_window)
 }
@@ -61,23 +74,81 @@ fn length_for(capacity: u64, fill: f64, events_per_second: f64, max_window: Chro
         return max_window;
     }
     let rows = capacity as f64 * MAX_PAGE_ROWS as f64 * fill;
-    let seconds = (rows / events_per_second).floor().clamp(1.0, max_window.num_seconds().max(1) as f64);
-    ChronoDuration::seconds(seconds as i64).min(max_window)
+    let longest = max_window.num_milliseconds().max(MIN_RANGE_MS) as f64;
+    let ms = (rows / events_per_second * 1000.0).floor().clamp(MIN_RANGE_MS as f64, longest);
+    ChronoDuration::milliseconds(ms as i64).min(max_window)
 }
 
-/// Ends the cursor's range earlier when, at `events_per_second`, it holds
-/// more rows than half of `capacity` pages read: a pass over a range must fit in
-/// one run, since its page tokens may not live until the next. False when it
+/// The length of the window after one of `last` length read whole in its first
+/// page with `rows` rows: `EMPTY_GROWTH` times longer when it was empty, less
+/// when it had rows (at its density, the next one fills `PLANNED_FILL` of
+/// `capacity` pages at most), and shorter than a window the API could not
+/// answer in this run.
+pub fn grown_length(last: ChronoDuration, rows: u64, capacity: u64, too_long: Option<ChronoDuration>) -> ChronoDuration {
+    let fits = (capacity as f64 * MAX_PAGE_ROWS as f64 * PLANNED_FILL / rows.max(1) as f64).floor() as i64;
+    let factor = if rows == 0 { EMPTY_GROWTH } else { fits.clamp(1, EMPTY_GROWTH) };
+    let grown = ChronoDuration::try_milliseconds(last.num_milliseconds().saturating_mul(factor)).unwrap_or(ChronoDuration::MAX);
+    match too_long {
+        Some(failed) => grown.min(failed / 2),
+        None => grown,
+    }
+}
+
+/// What a pass over a range that could not finish showed: the density of its
+/// rows where they lie (`rows_span`), and the earliest of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PassSeen {
+    pub events_per_second: f64,
+    pub first_row: Option<DateTime<Utc>>,
+    /// The range was cut after an earlier pass and still could not be read:
+    /// its rows crowd somewhere the estimate cannot see, so it is cut harder.
+    pub failed_again: bool,
+}
+
+impl PassSeen {
+    pub fn of(cursor: &Cursor, learned_events_per_second: f64) -> PassSeen {
+        let spread = cursor.rows_span.map(|(first, last)| (last - first).num_milliseconds().max(MIN_RANGE_MS) as f64 / 1000.0);
+        let seconds = spread.unwrap_or(cursor.length_seconds()).min(cursor.length_seconds());
+        let here = if seconds > 0.0 { cursor.rows as f64 / seconds } else { 0.0 };
+        PassSeen {
+            events_per_second: here.max(learned_events_per_second),
+            first_row: cursor.rows_span.map(|(first, _)| first),
+            failed_again: cursor.restarts > 0,
+        }
+    }
+}
+
+/// Ends the cursor's range earlier when, at the density the failed pass saw, it
+/// holds more rows than half of `capacity` pages read: a pass over a range must
+/// fit in one run, since its page tokens may not live until the next. Where
+/// those rows start later in the range, the time before them is read on its
+/// own first. Ranges end on whole milliseconds, one at least. False when it
 /// already fits.
-pub fn fit(cursor: &mut Cursor, capacity: u64, events_per_second: f64) -> bool {
+pub fn fit(cursor: &mut Cursor, capacity: u64, seen: PassSeen) -> bool {
     let length = cursor.range_end - cursor.range_start;
-    let planned = length_for(capacity, REPLANNED_FILL, events_per_second, length);
+    let mut planned = length_for(capacity, REPLANNED_FILL, seen.events_per_second, length);
+    if seen.failed_again {
+        planned = planned.min(length / EMPTY_GROWTH as i32);
+    }
     if planned >= length {
         return false;
     }
-    // At least one second long, so whole_second never empties the range.
-    cursor.range_end = whole_second(cursor.range_start + planned.max(ChronoDuration::seconds(1)));
+    let mut end = cursor.range_start + planned.max(ChronoDuration::milliseconds(MIN_RANGE_MS));
+    if let Some(first) = seen.first_row.map(whole_ms).filter(|first| *first > end && *first < cursor.range_end) {
+        end = first;
+    }
+    // At least a millisecond after the start: cut to whole milliseconds, never empty.
+    let end = whole_ms(end);
+    if end >= cursor.range_end {
+        return false;
+    }
+    cursor.range_end = end;
     true
+}
+
+/// True when the range is as short as a range can be.
+fn is_finest(cursor: &Cursor) -> bool {
+    (cursor.range_end - cursor.range_start).num_milliseconds() <= MIN_RANGE_MS
 }
 
 /// Halves the cursor's range, down to `MIN_WINDOW_SECONDS`; false when it cannot.
@@ -92,6 +163,17 @@ fn shrink(cursor: &mut Cursor) -> bool {
 
 fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+fn whole_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// A row's `@timestamp`, when it has one the check can read.
+fn row_time(row: &Row) -> Option<DateTime<Utc>> {
+    let raw = row.get("@timestamp")?;
+    let value = serde_json::from_str::<Value>(raw).ok()?;
+    transform::parse_timestamp_ms(&value).and_then(DateTime::from_timestamp_millis)
 }
 
 pub fn format_time(t: DateTime<Utc>) -> String {
@@ -118,9 +200,17 @@ pub struct QueryOutcome {
     pub repeated_tokens: u64,
     /// This run's budget (pages, rate limit, time) could not read another window.
     pub stopped_by_budget: bool,
-    /// The saved position while a refused old range is probed from the look-back.
-    pub probe: Option<(DateTime<Utc>, Option<Cursor>)>,
-    pub probed: bool,
+    /// A refused first page was asked again; cleared by the next page served.
+    pub refusal_retried: bool,
+    /// Searches this run for the oldest range start the API still serves.
+    pub boundary_searches: u32,
+    /// Ranges given up, by reason (`retention`, `dense`): counted, and warned about in `repairs`.
+    pub given_up: BTreeMap<&'static str, u64>,
+    /// The length and rows of the last window when its first page held it
+    /// whole: the next one grows.
+    pub light_window: Option<(ChronoDuration, u64)>,
+    /// The shortest window the API could not answer in time in this run.
+    pub too_long: Option<ChronoDuration>,
     /// Requests sent for this query, and when the first went: the pace so far.
     pub requests: u64,
     pub started: Option<Instant>,
@@ -188,8 +278,8 @@ pub struct QueryRun<'a> {
     pub max_pages: u32,
     pub delay: ChronoDuration,
     pub max_window: ChronoDuration,
-    /// `initial_lookback_seconds`: a range the API refuses that starts before
-    /// this is tried again from here once (see `probe_recent`).
+    /// `initial_lookback_seconds`: a range the API refuses twice that starts
+    /// before this may lie beyond its retention (see `give_up_beyond_retention`).
     pub lookback: ChronoDuration,
 }
 
@@ -216,7 +306,10 @@ impl QueryRun<'_> {
                     outcome.stopped_by_budget = true;
                     break;
                 }
-                let length = planned_length(capacity, state.learned.events_per_second, self.max_window);
+                let mut length = planned_length(capacity, state.learned.events_per_second, self.max_window);
+                if let Some((last, rows)) = outcome.light_window {
+                    length = length.max(grown_length(last, rows, capacity, outcome.too_long));
+                }
                 match next_window(state.checkpoint, self.now, self.delay, length) {
                     Some((range_start, range_end)) => state.cursor = Some(Cursor::new(range_start, range_end)),
                     None => break,
@@ -226,11 +319,6 @@ impl QueryRun<'_> {
                 Step::Continue => {}
                 Step::Stop => break,
             }
-        }
-        if let Some((checkpoint, cursor)) = outcome.probe.take() {
-            // No page of the recent range came back: nothing is proven, the saved position stays.
-            state.checkpoint = checkpoint;
-            state.cursor = cursor;
         }
         self.flush(state, &mut pending, &mut outcome);
         outcome
@@ -274,22 +362,18 @@ impl QueryRun<'_> {
             Err(error) => return self.refetch_malformed(outcome, error),
         };
         outcome.malformed_streak = 0;
+        outcome.refusal_retried = false;
         outcome.pages += 1;
         outcome.collected += page.rows.len() as u64;
         if page.rows.first().is_some_and(transform::lacks_keep) {
             outcome.lacks_keep = true;
         }
         self.token_survived(&cursor, state);
-        if let Some((refused_from, _)) = outcome.probe.take() {
-            outcome.repairs.push(format!(
-                "the API refused the range from {} while it reads the last initial_lookback_seconds: that range is beyond its reach, and collection resumes from {}",
-                format_time(refused_from),
-                format_time(state.checkpoint)
-            ));
-            *outcome.recovered.entry(ErrorKind::QueryInvalid).or_default() += 1;
-        }
         let rows = page.rows.len() as u64;
+        let times: Vec<DateTime<Utc>> = page.rows.iter().filter_map(row_time).collect();
         self.buffer_rows(page.rows, state, pending, outcome);
+        let length = cursor.range_end - cursor.range_start;
+        let first_page = cursor.pages_done == 0;
         let mut after = Cursor {
             page_token: page.next_page_token,
             pages_done: cursor.pages_done.saturating_add(1),
@@ -297,8 +381,14 @@ impl QueryRun<'_> {
             token_at: Some(Utc::now()),
             ..cursor
         };
+        for at in times {
+            after.observe(at);
+        }
         let repeated = after.page_token.clone().is_some_and(|token| !after.follow(&token));
         let closes_window = after.page_token.is_none();
+        if closes_window {
+            outcome.light_window = first_page.then_some((length, rows));
+        }
         pending.pages.push(PageMark { end: pending.logs.len(), cursor: after });
         if repeated {
             return self.stop_on_repeated_token(state, pending, outcome);
@@ -414,12 +504,18 @@ impl QueryRun<'_> {
 
     /// Errors a query can work around within the same run; others stop it.
     fn recover(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
-        if let Some((checkpoint, cursor)) = outcome.probe.take() {
-            // The recent range failed too: the refusal was not about age. Keep the saved position.
-            state.checkpoint = checkpoint;
-            state.cursor = cursor;
-        } else if self.probe_recent(state, outcome, &error) {
-            return Step::Continue;
+        let first_page = state.cursor.as_ref().is_some_and(|c| c.page_token.is_none());
+        if error.kind() == ErrorKind::QueryInvalid && first_page {
+            // One refusal proves nothing: the same request is sent again once.
+            if !outcome.refusal_retried {
+                outcome.refusal_retried = true;
+                *outcome.recovered.entry(ErrorKind::QueryInvalid).or_default() += 1;
+                if self.deadline.sleep(backoff(0)) {
+                    return Step::Continue;
+                }
+            } else if let Some(step) = self.give_up_beyond_retention(state, outcome) {
+                return step;
+            }
         }
         let resumable = state.cursor.as_ref().is_some_and(|c| c.page_token.is_some());
         if error.kind() == ErrorKind::QueryInvalid && resumable && outcome.token_restarts < u64::from(MAX_RESTARTS_PER_RUN) {
@@ -430,8 +526,11 @@ impl QueryRun<'_> {
             outcome.error = Some(error);
             return Step::Stop;
         };
+        // No later window of this run grows as long as one the API could not answer.
+        let failed = cursor.range_end - cursor.range_start;
         match error.kind() {
             ErrorKind::QueryTooLarge | ErrorKind::QueryTimeout if cursor.page_token.is_none() && shrink(cursor) => {
+                outcome.too_long = Some(outcome.too_long.map_or(failed, |known| known.min(failed)));
                 outcome.window_shrinks += 1;
                 *outcome.recovered.entry(error.kind()).or_default() += 1;
                 Step::Continue
@@ -447,22 +546,70 @@ impl QueryRun<'_> {
         }
     }
 
-    /// A first page refused (400) for a range older than the look-back may lie
-    /// beyond what the API can still read (its retention), and would be refused in
-    /// every run. Once per run, the query is tried from now minus the look-back
-    /// instead: when that page is served, the old range is given up (a WARNING);
-    /// when it is refused too, the saved position stays and the error stands.
-    fn probe_recent(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome, error: &HuntressError) -> bool {
-        let recent = self.now - self.lookback;
-        let refused_old_range = error.kind() == ErrorKind::QueryInvalid
-            && state.cursor.as_ref().is_some_and(|c| c.page_token.is_none() && c.range_start < recent);
-        if outcome.probed || !refused_old_range {
-            return false;
+    /// A first page refused twice for a range older than the look-back may lie
+    /// beyond what the API can still read (its retention), and would be refused
+    /// in every run. Proof is sought before anything is given up: a range from
+    /// now minus the look-back must be served (else the query itself is refused,
+    /// and the error stands with the saved position), then the oldest start the
+    /// API still serves is searched between the two. Only the time before it is
+    /// given up: counted, and a WARNING. `None` when this does not apply, or when
+    /// the search could not finish (the position stays).
+    fn give_up_beyond_retention(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) -> Option<Step> {
+        let recent = whole_second(self.now - self.lookback);
+        let refused = state.cursor.as_ref().map(|c| c.range_start).filter(|start| *start < recent)?;
+        if outcome.boundary_searches >= BOUNDARY_SEARCHES_PER_RUN {
+            return None;
         }
-        outcome.probed = true;
-        outcome.probe = Some((state.checkpoint, state.cursor.take()));
-        state.checkpoint = recent;
-        true
+        outcome.boundary_searches += 1;
+        let (mut old, mut served) = (refused, recent);
+        match self.serves(outcome, served) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(error) => return Some(self.stop_with(outcome, error)),
+        }
+        for _ in 0..BOUNDARY_STEPS {
+            if (served - old).num_seconds() <= BOUNDARY_PRECISION_SECONDS {
+                break;
+            }
+            let middle = whole_second(old + (served - old) / 2);
+            match self.serves(outcome, middle) {
+                Ok(true) => served = middle,
+                Ok(false) => old = middle,
+                Err(error) => return Some(self.stop_with(outcome, error)),
+            }
+        }
+        outcome.repairs.push(format!(
+            "the API refused the range from {} twice and serves the range from {}: the events between are beyond its reach and are given up; collection resumes from {}",
+            format_time(refused),
+            format_time(served),
+            format_time(served)
+        ));
+        *outcome.given_up.entry("retention").or_default() += 1;
+        state.cursor = None;
+        state.checkpoint = served;
+        outcome.refusal_retried = false;
+        self.save(state, outcome);
+        Some(Step::Continue)
+    }
+
+    /// Whether the API serves a first page from `start` (one second of range):
+    /// `Ok(false)` when it refuses it, an error when it does not answer.
+    fn serves(&mut self, outcome: &mut QueryOutcome, start: DateTime<Utc>) -> Result<bool> {
+        outcome.requests += 1;
+        match self.fetch(&Cursor::new(start, start + ChronoDuration::seconds(1))) {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == ErrorKind::QueryInvalid => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn stop_with(&mut self, outcome: &mut QueryOutcome, error: HuntressError) -> Step {
+        if error.kind() == ErrorKind::Deadline {
+            outcome.stopped_by_deadline = true;
+        } else {
+            outcome.error.get_or_insert(error);
+        }
+        Step::Stop
     }
 
     /// The page token expired (or was refused): the range is read again from its
@@ -475,16 +622,38 @@ impl QueryRun<'_> {
         if let Some(issued) = cursor.token_at {
             state.learned.token_expired_at_age((Utc::now() - issued).num_milliseconds() as f64 / 1000.0);
         }
+        outcome.token_restarts += 1;
+        *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
+        if is_finest(cursor) && cursor.rows > 0 {
+            self.give_up_dense_range(state, outcome);
+            return;
+        }
         state.learned.at_least(cursor.rows, cursor.length_seconds());
+        let seen = PassSeen::of(cursor, state.learned.events_per_second);
         cursor.restart();
         let capacity = self.page_capacity(state, outcome);
         if let Some(cursor) = state.cursor.as_mut() {
-            if fit(cursor, capacity, state.learned.events_per_second) {
+            if fit(cursor, capacity, seen) {
                 outcome.window_shrinks += 1;
             }
         }
-        outcome.token_restarts += 1;
-        *outcome.recovered.entry(ErrorKind::TokenExpired).or_default() += 1;
+    }
+
+    /// A range as short as a range can be holds more rows than one pass can
+    /// read before its page tokens expire: what was read is kept, the rest is
+    /// given up (counted, and a WARNING), and the query moves past it.
+    fn give_up_dense_range(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) {
+        let Some(cursor) = state.cursor.as_mut() else { return };
+        outcome.repairs.push(format!(
+            "more events share the millisecond from {} than one run can read before the API's page tokens expire: {} of them were read, the rest of that millisecond is given up",
+            format_time(cursor.range_start),
+            cursor.rows
+        ));
+        *outcome.given_up.entry("dense").or_default() += 1;
+        // Past it, without learning its density: that millisecond is not the query's pace.
+        state.checkpoint = state.checkpoint.max(cursor.range_end);
+        state.cursor = None;
+        self.save(state, outcome);
     }
 
     fn buffer_rows(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
@@ -618,6 +787,14 @@ mod tests {
         assert_eq!(small.range_end, t(1_015));
     }
 
+    fn ms(millis: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(millis).unwrap()
+    }
+
+    fn seen(events_per_second: f64) -> PassSeen {
+        PassSeen { events_per_second, first_row: None, failed_again: false }
+    }
+
     #[test]
     fn windows_are_planned_to_fit_the_pages_a_run_can_read() {
         let cap = ChronoDuration::seconds(900);
@@ -626,19 +803,82 @@ mod tests {
         let density = 14_000.0 / 900.0;
         let planned = planned_length(58, density, cap).num_seconds();
         assert!(planned * 14_000 / 900 <= 58 * 200 && planned > 400, "{planned}");
-        assert_eq!(planned_length(0, density, cap), ChronoDuration::seconds(1), "never shorter than a second");
+        assert_eq!(planned_length(0, density, cap), ChronoDuration::milliseconds(1), "never shorter than a millisecond");
         assert_eq!(planned_length(1_000, 0.001, cap), cap);
+        // 1,500 events in a second, 5 pages: 750 rows take half a second.
+        assert_eq!(planned_length(5, 1_500.0, cap), ChronoDuration::milliseconds(500));
     }
 
     #[test]
     fn a_window_larger_than_a_run_ends_earlier() {
         let mut cursor = Cursor::new(t(1_000), t(1_900));
-        assert!(!fit(&mut cursor, 140, 14_000.0 / 900.0), "70 pages fit in half of 140");
-        assert!(fit(&mut cursor, 58, 14_000.0 / 900.0));
+        assert!(!fit(&mut cursor, 140, seen(14_000.0 / 900.0)), "70 pages fit in half of 140");
+        assert!(fit(&mut cursor, 58, seen(14_000.0 / 900.0)));
         assert!(cursor.range_end < t(1_900) && cursor.range_end > t(1_300), "{:?}", cursor.range_end);
         let mut dense = Cursor::new(t(1_000), t(1_900));
-        assert!(fit(&mut dense, 0, 1e9));
-        assert_eq!(dense.range_end, t(1_001), "down to one second, never empty");
+        assert!(fit(&mut dense, 0, seen(1e9)));
+        assert_eq!(dense.range_end, ms(1_000_001), "down to one millisecond, never empty");
+        let mut finest = Cursor::new(t(1_000), ms(1_000_001));
+        assert!(!fit(&mut finest, 0, seen(1e9)), "a millisecond cannot be cut");
+        assert!(is_finest(&finest) && !is_finest(&Cursor::new(t(1_000), ms(1_000_002))));
+    }
+
+    #[test]
+    fn a_dense_second_is_cut_below_a_second() {
+        // A pass read 1,000 rows spread over the second from 1,500 and stopped.
+        let mut cursor = Cursor { rows: 1_000, pages_done: 5, ..Cursor::new(t(1_500), t(1_501)) };
+        cursor.observe(ms(1_500_000));
+        cursor.observe(ms(1_500_999));
+        let seen = PassSeen::of(&cursor, 0.0);
+        assert!((seen.events_per_second - 1_000.0 / 0.999).abs() < 1e-6, "{seen:?}");
+        assert!(fit(&mut cursor, 5, seen));
+        assert_eq!(cursor.range_end, ms(1_500_499));
+        // A start off the millisecond still gets a range that is not empty.
+        let mut odd = Cursor::new(Utc.timestamp_opt(1_500, 123_456).unwrap(), t(1_501));
+        assert!(fit(&mut odd, 0, PassSeen { events_per_second: 1e9, first_row: None, failed_again: false }));
+        assert!(odd.range_end > odd.range_start && odd.range_end == ms(1_500_001));
+    }
+
+    #[test]
+    fn rows_that_start_late_in_a_range_leave_the_time_before_them_to_a_range_of_its_own() {
+        // 1,000 rows read, all within the millisecond at 1,600.5: the 600 s before them come first.
+        let mut cursor = Cursor { rows: 1_000, pages_done: 5, ..Cursor::new(t(1_000), t(1_900)) };
+        cursor.observe(ms(1_600_500));
+        let seen = PassSeen::of(&cursor, 0.0);
+        assert_eq!(seen.events_per_second, 1_000_000.0);
+        assert!(fit(&mut cursor, 5, seen));
+        assert_eq!(cursor.range_end, ms(1_600_500));
+        // Spread over the whole range: cut by density alone.
+        let mut spread = Cursor { rows: 1_000, pages_done: 5, ..Cursor::new(t(1_000), t(1_900)) };
+        spread.observe(t(1_000));
+        spread.observe(t(1_899));
+        let seen = PassSeen::of(&spread, 0.0);
+        assert!(fit(&mut spread, 5, seen));
+        assert!(spread.range_end > t(1_400) && spread.range_end < t(1_500), "{:?}", spread.range_end);
+        // The same range failing again after a cut: a sixteenth of it, whatever the estimate.
+        let mut again = Cursor { rows: 1_000, pages_done: 5, restarts: 1, ..Cursor::new(t(1_000), t(1_800)) };
+        let seen = PassSeen::of(&again, 0.0);
+        assert!(seen.failed_again);
+        assert!(fit(&mut again, 5, seen));
+        assert_eq!(again.range_end, t(1_050));
+    }
+
+    #[test]
+    fn an_empty_window_makes_the_next_one_longer_within_what_timed_out() {
+        let empty = ChronoDuration::seconds(900);
+        assert_eq!(grown_length(empty, 0, 5, None), ChronoDuration::seconds(14_400));
+        assert_eq!(grown_length(empty, 0, 5, Some(ChronoDuration::seconds(3_600))), ChronoDuration::seconds(1_800));
+        assert_eq!(grown_length(ChronoDuration::MAX, 0, 5, None), ChronoDuration::MAX, "saturates");
+        // 150 rows in 900 s, 5 pages left: 750 rows fit in five times as long.
+        assert_eq!(grown_length(empty, 150, 5, None), ChronoDuration::seconds(4_500));
+        assert_eq!(grown_length(empty, 199, 1, None), empty, "never shorter");
+        // Four requests cross seven empty days from a 900 s window.
+        let (mut covered, mut window) = (ChronoDuration::zero(), empty);
+        for _ in 0..4 {
+            covered += window;
+            window = grown_length(window, 0, 5, None);
+        }
+        assert!(covered >= ChronoDuration::days(7), "{covered:?}");
     }
 
     #[test]

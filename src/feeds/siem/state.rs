@@ -55,6 +55,10 @@ pub struct Cursor {
     /// Hashes of the page tokens of this pass, to stop on one handed out twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<u64>,
+    /// The earliest and latest `@timestamp` among the rows of this pass: where
+    /// in the range they lie, to narrow a range that one run cannot read whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_span: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// Rows per SIEM page at most.
@@ -69,7 +73,17 @@ pub const MAX_TRACKED_TOKENS: usize = 2_000;
 impl Cursor {
     /// A first pass over `range_start..range_end`.
     pub fn new(range_start: DateTime<Utc>, range_end: DateTime<Utc>) -> Self {
-        Cursor { range_start, range_end, page_token: None, pages_done: 0, restarts: 0, rows: 0, token_at: None, tokens: Vec::new() }
+        Cursor {
+            range_start,
+            range_end,
+            page_token: None,
+            pages_done: 0,
+            restarts: 0,
+            rows: 0,
+            token_at: None,
+            tokens: Vec::new(),
+            rows_span: None,
+        }
     }
 
     /// Starts the range again from its first page.
@@ -79,7 +93,16 @@ impl Cursor {
         self.rows = 0;
         self.token_at = None;
         self.tokens.clear();
+        self.rows_span = None;
         self.restarts = self.restarts.saturating_add(1);
+    }
+
+    /// Widens the span of this pass's rows to `at`.
+    pub fn observe(&mut self, at: DateTime<Utc>) {
+        self.rows_span = Some(match self.rows_span {
+            Some((first, last)) => (first.min(at), last.max(at)),
+            None => (at, at),
+        });
     }
 
     /// Records the token of the next page; false when this pass already had it
