@@ -119,7 +119,8 @@ impl Config {
         let reader = Reader { obj };
         let logs = LogsSettings::parse(&agent.logs_config)?;
         let (intake, encoding_note) = intake_settings(&reader, agent, &logs)?;
-        let deadline_default = default_deadline(reader.number("min_collection_interval")?.unwrap_or(agent.min_collection_interval));
+        let interval = reader.number("min_collection_interval")?.unwrap_or(agent.min_collection_interval);
+        let deadline_default = default_deadline(interval);
         Ok(Config {
             huntress: HuntressSettings {
                 api_key: reader.secret("huntress_api_key", "set it to the API key from <account>.huntress.io > API Credentials")?,
@@ -131,7 +132,7 @@ impl Config {
             encoding_note,
             tags: reader.tags("tags")?,
             run_deadline: Duration::from_secs_f64(reader.positive("run_deadline_seconds", deadline_default, 86_400.0)?),
-            siem: siem_settings(&reader)?,
+            siem: siem_settings(&reader, interval)?,
             feeds: FeedSettings {
                 incidents: list_settings(obj, "incidents")?,
                 escalations: list_settings(obj, "escalations")?,
@@ -168,17 +169,24 @@ fn http_settings(reader: &Reader, agent: &AgentContext, verify_key: &'static str
     })
 }
 
-fn siem_settings(reader: &Reader) -> Result<SiemSettings> {
+/// Late events are looked for at most this far back: the intake drops logs
+/// older than 18 h under `stale_log_policy: skip`, and a day bounds the id memory.
+const MAX_LATE_REACH_SECONDS: u64 = 86_400;
+
+fn siem_settings(reader: &Reader, interval: f64) -> Result<SiemSettings> {
     Ok(SiemSettings {
         queries: parse_queries(reader.obj.get("log_queries"))?,
         service: reader.string("service", DEFAULT_SERVICE)?,
         max_pages_per_run: reader.uint("max_pages_per_run", 100, 1, 100_000)? as u32,
         initial_lookback: secs(reader.uint("initial_lookback_seconds", 3600, 1, MAX_LOOKBACK_SECONDS)?),
-        collection_delay: secs(reader.uint("collection_delay_seconds", 300, 0, 86_400)?),
+        collection_delay: secs(reader.uint("collection_delay_seconds", 10, 0, 86_400)?),
         max_window: secs(reader.uint("max_window_seconds", 900, 10, 86_400)?),
         dedup_cache_size: reader.uint("dedup_cache_size", 50_000, 1_000, 1_000_000)? as usize,
         stale_policy: parse_stale_policy(reader)?,
         enrich_with_org_tags: reader.bool("enrich_with_org_tags", true)?,
+        late_reach: secs(reader.uint("late_arrival_window_seconds", 21_600, 0, MAX_LATE_REACH_SECONDS)?),
+        lag_warning: secs(reader.uint("lag_warning_seconds", 900, 60, 7 * 86_400)?),
+        interval: Duration::from_secs_f64(if interval > 0.0 && interval.is_finite() { interval.min(86_400.0) } else { 15.0 }),
     })
 }
 
@@ -561,7 +569,10 @@ mod tests {
         assert_eq!(config.intake.url, "https://http-intake.logs.datadoghq.eu/api/v2/logs");
         assert_eq!(config.intake.dd_api_key, "agent-dd-key");
         assert_eq!(config.siem.max_pages_per_run, 100);
-        assert_eq!(config.siem.collection_delay, Duration::from_secs(300));
+        assert_eq!(config.siem.collection_delay, Duration::from_secs(10));
+        assert_eq!(config.siem.late_reach, Duration::from_secs(21_600));
+        assert_eq!(config.siem.lag_warning, Duration::from_secs(900));
+        assert_eq!(config.siem.interval, Duration::from_secs(900), "the agent's min_collection_interval");
         assert_eq!(config.run_deadline, Duration::from_secs(720));
         assert!(config.huntress.http.tls.verify);
         assert_eq!(config.siem.stale_policy, StalePolicy::RewriteDate);

@@ -2,7 +2,7 @@
 //! one page at a time, forwards the logs of consecutive pages together (up to
 //! one intake batch), and saves the state after each batch the intake accepted.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,9 @@ use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use crate::base::cache::Cache;
+use crate::feeds::siem::late::LateOutcome;
 use crate::feeds::siem::page::{malformed, parse_page, MAX_PAGE_ROWS, QUERY_PATH};
-use crate::feeds::siem::state::{Cursor, IdHasher, QueryState};
+use crate::feeds::siem::state::{event_second, Cursor, IdHasher, QueryState};
 use crate::base::error::{ErrorKind, HuntressError, Result};
 use crate::base::http::{backoff, Deadline};
 use crate::huntress::client::{Feature, HuntressClient};
@@ -219,17 +220,66 @@ pub struct QueryOutcome {
     pub malformed_streak: u32,
     /// Non-fatal errors to count, by kind.
     pub recovered: BTreeMap<ErrorKind, u64>,
+    /// The limit that ended this run's reading before the query caught up.
+    pub limit: Option<Limit>,
+    /// Seconds from each forwarded event's `@timestamp` to its acceptance by
+    /// the intake (the first `MAX_AGES`).
+    pub ages: Vec<u32>,
+    /// What the late-arrival checks did.
+    pub late: LateOutcome,
     /// Logs dropped by a processing rule, by rule name: handled, never sent.
     pub excluded: BTreeMap<String, u64>,
+}
+
+/// Delivery ages kept per query and run, for the percentiles.
+const MAX_AGES: usize = 100_000;
+
+/// What ends a query's reading in a run before it has caught up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_pages_per_run`.
+    Pages,
+    /// The account's requests per minute, shared with the other feeds.
+    RateBudget,
+    /// `run_deadline_seconds`.
+    Deadline,
+}
+
+impl Limit {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Limit::Pages => "max_pages_per_run",
+            Limit::RateBudget => "the Huntress rate budget",
+            Limit::Deadline => "the run deadline",
+        }
+    }
+
+    /// What a user can change about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Limit::Pages => "raise max_pages_per_run",
+            Limit::RateBudget => "fewer queries or instances on this account, or feeds turned off, leave more of its 60 requests a minute",
+            Limit::Deadline => "raise run_deadline_seconds (or min_collection_interval)",
+        }
+    }
+}
+
+impl QueryOutcome {
+    pub fn record_age(&mut self, accepted_at: u32, second: u32) {
+        if second > 0 && self.ages.len() < MAX_AGES {
+            self.ages.push(accepted_at.saturating_sub(second));
+        }
+    }
 }
 
 /// Logs of fetched pages not yet sent: they go to the intake together, up to
 /// a full batch, instead of one request per page.
 #[derive(Default)]
-struct Pending {
-    logs: LogBuffer,
-    /// Their ids, so that a row repeated on a later page is not sent twice.
-    ids: HashSet<u64, BuildHasherDefault<IdHasher>>,
+pub(super) struct Pending {
+    pub(super) logs: LogBuffer,
+    /// Their ids and event seconds, so that a row repeated on a later page is
+    /// not sent twice.
+    pub(super) ids: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     pages: Vec<PageMark>,
 }
 
@@ -246,11 +296,11 @@ impl Pending {
     }
 
     /// Another full page might not fit in one intake batch.
-    fn is_full(&self) -> bool {
+    pub(super) fn is_full(&self) -> bool {
         self.logs.len() + MAX_PAGE_ROWS > MAX_BATCH_LOGS || self.logs.bytes_len() >= MAX_BATCH_BYTES / 2
     }
 
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.logs.clear();
         self.ids.clear();
         self.pages.clear();
@@ -281,6 +331,8 @@ pub struct QueryRun<'a> {
     /// `initial_lookback_seconds`: a range the API refuses twice that starts
     /// before this may lie beyond its retention (see `give_up_beyond_retention`).
     pub lookback: ChronoDuration,
+    /// Reading again for late arrivals: rows already handled are expected, not counted as duplicates.
+    pub rereading: bool,
 }
 
 enum Step {
@@ -294,6 +346,7 @@ impl QueryRun<'_> {
         let mut pending = Pending::default();
         while outcome.error.is_none() {
             if outcome.pages >= u64::from(self.max_pages) {
+                outcome.limit = Some(Limit::Pages);
                 break;
             }
             if self.deadline.expired() {
@@ -301,9 +354,10 @@ impl QueryRun<'_> {
                 break;
             }
             if state.cursor.is_none() {
-                let capacity = self.page_capacity(state, &outcome);
+                let (capacity, limit) = self.limited_capacity(state, &outcome);
                 if capacity == 0 {
                     outcome.stopped_by_budget = true;
+                    outcome.limit = Some(limit);
                     break;
                 }
                 let mut length = planned_length(capacity, state.learned.events_per_second, self.max_window);
@@ -329,6 +383,11 @@ impl QueryRun<'_> {
     /// slot that a page token is known not to outlive), and within the time left
     /// at the pace of this run's requests so far.
     fn page_capacity(&self, state: &QueryState, outcome: &QueryOutcome) -> u64 {
+        self.limited_capacity(state, outcome).0
+    }
+
+    /// `page_capacity`, and the limit that sets it.
+    fn limited_capacity(&self, state: &QueryState, outcome: &QueryOutcome) -> (u64, Limit) {
         let by_cap = u64::from(self.max_pages).saturating_sub(outcome.pages);
         let max_gap = state.learned.token_expired_after.map(|seconds| Duration::from_secs_f64(seconds / 2.0));
         let by_budget = u64::from(self.huntress.slots_before(self.deadline.0, max_gap));
@@ -339,7 +398,10 @@ impl QueryRun<'_> {
             }
             _ => u64::MAX,
         };
-        by_cap.min(by_budget).min(by_time)
+        [(by_cap, Limit::Pages), (by_budget, Limit::RateBudget), (by_time, Limit::Deadline)]
+            .into_iter()
+            .min_by_key(|(pages, _)| *pages)
+            .unwrap_or((0, Limit::Pages))
     }
 
     fn step(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> Step {
@@ -407,16 +469,8 @@ impl QueryRun<'_> {
         if pending.pages.is_empty() {
             return true;
         }
-        let refused_before = self.intake.stats.rejected;
-        let delivery = self.intake.send(&pending.logs, &self.deadline);
-        for id in pending.logs.ids().take(delivery.accepted_prefix) {
-            state.remember(id);
-        }
-        // Logs the intake refused even alone are done with, but not forwarded.
-        let refused = self.intake.stats.rejected - refused_before;
-        outcome.rejected += refused;
-        outcome.forwarded += (delivery.accepted_prefix as u64).saturating_sub(refused);
-        if let Some(mark) = pending.pages.iter().rev().find(|mark| mark.end <= delivery.accepted_prefix) {
+        let (accepted_prefix, error) = self.deliver(state, pending, outcome);
+        if let Some(mark) = pending.pages.iter().rev().find(|mark| mark.end <= accepted_prefix) {
             state.cursor = Some(mark.cursor.clone());
             if mark.cursor.page_token.is_none() {
                 state.complete_window();
@@ -426,7 +480,30 @@ impl QueryRun<'_> {
         }
         pending.clear();
         self.save(state, outcome);
-        match delivery.error {
+        self.delivered(error, outcome)
+    }
+
+    /// Sends the pending logs and remembers the ids the intake accepted: how
+    /// many logs it accepted, in order, and why it stopped there.
+    pub(super) fn deliver(&mut self, state: &mut QueryState, pending: &Pending, outcome: &mut QueryOutcome) -> (usize, Option<HuntressError>) {
+        let refused_before = self.intake.stats.rejected;
+        let delivery = self.intake.send(&pending.logs, &self.deadline);
+        let accepted_at = event_second(Utc::now());
+        for id in pending.logs.ids().take(delivery.accepted_prefix) {
+            let second = pending.ids.get(&id).copied().unwrap_or(0);
+            state.remember(id, second);
+            outcome.record_age(accepted_at, second);
+        }
+        // Logs the intake refused even alone are done with, but not forwarded.
+        let refused = self.intake.stats.rejected - refused_before;
+        outcome.rejected += refused;
+        outcome.forwarded += (delivery.accepted_prefix as u64).saturating_sub(refused);
+        (delivery.accepted_prefix, delivery.error)
+    }
+
+    /// After a delivery: false when the intake failed (the error is kept).
+    pub(super) fn delivered(&self, error: Option<HuntressError>, outcome: &mut QueryOutcome) -> bool {
+        match error {
             Some(error) if error.kind() == ErrorKind::Deadline => {
                 outcome.stopped_by_deadline = true;
                 false
@@ -454,8 +531,14 @@ impl QueryRun<'_> {
     }
 
     fn fetch(&mut self, cursor: &Cursor) -> Result<bytes::Bytes> {
+        let esql = self.esql;
+        self.fetch_with(esql, cursor)
+    }
+
+    /// A page of `esql` over the cursor's range.
+    pub(super) fn fetch_with(&mut self, esql: &str, cursor: &Cursor) -> Result<bytes::Bytes> {
         let mut body = json!({
-            "esql": self.esql,
+            "esql": esql,
             "range_start": format_time(cursor.range_start),
             "range_end": format_time(cursor.range_end),
         });
@@ -656,15 +739,20 @@ impl QueryRun<'_> {
         self.save(state, outcome);
     }
 
-    fn buffer_rows(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
+    pub(super) fn buffer_rows(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
         let now_ms = transform::now_ms();
         for row in rows {
             let id = transform::event_id(&row);
-            if state.seen.contains(id) || pending.ids.contains(&id) {
-                outcome.deduplicated += 1;
+            let second = row_time(&row).map(event_second).unwrap_or(0);
+            if state.seen.contains(id) || pending.ids.contains_key(&id) {
+                if state.seen.second_of(id) == Some(0) {
+                    state.remember(id, second);
+                }
+                outcome.deduplicated += u64::from(!self.rereading);
                 continue;
             }
             if !self.in_scope(&row) {
+                state.remember(id, second);
                 continue;
             }
             let enrichment = self.enricher.enrich(&row);
@@ -690,18 +778,18 @@ impl QueryRun<'_> {
             if let Some(rule) = excluded_by {
                 // Handled: remembered like a sent log, so a replayed page drops it again without a send.
                 *outcome.excluded.entry(rule.to_string()).or_default() += 1;
-                state.remember(id);
+                state.remember(id, second);
                 continue;
             }
             match written {
                 Written::Log { stale, truncated } => {
                     outcome.stale += u64::from(stale);
                     outcome.truncated += u64::from(truncated || cut_by_rules);
-                    pending.ids.insert(id);
+                    pending.ids.insert(id, second);
                 }
                 Written::SkippedStale => {
                     outcome.stale += 1;
-                    state.remember(id);
+                    state.remember(id, second);
                 }
             }
         }
@@ -716,7 +804,7 @@ impl QueryRun<'_> {
     }
 
     /// Ids first, position second: see `checkpoint`.
-    fn save(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) {
+    pub(super) fn save(&mut self, state: &mut QueryState, outcome: &mut QueryOutcome) {
         let written = self.cache.write(&self.chunk_keys[state.chunk], &state.encode_open_chunk()).and_then(|_| {
             state.rotate_full_chunk(self.chunk_keys.len());
             self.cache.write(self.cache_key, &state.encode_position())

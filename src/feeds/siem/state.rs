@@ -6,7 +6,7 @@
 //! soon as the intake accepts a page, and the position after them: an Agent
 //! killed in between replays the page on restart, and the ids drop it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use base64::Engine;
@@ -20,6 +20,40 @@ use crate::base::error::{HuntressError, Result};
 const STATE_VERSION: u32 = 1;
 /// Ids per chunk key: five pages of 200 rows.
 pub const IDS_PER_CHUNK: usize = 1_000;
+
+/// The second of an event time as the id memory keeps it (0 before 1970).
+pub fn event_second(at: DateTime<Utc>) -> u32 {
+    u32::try_from(at.timestamp()).unwrap_or(0)
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_usize(value: &usize) -> bool {
+    *value == 0
+}
+
+/// A stretch of event time in whole seconds: `start..end`.
+pub trait TimeRange {
+    fn start(&self) -> i64;
+    fn end(&self) -> i64;
+}
+
+/// The most ids the memory of one query keeps, however far the late-arrival
+/// reach and however dense the events: 250 chunk keys of about 16 KB.
+pub const MAX_IDS: usize = 250_000;
+
+/// Ids to keep for a query: `configured` (`dedup_cache_size`) at least, and
+/// enough for `reach_seconds` of events at the density seen (with a margin),
+/// up to `MAX_IDS`. The second value: the ids the reach needs, when the memory
+/// cannot hold them.
+pub fn id_capacity(configured: usize, events_per_second: f64, reach_seconds: u64) -> (usize, Option<usize>) {
+    let needed = (events_per_second * reach_seconds as f64 * 1.25).ceil();
+    let needed = if needed.is_finite() && needed > 0.0 { needed.min(1e12) as usize } else { 0 };
+    let capacity = configured.max(needed.min(MAX_IDS));
+    (capacity, (needed > capacity).then_some(needed))
+}
 
 /// How many chunk keys hold `capacity` ids.
 pub fn chunk_count(capacity: usize) -> usize {
@@ -154,7 +188,7 @@ pub struct QueryState {
     pub seen: DedupSet,
     /// The chunk that new ids go to, and the ids it holds.
     pub chunk: usize,
-    pub open_chunk: Vec<u64>,
+    pub open_chunk: Vec<(u64, u32)>,
     pub learned: Learned,
     /// Why the stored cursor could not be read (it was dropped), for a warning.
     pub unreadable_cursor: Option<String>,
@@ -216,6 +250,13 @@ pub struct Position {
     pub chunk: usize,
     #[serde(flatten)]
     pub learned: Learned,
+    /// See `DedupSet::forgotten_until`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub forgotten_until: u32,
+    /// The ids the memory was sized for: it never shrinks by itself, since ids
+    /// dropped from it would let a re-read send their events again.
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub ids_kept: usize,
     /// Why the stored cursor could not be read, when it could not (it is dropped).
     #[serde(skip)]
     pub unreadable_cursor: Option<String>,
@@ -235,6 +276,10 @@ struct StoredPosition {
     events_per_second: Option<serde_json::Value>,
     #[serde(default)]
     token_expired_after: Option<serde_json::Value>,
+    #[serde(default)]
+    forgotten_until: Option<serde_json::Value>,
+    #[serde(default)]
+    ids_kept: Option<serde_json::Value>,
 }
 
 impl StoredPosition {
@@ -252,7 +297,9 @@ impl StoredPosition {
             token_expired_after: number(self.token_expired_after),
         }
         .sanitized();
-        Position { v: self.v, checkpoint: self.checkpoint, cursor, chunk: self.chunk, learned, unreadable_cursor }
+        let forgotten_until = self.forgotten_until.and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        let ids_kept = self.ids_kept.and_then(|v| v.as_u64()).map_or(0, |v| (v as usize).min(MAX_IDS));
+        Position { v: self.v, checkpoint: self.checkpoint, cursor, chunk: self.chunk, learned, forgotten_until, ids_kept, unreadable_cursor }
     }
 }
 
@@ -313,8 +360,14 @@ impl QueryState {
 
     /// The state from a stored position and the decoded id chunks, indexed by
     /// chunk number (empty for a missing or unreadable chunk).
-    pub fn restore(position: Position, mut chunks: Vec<Vec<u64>>, dedup_capacity: usize) -> QueryState {
+    /// `legacy`: some chunk was written before chunks held event seconds; what
+    /// was read before the checkpoint cannot be counted then.
+    pub fn restore(position: Position, mut chunks: Vec<Vec<(u64, u32)>>, legacy: bool, dedup_capacity: usize) -> QueryState {
         let mut state = QueryState::new(position.checkpoint, dedup_capacity);
+        state.seen.forget_until(position.forgotten_until);
+        if legacy {
+            state.seen.forget_until(event_second(position.checkpoint));
+        }
         state.cursor = position.cursor;
         state.learned = position.learned.sanitized();
         state.unreadable_cursor = position.unreadable_cursor;
@@ -322,8 +375,8 @@ impl QueryState {
         state.seen.reserve(chunks.iter().map(Vec::len).sum());
         // Oldest chunk first, so that eviction order survives a restart.
         for offset in 1..=chunks.len() {
-            for id in &chunks[(state.chunk + offset) % chunks.len()] {
-                state.seen.insert(*id);
+            for (id, second) in &chunks[(state.chunk + offset) % chunks.len()] {
+                state.seen.insert(*id, *second);
             }
         }
         if let Some(open) = chunks.get_mut(state.chunk) {
@@ -339,6 +392,8 @@ impl QueryState {
             cursor: self.cursor.clone(),
             chunk: self.chunk,
             learned: self.learned,
+            forgotten_until: self.seen.forgotten_until(),
+            ids_kept: self.seen.capacity(),
             unreadable_cursor: None,
         }
     }
@@ -355,10 +410,11 @@ impl QueryState {
             .map_err(HuntressError::Cache)
     }
 
-    /// Records a forwarded (or deliberately skipped) event.
-    pub fn remember(&mut self, id: u64) {
-        if self.seen.insert(id) {
-            self.open_chunk.push(id);
+    /// Records a handled event (forwarded, or deliberately not) and the second
+    /// of its `@timestamp` (0: unknown).
+    pub fn remember(&mut self, id: u64, second: u32) {
+        if self.seen.insert(id, second) {
+            self.open_chunk.push((id, second));
         }
     }
 
@@ -405,37 +461,82 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Ids of recently forwarded events, oldest evicted first past `capacity`.
+/// Ids of recently handled events, oldest evicted first past `capacity`, each
+/// with the second of its `@timestamp` (0: unknown), so that what was read of
+/// any stretch of event time can be counted (see `late`).
 /// Stored as 64-bit hashes: at 50,000 ids the chance of any collision is ~1e-10.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DedupSet {
     order: VecDeque<u64>,
-    members: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    members: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     capacity: usize,
+    /// The latest event second among evicted ids: counts up to it are incomplete.
+    forgotten_until: u32,
 }
+
+/// Marks a chunk that holds an event second beside each id.
+const TIMED_CHUNK: &str = "t:";
+/// Bytes per id in a timed chunk: the id, then its event second.
+const TIMED_RECORD: usize = 12;
 
 impl DedupSet {
     pub fn new(capacity: usize) -> Self {
-        DedupSet { order: VecDeque::new(), members: HashSet::default(), capacity: capacity.max(1) }
+        DedupSet { order: VecDeque::new(), members: HashMap::default(), capacity: capacity.max(1), forgotten_until: 0 }
     }
 
     pub fn contains(&self, id: u64) -> bool {
-        self.members.contains(&id)
+        self.members.contains_key(&id)
     }
 
-    /// True when the id was not there yet.
-    pub fn insert(&mut self, id: u64) -> bool {
-        if !self.members.insert(id) {
+    /// True when the id was not there yet. A known id without an event second
+    /// takes this one.
+    pub fn insert(&mut self, id: u64, second: u32) -> bool {
+        if let Some(known) = self.members.get_mut(&id) {
+            if *known == 0 {
+                *known = second;
+            }
             return false;
         }
+        self.members.insert(id, second);
         self.order.push_back(id);
         self.evict_to(self.capacity);
         true
     }
 
+    pub fn second_of(&self, id: u64) -> Option<u32> {
+        self.members.get(&id).copied()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn forgotten_until(&self) -> u32 {
+        self.forgotten_until
+    }
+
+    pub fn forget_until(&mut self, second: u32) {
+        self.forgotten_until = self.forgotten_until.max(second);
+    }
+
+    /// The remembered ids per bucket of `span` seconds (bucket starts on
+    /// multiples of `span`, as ES|QL's BUCKET) within `ranges` (sorted, not
+    /// overlapping, in seconds, each a whole number of buckets).
+    pub fn counts_within<R: TimeRange>(&self, ranges: &[R], span: i64) -> BTreeMap<i64, u64> {
+        let span = span.max(1);
+        let mut counts = BTreeMap::new();
+        for second in self.members.values().map(|s| i64::from(*s)) {
+            let after = ranges.partition_point(|r| r.start() <= second);
+            if after > 0 && second < ranges[after - 1].end() {
+                *counts.entry(second - second.rem_euclid(span)).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// Room for `additional` more ids (up to the capacity) without rehashing.
@@ -445,33 +546,43 @@ impl DedupSet {
         self.order.reserve(room);
     }
 
-    #[cfg(test)]
-    pub fn set_capacity(&mut self, capacity: usize) {
-        self.capacity = capacity.max(1);
-        self.evict_to(self.capacity);
-    }
-
     fn evict_to(&mut self, count: usize) {
         while self.order.len() > count {
             if let Some(old) = self.order.pop_front() {
-                self.members.remove(&old);
+                if let Some(second) = self.members.remove(&old) {
+                    self.forgotten_until = self.forgotten_until.max(second);
+                }
             }
         }
     }
 
-    pub fn encode_ids(ids: &[u64]) -> String {
-        let mut bytes = Vec::with_capacity(ids.len() * 8);
-        for id in ids {
+    pub fn encode_ids(ids: &[(u64, u32)]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * TIMED_RECORD);
+        for (id, second) in ids {
             bytes.extend_from_slice(&id.to_le_bytes());
+            bytes.extend_from_slice(&second.to_le_bytes());
         }
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+        format!("{TIMED_CHUNK}{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
     }
 
-    pub fn decode_ids(text: &str) -> Result<Vec<u64>> {
+    /// The ids of a chunk with their event seconds, and whether it was written
+    /// before chunks held seconds (its ids then have second 0).
+    pub fn decode_ids(text: &str) -> Result<(Vec<(u64, u32)>, bool)> {
+        let text = text.trim();
+        let (body, timed) = match text.strip_prefix(TIMED_CHUNK) {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
         let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(text.trim())
+            .decode(body)
             .map_err(|e| HuntressError::Cache(format!("unreadable dedup ids ({e})")))?;
-        Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect())
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+        let ids = if timed {
+            bytes.chunks_exact(TIMED_RECORD).map(|c| (word(&c[..8]), u32::from_le_bytes(c[8..].try_into().unwrap_or_default()))).collect()
+        } else {
+            bytes.chunks_exact(8).map(|c| (word(c), 0)).collect()
+        };
+        Ok((ids, !timed && !text.is_empty()))
     }
 }
 
@@ -484,8 +595,8 @@ mod tests {
         Utc.timestamp_opt(secs, 123_456_789).unwrap()
     }
 
-    fn decoded(chunks: &[String]) -> Vec<Vec<u64>> {
-        chunks.iter().map(|c| DedupSet::decode_ids(c).unwrap()).collect()
+    fn decoded(chunks: &[String]) -> Vec<Vec<(u64, u32)>> {
+        chunks.iter().map(|c| DedupSet::decode_ids(c).unwrap().0).collect()
     }
 
     fn save(state: &mut QueryState, chunks: &mut [String]) -> String {
@@ -501,13 +612,13 @@ mod tests {
         let mut chunks = vec![String::new(); chunk_count(3_000)];
         let mut position = String::new();
         for id in 0..2_500u64 {
-            state.remember(id * 7919);
+            state.remember(id * 7919, 1);
             if id % 200 == 199 {
                 position = save(&mut state, &mut chunks);
             }
         }
         position = if state.open_chunk.is_empty() { position } else { save(&mut state, &mut chunks) };
-        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), decoded(&chunks), 3_000);
+        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), decoded(&chunks), false, 3_000);
         assert_eq!(restored.checkpoint.timestamp_subsec_nanos(), 123_456_789);
         assert_eq!(restored.cursor, state.cursor);
         assert_eq!(restored.seen.len(), 2_500);
@@ -517,13 +628,65 @@ mod tests {
     }
 
     #[test]
+    fn chunks_keep_event_seconds_and_older_chunks_still_read() {
+        let ids = [(1u64, 1_780_000_000u32), (u64::MAX, 0), (7, 12)];
+        let (decoded, legacy) = DedupSet::decode_ids(&DedupSet::encode_ids(&ids)).unwrap();
+        assert_eq!((decoded.as_slice(), legacy), (ids.as_slice(), false));
+        let old = base64::engine::general_purpose::STANDARD_NO_PAD.encode([5u64.to_le_bytes(), 9u64.to_le_bytes()].concat());
+        assert_eq!(DedupSet::decode_ids(&old).unwrap(), (vec![(5, 0), (9, 0)], true));
+        assert_eq!(DedupSet::decode_ids("").unwrap(), (vec![], false));
+        // Restored from an older chunk, nothing before the checkpoint can be counted.
+        let state = QueryState::new(at(1_780_000_000), 2_000);
+        let restored = QueryState::restore(state.position(), vec![vec![(5, 0)]], true, 2_000);
+        assert_eq!(restored.seen.forgotten_until(), 1_780_000_000);
+    }
+
+    struct Span(i64, i64);
+
+    impl TimeRange for Span {
+        fn start(&self) -> i64 {
+            self.0
+        }
+
+        fn end(&self) -> i64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn ids_are_counted_per_bucket_and_eviction_marks_what_is_incomplete() {
+        let mut seen = DedupSet::new(4);
+        for (id, second) in [(1, 100), (2, 101), (3, 103), (4, 110)] {
+            assert!(seen.insert(id, second));
+        }
+        assert!(!seen.insert(2, 500), "known ids keep their second");
+        assert_eq!(seen.counts_within(&[Span(100, 110)], 2), BTreeMap::from([(100, 2), (102, 1)]));
+        assert_eq!(seen.counts_within(&[Span(0, 200)], 10), BTreeMap::from([(100, 3), (110, 1)]));
+        assert_eq!(seen.counts_within(&[Span(100, 102), Span(110, 112)], 2), BTreeMap::from([(100, 2), (110, 1)]));
+        seen.insert(5, 120);
+        assert_eq!(seen.forgotten_until(), 100, "the evicted id's second");
+        let mut unknown = DedupSet::new(4);
+        unknown.insert(9, 0);
+        unknown.insert(9, 42);
+        assert_eq!(unknown.second_of(9), Some(42), "an id without a second takes the next one seen");
+    }
+
+    #[test]
+    fn the_id_memory_grows_with_the_reach_up_to_a_bound() {
+        assert_eq!(id_capacity(50_000, 0.0, 21_600), (50_000, None));
+        assert_eq!(id_capacity(50_000, 5.0, 21_600), (135_000, None));
+        assert_eq!(id_capacity(1_000, 100.0, 21_600), (MAX_IDS, Some(2_700_000)));
+        assert_eq!(id_capacity(1_000, f64::NAN, 21_600), (1_000, None));
+    }
+
+    #[test]
     fn a_page_rewrites_one_small_chunk() {
         let mut state = QueryState::new(at(0), 50_000);
         for id in 0..40_000 {
-            state.remember(id);
+            state.remember(id, 1);
             state.rotate_full_chunk(chunk_count(50_000));
         }
-        assert!(state.encode_open_chunk().len() <= IDS_PER_CHUNK * 8 * 4 / 3 + 4);
+        assert!(state.encode_open_chunk().len() <= IDS_PER_CHUNK * TIMED_RECORD * 4 / 3 + 6);
     }
 
     #[test]
@@ -533,10 +696,10 @@ mod tests {
         let mut chunks = vec![String::new(); chunk_count(capacity)];
         let mut position = String::new();
         for id in 0..(3 * IDS_PER_CHUNK as u64) {
-            state.remember(id);
+            state.remember(id, 1);
             position = save(&mut state, &mut chunks);
         }
-        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), decoded(&chunks), capacity);
+        let restored = QueryState::restore(QueryState::decode_position(&position).unwrap().unwrap(), decoded(&chunks), false, capacity);
         assert!(!restored.seen.contains(0), "the oldest chunk was reused");
         assert!(restored.seen.contains(3 * IDS_PER_CHUNK as u64 - 1));
         assert_eq!(restored.seen.len(), 2 * IDS_PER_CHUNK);
@@ -548,17 +711,17 @@ mod tests {
         let mut chunks = vec![String::new(); chunk_count(5_000)];
         let old_position = state.encode_position();
         for id in 0..200 {
-            state.remember(id);
+            state.remember(id, 1);
         }
         let _lost_position = save(&mut state, &mut chunks);
-        let restored = QueryState::restore(QueryState::decode_position(&old_position).unwrap().unwrap(), decoded(&chunks), 5_000);
+        let restored = QueryState::restore(QueryState::decode_position(&old_position).unwrap().unwrap(), decoded(&chunks), false, 5_000);
         assert!(restored.seen.contains(199));
     }
 
     #[test]
     fn empty_and_corrupt_entries() {
         assert!(QueryState::decode_position("").unwrap().is_none());
-        assert!(DedupSet::decode_ids("").unwrap().is_empty());
+        assert!(DedupSet::decode_ids("").unwrap().0.is_empty());
         assert!(matches!(QueryState::decode_position("{not json"), Err(HuntressError::Cache(_))));
         assert!(matches!(QueryState::decode_position(r#"{"v":9,"checkpoint":"2026-01-01T00:00:00Z","cursor":null}"#), Err(HuntressError::Cache(_))));
         assert!(matches!(DedupSet::decode_ids("!!!"), Err(HuntressError::Cache(_))));
@@ -568,7 +731,7 @@ mod tests {
     fn a_smaller_capacity_restarts_the_chunk_index() {
         let mut position = QueryState::new(at(0), 10_000).position();
         position.chunk = 7;
-        let restored = QueryState::restore(position, vec![Vec::new(); 2], 2_000);
+        let restored = QueryState::restore(position, vec![Vec::new(); 2], false, 2_000);
         assert_eq!(restored.chunk, 0);
     }
 
@@ -576,11 +739,11 @@ mod tests {
     fn dedup_set_is_bounded_and_evicts_oldest() {
         let mut set = DedupSet::new(3);
         for id in [1, 2, 3, 4] {
-            assert!(set.insert(id));
+            assert!(set.insert(id, 1));
         }
         assert_eq!(set.len(), 3);
         assert!(!set.contains(1) && set.contains(4));
-        assert!(!set.insert(4));
+        assert!(!set.insert(4, 1));
         assert_eq!(set.len(), 3);
     }
 
@@ -588,7 +751,7 @@ mod tests {
     fn completing_a_window_moves_the_checkpoint_and_keeps_ids() {
         let mut state = QueryState::new(at(100), 10_000);
         for id in 0..5_000 {
-            state.remember(id);
+            state.remember(id, 1);
         }
         state.cursor = Some(Cursor { pages_done: 9, ..Cursor::new(at(100), at(200)) });
         state.complete_window();
@@ -681,7 +844,7 @@ mod tests {
         assert_eq!(state.learned.events_per_second, 2.0);
         state.learned.token_expired_at_age(30.0);
         state.learned.token_expired_at_age(70.0);
-        let restored = QueryState::restore(QueryState::decode_position(&state.encode_position()).unwrap().unwrap(), vec![Vec::new()], 10);
+        let restored = QueryState::restore(QueryState::decode_position(&state.encode_position()).unwrap().unwrap(), vec![Vec::new()], false, 10);
         assert_eq!(restored.learned, Learned { events_per_second: 2.0, token_expired_after: Some(30.0) });
         let mut quiet = restored.learned;
         quiet.window_read(0, 900.0);
