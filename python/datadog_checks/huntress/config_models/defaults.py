@@ -5,7 +5,7 @@
 
 
 def instance_collection_delay_seconds():
-    return 300
+    return 10
 
 
 def instance_dedup_cache_size():
@@ -38,6 +38,14 @@ def instance_initial_lookback_seconds():
 
 def instance_intake_tls_verify():
     return True
+
+
+def instance_lag_warning_seconds():
+    return 900
+
+
+def instance_late_arrival_window_seconds():
+    return 21600
 
 
 def instance_max_pages_per_run():

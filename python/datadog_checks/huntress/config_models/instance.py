@@ -122,6 +122,8 @@ class InstanceConfig(BaseModel):
     initial_lookback_seconds: Optional[int] = Field(None, ge=1, le=604800)
     intake_tls_ca_cert: Optional[str] = None
     intake_tls_verify: Optional[bool] = None
+    lag_warning_seconds: Optional[int] = Field(None, ge=60)
+    late_arrival_window_seconds: Optional[int] = Field(None, ge=0, le=86400)
     log_processing_rules: Optional[tuple[LogProcessingRule, ...]] = None
     log_queries: tuple[LogQuery, ...]
     logs_intake_url: Optional[str] = None
