@@ -38,6 +38,10 @@ def main(argv=None):
     ap.add_argument("--live", type=float, default=0.0,
                     help="also add N new events per second, each visible after --indexing-delay")
     ap.add_argument("--indexing-delay", type=float, default=60.0)
+    ap.add_argument("--stats-refused", action="store_true",
+                    help="answer 422 to SIEM queries with STATS, as an API that does not allow them")
+    ap.add_argument("--time-filters-refused", action="store_true",
+                    help="answer 422 to SIEM queries with a WHERE on @timestamp")
     ap.add_argument("--verbose", action="store_true", help="log every HTTP request")
     args = ap.parse_args(argv)
 
@@ -53,6 +57,8 @@ def main(argv=None):
                             port=args.huntress_port)
     sink = IntakeSink(api_key=args.dd_api_key, port=args.intake_port)
     sim.verbose = sink.verbose = args.verbose
+    sim.stats_refused = args.stats_refused
+    sim.time_filters_refused = args.time_filters_refused
     sim.set_account(fixtures.account())
     sim.set_organizations(orgs)
     sim.set_agents(ags)
@@ -67,6 +73,8 @@ def main(argv=None):
     print(f"  data             : {sim.event_count} events over the last {args.minutes:g} min, "
           f"{len(orgs)} orgs, {len(ags)} agents, {len(incs)} incident reports")
     print(f"  rate limit       : {sim.rate_limit} requests / {sim.rate_window_seconds:g} s, page size {sim.page_size}")
+    print(f"  SIEM switches    : STATS {'refused' if sim.stats_refused else 'served'}, "
+          f"WHERE on @timestamp {'refused' if sim.time_filters_refused else 'served'}")
     print(f"Logs intake sink   : {sink.url}")
     print(f"  DD-API-KEY       : {sink.api_key}")
     print()

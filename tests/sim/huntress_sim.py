@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import esql as _esql
 from ._http import HUGE_BODY_BYTES, FaultQueue, ServerBase, monotonic, parse_fault, validate_fault
-from .timeutil import iso_seconds, parse_iso_ns
+from .timeutil import format_ns, iso_seconds, parse_iso_ns
 
 SIEM_PATH = "/v1/siem/query"
 HUGE_FIELD_BYTES = 2 * 1024 * 1024
@@ -192,6 +192,8 @@ class HuntressSimulator(ServerBase):
         self.retention_seconds = None  # a number -> a SIEM range starting earlier than that far back answers 400
         self.ignore_sort = False      # True -> REST lists come back by id ascending, whatever sort_field/sort_direction ask
         self.rest_raw_pages = {}      # path -> bytes: that REST list answers 200 with exactly these bytes
+        self.stats_refused = False    # True -> a SIEM query with STATS answers 422, as an API that does not allow it
+        self.time_filters_refused = False  # True -> a SIEM query with a WHERE on @timestamp answers 422
         self._lock = threading.RLock()
         self._secret = os.urandom(16)
         self._token_generation = 0
@@ -212,6 +214,7 @@ class HuntressSimulator(ServerBase):
         # Observability
         self.stats: dict = {}
         self.request_log: list = []
+        self.siem_log: list = []
         self.reset_stats()
 
     # ------------------------------------------------------------------
@@ -234,6 +237,7 @@ class HuntressSimulator(ServerBase):
                 "faults": {},         # fault kind -> times applied
             })
             self.request_log.clear()
+            self.siem_log.clear()
 
     def reset_rate_limit(self):
         with self._lock:
@@ -446,6 +450,8 @@ class HuntressSimulator(ServerBase):
                     self.stats["rate_limited"] += 1
             self.stats["by_status"][status] = self.stats["by_status"].get(status, 0) + 1
             self.request_log.append((t_mono, h.command, path, status))
+            if path == SIEM_PATH:
+                self.siem_log.append(_siem_log_entry(t_mono, now, body, status))
         mode = reply[0]
         if mode == "reset":
             h.reset_connection()
@@ -588,6 +594,25 @@ class HuntressSimulator(ServerBase):
         return keys, cands
 
     def _siem_query(self, body: bytes) -> dict:
+        esql, rs, re_, page_token = self._siem_request(body)
+        rs_ns, re_ns = self._siem_range(rs, re_)
+        try:
+            q = _esql.parse(esql)
+        except _esql.QueryError as e:
+            raise _ApiError(422, f"invalid ES|QL: {e}") from None
+        self._refuse_switched_off(q)
+        fp = self._fingerprint(esql, rs, re_)
+        now = self.clock()
+        tok = self._check_token(page_token, fp, now) if page_token not in (None, "") else None
+        if q.stats is not None:
+            result = self._stats_page(q, rs_ns, re_ns, tok, fp, now)
+        else:
+            result = self._rows_page(q, rs_ns, re_ns, tok, fp, now)
+        if self.repeat_page_tokens and page_token and result["pagination"]:
+            result["pagination"]["next_page_token"] = page_token
+        return result
+
+    def _siem_request(self, body: bytes):
         try:
             req = json.loads(body.decode("utf-8")) if body else None
         except (UnicodeDecodeError, ValueError):
@@ -600,6 +625,9 @@ class HuntressSimulator(ServerBase):
         rs, re_ = req.get("range_start"), req.get("range_end")
         if rs is None or re_ is None:
             raise _ApiError(400, "range_start and range_end are required")
+        return esql, rs, re_, req.get("page_token")
+
+    def _siem_range(self, rs, re_):
         try:
             rs_ns, re_ns = parse_iso_ns(rs), parse_iso_ns(re_)
         except ValueError as e:
@@ -608,23 +636,35 @@ class HuntressSimulator(ServerBase):
             raise _ApiError(400, "range_start must not be after range_end")
         if self.retention_seconds is not None and rs_ns < (self.clock() - self.retention_seconds) * 1e9:
             raise _ApiError(400, "range_start is older than the retention period")
-        try:
-            q = _esql.parse(esql)
-        except _esql.QueryError as e:
-            raise _ApiError(422, f"invalid ES|QL: {e}") from None
-        fp = self._fingerprint(esql, rs, re_)
-        page_token = req.get("page_token")
-        cursor, emitted = None, 0
-        now = self.clock()
-        if page_token is not None and page_token != "":
-            tok = self._read_token(page_token)
-            if tok.get("f") != fp:
-                raise _ApiError(400, "page_token does not match the query range")
-            if tok.get("g") != self._token_generation or (
-                    self.token_ttl_seconds is not None and now - tok.get("t", 0) > self.token_ttl_seconds):
-                raise _ApiError(400, "page token expired; restart the query without page_token")
-            cursor = (tok["k"], tok["s"])
-            emitted = int(tok.get("n", 0))
+        return rs_ns, re_ns
+
+    def _refuse_switched_off(self, q):
+        """The 422 an API that does not allow STATS, or WHERE on @timestamp, would give."""
+        if self.stats_refused and q.stats is not None:
+            where = _esql.position(q.esql, q.stats_offset)
+            raise _ApiError(422, f"invalid ES|QL: {where}: STATS is not allowed in SIEM queries")
+        if self.time_filters_refused and q.filters_time:
+            where = _esql.position(q.esql, q.time_filter_offset)
+            raise _ApiError(422, f"invalid ES|QL: {where}: WHERE on [@timestamp] is not allowed in SIEM "
+                                 "queries; use range_start and range_end")
+
+    def _check_token(self, page_token, fp, now) -> dict:
+        tok = self._read_token(page_token)
+        if tok.get("f") != fp:
+            raise _ApiError(400, "page_token does not match the query range")
+        if tok.get("g") != self._token_generation or (
+                self.token_ttl_seconds is not None and now - tok.get("t", 0) > self.token_ttl_seconds):
+            raise _ApiError(400, "page token expired; restart the query without page_token")
+        return tok
+
+    def _visible(self, events, now):
+        return [e for e in events if e.visible_at is None or now >= e.visible_at]
+
+    def _rows_page(self, q, rs_ns, re_ns, tok, fp, now) -> dict:
+        if tok and "k" not in tok:
+            raise _ApiError(400, "invalid page_token")
+        cursor = (tok["k"], tok["s"]) if tok else None
+        emitted = int(tok.get("n", 0)) if tok else 0
         with self._lock:
             keys, cands = self._candidates(rs_ns, re_ns, q)
             start = bisect.bisect_right(keys, cursor) if cursor else 0
@@ -643,24 +683,53 @@ class HuntressSimulator(ServerBase):
                 more = False
             cols = q.project_columns(self._fields)
             generation = self._token_generation
-        logs = []
-        for e in out:
-            row = e.row
-            if cols is None:
-                logs.append({"uuid": row.get("uuid"), "organization_id": row.get("organization_id")})
-            else:
-                if self.null_columns:
-                    logs.append({c: row.get(c) for c in cols})
-                else:
-                    logs.append({c: row[c] for c in cols if c in row})
+        logs = [self._shape(e.row, cols) for e in out]
         pagination = {}
         if more and out:
             last = out[-1]
             pagination["next_page_token"] = self._make_token({
                 "k": last.key[0], "s": last.key[1], "f": fp, "t": now,
                 "g": generation, "n": emitted + len(out)})
-        if self.repeat_page_tokens and page_token and pagination:
-            pagination["next_page_token"] = page_token
+        return {"logs": logs, "pagination": pagination}
+
+    def _shape(self, row, cols):
+        if cols is None:
+            return {"uuid": row.get("uuid"), "organization_id": row.get("organization_id")}
+        if self.null_columns:
+            return {c: row.get(c) for c in cols}
+        return {c: row[c] for c in cols if c in row}
+
+    def _stats_page(self, q, rs_ns, re_ns, tok, fp, now) -> dict:
+        """STATS COUNT(*) [BY BUCKET(@timestamp, span)]: the rows the query would
+        return now (visible ones only), counted per bucket, buckets ascending."""
+        if tok and "b" not in tok:
+            raise _ApiError(400, "invalid page_token")
+        with self._lock:
+            _keys, cands = self._candidates(rs_ns, re_ns, q)
+            counted = self._visible(cands, now)
+            generation = self._token_generation
+        if q.input_limit is not None:
+            counted = counted[:q.input_limit]
+        stats = q.stats
+        if stats.bucket_name is None:
+            return {"logs": [{stats.count_name: len(counted)}], "pagination": {}}
+        counts = {}
+        for e in counted:
+            bucket = stats.bucket_of(e.ts)
+            counts[bucket] = counts.get(bucket, 0) + 1
+        buckets = sorted(counts)
+        emitted = int(tok.get("n", 0)) if tok else 0
+        start = bisect.bisect_right(buckets, tok["b"]) if tok else 0
+        cap = self.page_size
+        if q.limit is not None:
+            cap = max(0, min(cap, q.limit - emitted))
+        page = buckets[start:start + cap]
+        more = start + len(page) < len(buckets) and (q.limit is None or emitted + len(page) < q.limit)
+        logs = [{stats.count_name: counts[b], stats.bucket_name: format_ns(b, 3)} for b in page]
+        pagination = {}
+        if more and page:
+            pagination["next_page_token"] = self._make_token({
+                "b": page[-1], "f": fp, "t": now, "g": generation, "n": emitted + len(page)})
         return {"logs": logs, "pagination": pagination}
 
     # REST lists ------------------------------------------------------------
@@ -790,6 +859,16 @@ class HuntressSimulator(ServerBase):
                 "next_page_url": f"{self.base_url}{path}?{urlencode(next_params)}",
             }
         return {plural: page, "pagination": pagination}
+
+
+def _siem_log_entry(t_mono, now, body, status) -> dict:
+    """What a SIEM request asked, for benchmarks that split requests by kind."""
+    try:
+        esql = json.loads(body.decode("utf-8")).get("esql")
+    except (AttributeError, UnicodeDecodeError, ValueError):
+        esql = None
+    kind = _esql.query_kind(esql) if isinstance(esql, str) else "invalid"
+    return {"monotonic": t_mono, "time": now, "status": status, "kind": kind, "esql": esql}
 
 
 def _escalation_has_status(item, wanted, now):

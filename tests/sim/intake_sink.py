@@ -148,6 +148,7 @@ class IntakeSink(ServerBase):
         self._lock = threading.RLock()
         self._faults = FaultQueue(lambda kind: validate_fault(kind, SINK_FAULT_KINDS))
         self.logs: list = []
+        self.accepted_at: list = []  # clock() when each stored log was accepted, aligned with logs
         self.requests: list = []
         self.dropped_stale = 0
         self.repeated_keys: list = []
@@ -158,6 +159,7 @@ class IntakeSink(ServerBase):
         """Forget stored logs, request records and counters (not faults)."""
         with self._lock:
             self.logs.clear()
+            self.accepted_at.clear()
             self.requests.clear()
             self.dropped_stale = 0
             self.truncated = 0
@@ -167,6 +169,15 @@ class IntakeSink(ServerBase):
         """Counter of the top-level "uuid" of every stored log (logs without one are skipped)."""
         with self._lock:
             return Counter(log["uuid"] for log in self.logs if isinstance(log, dict) and "uuid" in log)
+
+    def first_accepted(self) -> dict:
+        """uuid -> clock() when the intake first accepted a log with that uuid."""
+        with self._lock:
+            first = {}
+            for log, at in zip(self.logs, self.accepted_at):
+                if isinstance(log, dict) and "uuid" in log:
+                    first.setdefault(log["uuid"], at)
+            return first
 
     def inject(self, kind: str, count: int = 1):
         """Queue `count` faults for the next POSTs to /api/v2/logs (FIFO)."""
@@ -313,6 +324,7 @@ class IntakeSink(ServerBase):
             stored.append(log)
         with self._lock:
             self.logs.extend(stored)
+            self.accepted_at.extend([now] * len(stored))
             self.dropped_stale += stale
             self.truncated += truncated
         rec.update(stored=len(stored), dropped_stale=stale, truncated=truncated)

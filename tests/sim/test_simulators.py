@@ -177,8 +177,15 @@ def test_where_filters_and_limit(sim, rows):
     assert len(got) == 450 and pages == 3
     assert len({r["uuid"] for r in got}) == 450
 
-    for bad in ['FROM logs | WHERE event.code == "1" OR event.code == "2"',
+    for bad in ['FROM logs | WHERE NOT event.code == "1"',
+                'FROM logs | WHERE event.code == "1" OR',
+                'FROM logs | WHERE (event.code == "1"',
+                'FROM logs | WHERE event.code == "1")',
                 'FROM logs | WHERE event.code > 3',
+                'FROM logs | WHERE @timestamp > "2026-05-27T14:00:00Z"',
+                'FROM logs | WHERE @timestamp >= TO_DATETIME("2026-05-27T14:00:00")',
+                'FROM logs | WHERE @timestamp >= TO_DATETIME(1)',
+                'FROM logs | WHERE @timestamp >= NOW()',
                 'FROM logs | WHERE starts_with(message, "x")',
                 "FROM logs | FROBNICATE",
                 "FROM logs | KEEP uuid | WHERE host.hostname == \"x\"",
@@ -267,6 +274,206 @@ def test_visibility_delay_and_keyset_stability(rows):
         clock.advance(5)
         assert [r["uuid"] for r in siem(sim).json()["logs"]] == ["x"]
         assert "_visible_at" not in siem(sim, "FROM logs | KEEP *").json()["logs"][0]
+
+
+# ---------------------------------------------------------------------------
+# WHERE with OR, parentheses and time comparisons; STATS per time bucket
+# ---------------------------------------------------------------------------
+
+REREAD = ' | WHERE (@timestamp >= TO_DATETIME("{}") AND @timestamp < TO_DATETIME("{}"))' \
+         ' OR (@timestamp >= TO_DATETIME("{}") AND @timestamp < TO_DATETIME("{}"))'
+STATS_2S = " | STATS rows = COUNT(*) BY bucket = BUCKET(@timestamp, 2 seconds)"
+
+
+def uuids(sim, esql, rs=RS, re_=RE):
+    got, _ = paginate(sim, esql, rs, re_)
+    ids = [r["uuid"] for r in got]
+    assert len(ids) == len(set(ids))
+    return set(ids)
+
+
+def ts_ns(row):
+    return parse_iso_ns(row["@timestamp"])
+
+
+def test_where_or_and_parentheses(sim, rows):
+    sim.add_events(rows)
+    provider, code, outcome = "event.provider", "event.code", "event.outcome"
+    q = ('FROM logs | WHERE (event.provider == "GenericHEC" or event.code == "4624") '
+         'AND event.outcome != "failure" | KEEP uuid')
+    exp = {r["uuid"] for r in rows if (r[provider] == "GenericHEC" or r.get(code) == "4624")
+           and r.get(outcome) is not None and r.get(outcome) != "failure"}
+    assert uuids(sim, q) == exp and exp
+    # AND binds tighter than OR, as in ES|QL
+    q = 'FROM logs | WHERE event.provider == "GenericHEC" OR event.code == "4624" AND event.outcome == "failure"'
+    exp = {r["uuid"] for r in rows if r[provider] == "GenericHEC"
+           or (r.get(code) == "4624" and r.get(outcome) == "failure")}
+    assert uuids(sim, q) == exp
+    q = 'FROM logs | WHERE ((`event.code` == "4624") OR (event.code == "4625"))'
+    assert uuids(sim, q) == {r["uuid"] for r in rows if r.get(code) in ("4624", "4625")}
+
+
+def test_where_time_comparisons_at_nanosecond_precision(sim):
+    at = "2026-05-27T14:00:00.123456789Z"
+    sim.add_events([
+        {"uuid": "before", "@timestamp": "2026-05-27T14:00:00.123456788Z"},
+        {"uuid": "at", "@timestamp": at},
+        {"uuid": "after", "@timestamp": "2026-05-27T16:00:00.12345679+02:00"},  # 14:00:00.123456790Z
+    ])
+    expected = {">=": {"at", "after"}, ">": {"after"}, "<": {"before"}, "<=": {"before", "at"},
+                "==": {"at"}, "!=": {"before", "after"}}
+    for op, exp in expected.items():
+        assert uuids(sim, f'FROM logs | WHERE @timestamp {op} TO_DATETIME("{at}")') == exp, op
+    # the same instant written with an offset
+    assert uuids(sim, 'FROM logs | WHERE `@timestamp` >= TO_DATETIME("2026-05-27T15:00:00.123456789+01:00")') \
+        == {"at", "after"}
+
+
+def test_reread_of_several_ranges_as_the_core_sends_it(sim, rows):
+    sim.add_events(rows)
+    user = 'FROM logs | WHERE event.provider != "GenericHEC" | KEEP uuid, @timestamp, event.provider'
+    a1, b1 = "2026-05-27T14:01:00.000Z", "2026-05-27T14:06:30.5Z"
+    a2, b2 = "2026-05-27T14:10:00.000000001Z", "2026-05-27T14:14:00.000Z"
+    esql = user + REREAD.format(a1, b1, a2, b2)
+    spans = [(parse_iso_ns(a1), parse_iso_ns(b1)), (parse_iso_ns(a2), parse_iso_ns(b2))]
+    exp = {r["uuid"] for r in rows if r["event.provider"] != "GenericHEC"
+           and any(lo <= ts_ns(r) < hi for lo, hi in spans)}
+    got, pages = paginate(sim, esql)
+    assert {r["uuid"] for r in got} == exp and pages > 1  # paged with tokens like any query
+    assert len(got) == len(exp)
+    # the range of the request still applies
+    assert uuids(sim, esql, re_="2026-05-27T14:05:00Z") == {
+        u for u in exp if parse_iso_ns(next(r for r in rows if r["uuid"] == u)["@timestamp"])
+        < parse_iso_ns("2026-05-27T14:05:00Z")}
+    # a KEEP without @timestamp makes it an unknown column, like any other field
+    r = siem(sim, "FROM logs | KEEP uuid" + REREAD.format(a1, b1, a2, b2))
+    assert r.status == 422 and "Unknown column [@timestamp]" in r.json()["message"]
+
+
+def stats_rows(sim, esql, rs=RS, re_=RE):
+    got, pages = paginate(sim, esql, rs, re_)
+    return got, pages
+
+
+def expected_buckets(rows, span_s, keep=lambda r: True):
+    counts = {}
+    span = span_s * 1_000_000_000
+    for r in rows:
+        if keep(r):
+            b = ts_ns(r) // span * span
+            counts[b] = counts.get(b, 0) + 1
+    return [{"rows": counts[b], "bucket": format_ns(b, 3)} for b in sorted(counts)]
+
+
+def test_stats_count_by_bucket_as_the_core_sends_it(sim, rows):
+    sim.add_events(rows)
+    user = 'FROM logs | WHERE event.provider != "GenericHEC" | KEEP uuid, @timestamp'
+    got, pages = stats_rows(sim, user + STATS_2S)
+    exp = expected_buckets(rows, 2, lambda r: r["event.provider"] != "GenericHEC")
+    assert got == exp and pages == (len(exp) + 199) // 200 > 1
+    assert all(list(row) == ["rows", "bucket"] for row in got)
+    assert got[0]["bucket"].endswith(".000Z") and len(got[0]["bucket"]) == 24
+    assert sum(row["rows"] for row in got) == sum(1 for r in rows if r["event.provider"] != "GenericHEC")
+    # after a re-read WHERE, and within the request's range only
+    a1, b1 = "2026-05-27T14:01:00.000Z", "2026-05-27T14:02:00.000Z"
+    a2, b2 = "2026-05-27T14:03:00.000Z", "2026-05-27T14:03:01.000Z"
+    esql = user + REREAD.format(a1, b1, a2, b2) + STATS_2S
+    spans = [(parse_iso_ns(a1), parse_iso_ns(b1)), (parse_iso_ns(a2), parse_iso_ns(b2))]
+    keep = (lambda r: r["event.provider"] != "GenericHEC" and any(lo <= ts_ns(r) < hi for lo, hi in spans)
+            and ts_ns(r) < parse_iso_ns("2026-05-27T14:01:30Z"))
+    got, _ = stats_rows(sim, esql, re_="2026-05-27T14:01:30Z")
+    assert got == expected_buckets(rows, 2, keep) and got
+
+
+def test_stats_spans_names_limit_and_tokens(sim):
+    base = parse_iso_ns("2026-05-27T14:00:00Z")
+    sim.add_events([{"uuid": f"e{i}", "@timestamp": format_ns(base + i * 1_700_000_000 + 1)} for i in range(500)])
+    for text, span_s in (("1 second", 1), ("5 minutes", 300), ("1 hour", 3600), ("2 hours", 7200)):
+        got, _ = stats_rows(sim, f"FROM logs | STATS rows = COUNT(*) BY bucket = BUCKET(@timestamp, {text})")
+        rows = [{"@timestamp": format_ns(base + i * 1_700_000_000 + 1)} for i in range(500)]
+        assert got == expected_buckets(rows, span_s), text
+    # unnamed columns are named after their expression
+    r = siem(sim, "FROM logs | STATS COUNT(*) BY BUCKET(@timestamp, 1 hour)")
+    assert r.status == 200
+    assert r.json()["logs"][0] == {"COUNT(*)": 500, "BUCKET(@timestamp, 1 hour)": "2026-05-27T14:00:00.000Z"}
+    # without BY, one row
+    assert siem(sim, "FROM logs | STATS n = COUNT(*)").json()["logs"] == [{"n": 500}]
+    # LIMIT after STATS caps buckets; before it, the rows counted
+    got, pages = stats_rows(sim, "FROM logs | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 1 second) | LIMIT 250")
+    assert len(got) == 250 and pages == 2
+    got, _ = stats_rows(sim, "FROM logs | LIMIT 10 | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 1 hour)")
+    assert sum(row["c"] for row in got) == 10
+    # a STATS page token is bound to its query like any other
+    q = "FROM logs | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 1 second)"
+    tok = siem(sim, q).json()["pagination"]["next_page_token"]
+    assert siem(sim, q + " | LIMIT 1000", token=tok).status == 400
+    assert siem(sim, "FROM logs | KEEP uuid", token=tok).status == 400
+    assert siem(sim, q, token=tok).status == 200
+    for bad in ["FROM logs | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 2 seconds) | SORT b",
+                "FROM logs | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 2 seconds) | WHERE c > 1",
+                "FROM logs | STATS c = MAX(event.code)",
+                "FROM logs | STATS c = COUNT(*) BY host.hostname",
+                "FROM logs | STATS c = COUNT(*) BY b = BUCKET(event.created, 2 seconds)",
+                "FROM logs | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 2 fortnights)",
+                "FROM logs | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 0 seconds)",
+                "FROM logs | KEEP uuid | STATS c = COUNT(*) BY b = BUCKET(@timestamp, 2 seconds)"]:
+        r = siem(sim, bad)
+        assert r.status == 422, (bad, r.status, r.body)
+        assert r.json()["message"]
+
+
+def test_stats_counts_only_rows_visible_at_query_time():
+    clock = FakeClock(parse_iso_ns("2026-05-27T14:20:00Z") / 1e9)
+    with HuntressSimulator(clock=clock, rate_limit=1000) as sim:
+        sim.add_events([{"uuid": "now", "@timestamp": "2026-05-27T14:00:00.5Z"},
+                        {"uuid": "soon", "@timestamp": "2026-05-27T14:00:01Z", "_visible_at": clock() + 30},
+                        {"uuid": "later", "@timestamp": "2026-05-27T14:00:03Z", "_visible_at": clock() + 90}])
+        q = "FROM logs" + STATS_2S
+        assert siem(sim, q).json()["logs"] == [{"rows": 1, "bucket": "2026-05-27T14:00:00.000Z"}]
+        clock.advance(30)
+        assert siem(sim, q).json()["logs"] == [{"rows": 2, "bucket": "2026-05-27T14:00:00.000Z"}]
+        clock.advance(60)
+        assert siem(sim, q).json()["logs"] == [{"rows": 2, "bucket": "2026-05-27T14:00:00.000Z"},
+                                               {"rows": 1, "bucket": "2026-05-27T14:00:02.000Z"}]
+
+
+def test_switches_refuse_stats_and_time_filters(sim, rows):
+    sim.add_events(rows[:50])
+    stats_q = 'FROM logs | KEEP uuid, @timestamp' + STATS_2S
+    reread_q = 'FROM logs | KEEP uuid, @timestamp' + REREAD.format(RS, RE, RS, RE)
+    assert siem(sim, stats_q).status == siem(sim, reread_q).status == 200
+    sim.stats_refused = True
+    r = siem(sim, stats_q)
+    assert r.status == 422
+    assert r.json()["message"] == "invalid ES|QL: line 1:37: STATS is not allowed in SIEM queries"
+    assert siem(sim, reread_q).status == 200
+    assert siem(sim, "FROM logs | KEEP uuid").status == 200
+    sim.stats_refused = False
+    sim.time_filters_refused = True
+    r = siem(sim, reread_q)
+    assert r.status == 422 and "WHERE on [@timestamp] is not allowed" in r.json()["message"]
+    assert "line 1:37:" in r.json()["message"]
+    assert siem(sim, 'FROM logs\n| WHERE `@timestamp` == "x"').json()["message"].startswith(
+        "invalid ES|QL: line 2:3: WHERE on [@timestamp]")
+    assert siem(sim, stats_q).status == 200  # BUCKET(@timestamp) is no WHERE
+    assert siem(sim, 'FROM logs | WHERE event.code == "4624" OR event.code == "4625"').status == 200
+    assert [e["kind"] for e in sim.siem_log[-4:]] == ["reread", "reread", "stats", "query"]
+    assert [e["status"] for e in sim.siem_log[-4:]] == [422, 422, 200, 200]
+
+
+def test_siem_log_records_each_query_and_its_kind(sim, rows):
+    sim.add_events(rows[:10])
+    siem(sim, "FROM logs | KEEP uuid")
+    siem(sim, "FROM logs" + STATS_2S)
+    siem(sim, "FROM logs" + REREAD.format(RS, RE, RS, RE))
+    siem(sim, "FROM logs | FROBNICATE")
+    request(sim.url, "POST", "/v1/siem/query", b"{not json", basic())
+    get(sim, "/v1/account")
+    assert [(e["kind"], e["status"]) for e in sim.siem_log] == [
+        ("query", 200), ("stats", 200), ("reread", 200), ("invalid", 422), ("invalid", 400)]
+    assert sim.siem_log[1]["esql"] == "FROM logs" + STATS_2S
+    sim.reset_stats()
+    assert sim.siem_log == []
 
 
 # ---------------------------------------------------------------------------
@@ -708,6 +915,23 @@ def test_sink_truncates_big_logs(sink):
     assert len(json.dumps(stored["big"])) <= 4096 + 64
     assert stored["big"]["_sink_truncated"] is True and stored["big"]["service"] == "s"
     assert "_sink_truncated" not in stored["small"]
+
+
+def test_sink_records_when_each_log_was_accepted():
+    clock = FakeClock(parse_iso_ns("2026-05-27T14:00:00Z") / 1e9)
+    with IntakeSink(clock=clock) as sink:
+        ms = int(clock() * 1000)
+        assert post_logs(sink, [{"uuid": "a", "date": ms}, {"uuid": "old", "date": ms - 19 * 3600_000}]).status == 202
+        clock.advance(7.5)
+        sink.inject("accept_then_fail")
+        assert post_logs(sink, [{"uuid": "b", "date": ms}, {"uuid": "a", "date": ms}, {"no": "uuid"}]).status == 500
+        sink.inject("status:503")
+        assert post_logs(sink, [{"uuid": "c", "date": ms}]).status == 503  # nothing stored, nothing accepted
+        start = clock() - 7.5
+        assert sink.accepted_at == [start, start + 7.5, start + 7.5, start + 7.5]  # the stale log is not stored
+        assert sink.first_accepted() == {"a": start, "b": start + 7.5}
+        sink.clear()
+        assert sink.accepted_at == [] and sink.first_accepted() == {}
 
 
 def test_sink_drops_logs_outside_18h_2h_window():
