@@ -252,6 +252,11 @@ impl LateCheck<'_, '_> {
             outcome.late.skipped = Some("backlog");
             return;
         }
+        if outcome.lacks_keep {
+            // Rows without `@timestamp` cannot be placed in buckets.
+            outcome.late.skipped = Some("rows without @timestamp");
+            return;
+        }
         if self.requests_left == 0 {
             outcome.late.skipped = Some("rate budget");
             return;
@@ -413,6 +418,7 @@ impl LateCheck<'_, '_> {
             from = to;
             late.swept_until[tier] = Some(to_time(from));
         }
+        late.swept_until[tier] = None;
         Ok(Tier::Done)
     }
 
