@@ -228,11 +228,11 @@ impl Collector {
         }
         let mut summary = features.iter().map(|f| format!("{}={}", f.tag(), stats.requests.get(f).copied().unwrap_or(0))).collect::<Vec<_>>().join(" ");
         summary.push_str(&format!(" (of {} per minute)", self.huntress.rate_limit()));
-        if !self.siem.summaries().is_empty() {
-            summary.push_str(&format!("; queries: {}", self.siem.summaries().join(", ")));
-        }
         if !rest.deferred.is_empty() {
             summary.push_str(&format!(", deferred: {}", rest.deferred.iter().map(|f| f.tag()).collect::<Vec<_>>().join(" ")));
+        }
+        if !self.siem.summaries().is_empty() {
+            summary.push_str(&format!("; queries: {}", self.siem.summaries().join(", ")));
         }
         report.log(
             Level::Info,

@@ -158,7 +158,7 @@ def example_instance():
 
 def test_example_config_ships_ready_queries():
     instance = example_instance()
-    assert instance['min_collection_interval'] == 900
+    assert instance['min_collection_interval'] == 60
     queries = instance['log_queries']
     names = [q['name'] for q in queries]
     assert len(set(names)) == len(names)

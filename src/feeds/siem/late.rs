@@ -23,7 +23,7 @@ use crate::base::cache::decode_entry;
 use crate::base::error::{ErrorKind, HuntressError, Result};
 use crate::datadog::transform;
 use crate::feeds::siem::page::{parse_page, MAX_PAGE_ROWS};
-use crate::feeds::siem::run::{format_time, Pending, QueryOutcome, QueryRun};
+use crate::feeds::siem::run::{format_time, LateOutcome, Pending, QueryOutcome, QueryRun};
 use crate::feeds::siem::state::{Cursor, QueryState};
 
 const STATE_VERSION: u32 = 1;
@@ -108,27 +108,6 @@ impl LateState {
             self.extra.pop_first();
         }
     }
-}
-
-/// What the late checks of a query did in a run.
-#[derive(Debug, Default)]
-pub struct LateOutcome {
-    pub checked: bool,
-    /// Why they did not run: the query has a backlog, or no budget is left.
-    pub skipped: Option<&'static str>,
-    pub count_requests: u64,
-    pub read_requests: u64,
-    pub buckets_grown: u64,
-    /// Events found late and forwarded.
-    pub recovered: u64,
-    /// Tiers were read whole: the API refuses counts (since when).
-    pub reading_whole: Option<DateTime<Utc>>,
-    /// The API refused counts in this run, with its answer.
-    pub refused_now: Option<String>,
-    /// How far back late events are found, in seconds.
-    pub reach_seconds: f64,
-    /// An error that stopped the checks (counted; the next run checks again).
-    pub error: Option<HuntressError>,
 }
 
 /// A stretch of event time, in whole seconds, and the rows Huntress counts in it.

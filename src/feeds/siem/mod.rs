@@ -32,8 +32,8 @@ use crate::datadog::transform::{LogTemplate, StalePolicy};
 use crate::feeds::orgs::{Enricher, OrgDirectory};
 use crate::feeds::scope::Scope;
 use crate::huntress::client::HuntressClient;
-use late::{LateCheck, LateOutcome, LateState};
-use run::{Limit, QueryOutcome, QueryRun};
+use late::{LateCheck, LateState};
+use run::{LateOutcome, Limit, QueryOutcome, QueryRun};
 use state::{chunk_count, id_capacity, query_key, seen_chunk_key, DedupSet, QueryState, Reach};
 
 pub const SERVICE_CHECK: &str = "huntress.siem.can_connect";

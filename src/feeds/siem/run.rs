@@ -10,7 +10,6 @@ use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use crate::base::cache::Cache;
-use crate::feeds::siem::late::LateOutcome;
 use crate::feeds::siem::page::{malformed, parse_page, MAX_PAGE_ROWS, QUERY_PATH};
 use crate::feeds::siem::state::{event_second, Cursor, IdHasher, QueryState};
 use crate::base::error::{ErrorKind, HuntressError, Result};
@@ -179,6 +178,27 @@ fn row_time(row: &Row) -> Option<DateTime<Utc>> {
 
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// What the late checks of a query did in a run.
+#[derive(Debug, Default)]
+pub struct LateOutcome {
+    pub checked: bool,
+    /// Why they did not run: the query has a backlog, or no budget is left.
+    pub skipped: Option<&'static str>,
+    pub count_requests: u64,
+    pub read_requests: u64,
+    pub buckets_grown: u64,
+    /// Events found late and forwarded.
+    pub recovered: u64,
+    /// Tiers were read whole: the API refuses counts (since when).
+    pub reading_whole: Option<DateTime<Utc>>,
+    /// The API refused counts in this run, with its answer.
+    pub refused_now: Option<String>,
+    /// How far back late events are found, in seconds.
+    pub reach_seconds: f64,
+    /// An error that stopped the checks (counted; the next run checks again).
+    pub error: Option<HuntressError>,
 }
 
 /// What one query did in one run.
