@@ -23,7 +23,7 @@ use crate::base::cache::decode_entry;
 use crate::base::error::{ErrorKind, HuntressError, Result};
 use crate::datadog::transform;
 use crate::feeds::siem::page::{parse_page, MAX_PAGE_ROWS};
-use crate::feeds::siem::run::{format_time, LateOutcome, Pending, QueryOutcome, QueryRun};
+use crate::feeds::siem::run::{format_time, Pending, QueryOutcome, QueryRun};
 use crate::feeds::siem::state::{Cursor, QueryState};
 
 const STATE_VERSION: u32 = 1;

@@ -297,7 +297,13 @@ impl StoredPosition {
             token_expired_after: number(self.token_expired_after),
         }
         .sanitized();
-        let forgotten_until = self.forgotten_until.and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        // A position written before the field existed knows nothing behind its checkpoint.
+        let forgotten_until = self
+            .forgotten_until
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .unwrap_or_else(|| event_second(self.checkpoint).saturating_sub(1));
         let ids_kept = self.ids_kept.and_then(|v| v.as_u64()).map_or(0, |v| (v as usize).min(MAX_IDS));
         Position { v: self.v, checkpoint: self.checkpoint, cursor, chunk: self.chunk, learned, forgotten_until, ids_kept, unreadable_cursor }
     }
@@ -315,10 +321,13 @@ pub struct Reach {
 impl QueryState {
     pub fn new(checkpoint: DateTime<Utc>, dedup_capacity: usize) -> Self {
         let capacity = chunk_count(dedup_capacity) * IDS_PER_CHUNK;
+        let mut seen = DedupSet::new(capacity);
+        // Nothing before a new checkpoint was read: no late check reaches there.
+        seen.forget_until(event_second(checkpoint).saturating_sub(1));
         QueryState {
             checkpoint,
             cursor: None,
-            seen: DedupSet::new(capacity),
+            seen,
             chunk: 0,
             open_chunk: Vec::new(),
             learned: Learned::default(),
@@ -345,6 +354,7 @@ impl QueryState {
             ));
         } else if found < reach.oldest {
             self.checkpoint = reach.oldest;
+            self.seen.forget_until(event_second(reach.oldest).saturating_sub(1));
             repairs.push(format!(
                 "the checkpoint {} is older than the data the check can still deliver; collection resumes from {}",
                 found.to_rfc3339(),
@@ -364,7 +374,7 @@ impl QueryState {
     /// was read before the checkpoint cannot be counted then.
     pub fn restore(position: Position, mut chunks: Vec<Vec<(u64, u32)>>, legacy: bool, dedup_capacity: usize) -> QueryState {
         let mut state = QueryState::new(position.checkpoint, dedup_capacity);
-        state.seen.forget_until(position.forgotten_until);
+        state.seen.forgotten_until = position.forgotten_until;
         if legacy {
             state.seen.forget_until(event_second(position.checkpoint));
         }
@@ -639,6 +649,21 @@ mod tests {
         let state = QueryState::new(at(1_780_000_000), 2_000);
         let restored = QueryState::restore(state.position(), vec![vec![(5, 0)]], true, 2_000);
         assert_eq!(restored.seen.forgotten_until(), 1_780_000_000);
+    }
+
+    #[test]
+    fn late_checks_never_reach_behind_where_collection_started() {
+        let fresh = QueryState::new(at(1_780_000_000), 2_000);
+        assert_eq!(fresh.seen.forgotten_until(), 1_779_999_999, "a new query read nothing before its start");
+        // A restored state keeps its own floor, older than its checkpoint.
+        let mut moved = fresh.position();
+        moved.checkpoint = at(1_780_003_600);
+        let restored = QueryState::restore(moved, vec![], false, 2_000);
+        assert_eq!(restored.seen.forgotten_until(), 1_779_999_999);
+        // A position saved before the floor was kept knows nothing behind its checkpoint.
+        let text = r#"{"v":1,"checkpoint":"2026-06-01T00:00:00Z","cursor":null,"chunk":0}"#;
+        let older = QueryState::decode_position(text).unwrap().unwrap();
+        assert_eq!(i64::from(older.forgotten_until), 1_780_272_000 - 1);
     }
 
     struct Span(i64, i64);
