@@ -3,7 +3,7 @@
     .venv/bin/python benches/freshness.py [--minutes 15] [--rate 2] [--interval 60]
         [--stats both|served|refused] [--time-filters served|refused]
         [--lag-mix 90:0-10,8:10-120,2:120-600] [--long-tail 0.5] [--long-tail-hours 1-3]
-        [--drain-minutes 12] [--set key=value ...] [--query ESQL] [--seed N] [--assert]
+        [--drain-minutes 20] [--set key=value ...] [--query ESQL] [--seed N] [--assert]
 
 A feed adds `--rate` events a second to the Huntress simulator for `--minutes`.
 Each event's @timestamp is the moment it is made; the SIEM indexes it after a lag
@@ -108,6 +108,7 @@ class Feed:
         self.long_tail_hours = args.long_tail_hours
         self.rng = random.Random(args.seed)
         self.visible_at = {}  # uuid -> epoch seconds it becomes visible
+        self.indexed_late = {}  # uuid -> seconds from @timestamp to visible
         self.long_tail_ids = set()
         self.stop = threading.Event()
 
@@ -123,14 +124,15 @@ class Feed:
             made = time.time()
             row['uuid'] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             if self.rng.random() < self.long_tail:
-                hours = self.rng.uniform(*self.long_tail_hours)
-                row['@timestamp'] = format_epoch(made - hours * 3600)
+                stamped = made - self.rng.uniform(*self.long_tail_hours) * 3600
                 row['_visible_at'] = made
                 self.long_tail_ids.add(row['uuid'])
             else:
-                row['@timestamp'] = format_epoch(made)
+                stamped = made
                 row['_visible_at'] = made + self.lag()
+            row['@timestamp'] = format_epoch(stamped)
             self.visible_at[row['uuid']] = row['_visible_at']
+            self.indexed_late[row['uuid']] = row['_visible_at'] - stamped
         return rows
 
     def run(self, seconds):
@@ -236,6 +238,8 @@ def figures(mode, feed, sim, sink, runs, failed, wall):
         'sent': len(sent),
         'delivered': len(delivered),
         'lost': len(sent - delivered),
+        # For each lost event: how late it was indexed, and how long before the end it became visible.
+        'lost_detail': sorted((feed.indexed_late[u], time.time() - feed.visible_at[u]) for u in sent - delivered),
         'duplicated': sum(c - 1 for c in counts.values()) + len(set(counts) - sent),
         'long_tail': len(feed.long_tail_ids),
         'long_tail_delivered': len(feed.long_tail_ids & delivered),
@@ -275,6 +279,8 @@ def report(results):
         statuses = ', '.join(f'{code}: {n}' for code, n in sorted(r['statuses'].items()))
         tail = f'; long tail {r["long_tail_delivered"]}/{r["long_tail"]} delivered' if r['long_tail'] else ''
         print(f'{r["mode"]:<8} SIEM statuses {statuses}; 429s {r["throttled"]}{tail}')
+        for indexed_late, visible_for in r['lost_detail'][:10]:
+            print(f'{r["mode"]:<8} lost: indexed {indexed_late:.0f} s after its @timestamp, visible {visible_for:.0f} s before the end')
 
 
 def parse_args(argv=None):
@@ -290,7 +296,7 @@ def parse_args(argv=None):
     parser.add_argument('--long-tail', type=float, default=0.0, help='percent of events that arrive hours late (default 0)')
     parser.add_argument('--long-tail-hours', type=lambda t: parse_range(t, '--long-tail-hours'), default=(1.0, 3.0),
                         help='how late the long tail is, LOW-HIGH hours (default 1-3)')
-    parser.add_argument('--drain-minutes', type=float, default=12, help='longest wait after the feed stops (default 12)')
+    parser.add_argument('--drain-minutes', type=float, default=20, help='longest wait after the feed stops (default 20)')
     parser.add_argument('--set', type=parse_override, action='append', default=[], metavar='KEY=VALUE',
                         help='instance setting (YAML value), e.g. --set collection_delay_seconds=10')
     parser.add_argument('--query', default=DEFAULT_QUERY)

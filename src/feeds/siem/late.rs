@@ -92,9 +92,12 @@ impl LateState {
         serde_json::to_string(self).expect("late state serializes")
     }
 
-    fn due(&self, tier: usize, now: DateTime<Utc>) -> bool {
+    /// `interval`: the time between runs. A tier due before the next run is
+    /// closer to now than to that run is checked now: otherwise runs a few
+    /// milliseconds early would stretch every period by one interval.
+    fn due(&self, tier: usize, now: DateTime<Utc>, interval: ChronoDuration) -> bool {
         let every = ChronoDuration::seconds(TIERS[tier].2);
-        self.swept_until[tier].is_some() || self.checked[tier].is_none_or(|at| at > now || now - at >= every)
+        self.swept_until[tier].is_some() || self.checked[tier].is_none_or(|at| at > now || now - at + interval / 2 >= every)
     }
 
     fn counts_refused(&self, now: DateTime<Utc>) -> bool {
@@ -210,6 +213,8 @@ enum Tier {
 pub struct LateCheck<'r, 'a> {
     pub run: &'r mut QueryRun<'a>,
     pub reach: ChronoDuration,
+    /// `min_collection_interval`.
+    pub interval: ChronoDuration,
     pub requests_left: u32,
 }
 
@@ -249,7 +254,7 @@ impl LateCheck<'_, '_> {
         let forwarded_before = outcome.forwarded;
         self.run.rereading = true;
         for tier in 0..TIERS.len() {
-            if !late.due(tier, now) {
+            if !late.due(tier, now, self.interval) {
                 continue;
             }
             let (young, old, _) = TIERS[tier];
@@ -551,13 +556,17 @@ mod tests {
     fn tiers_are_due_on_their_schedule_and_state_survives() {
         let now = Utc.with_ymd_and_hms(2026, 12, 2, 18, 0, 0).unwrap();
         let mut state = LateState::decode("").unwrap();
-        assert!((0..TIERS.len()).all(|tier| state.due(tier, now)), "a new query checks every tier");
+        let none = ChronoDuration::zero();
+        assert!((0..TIERS.len()).all(|tier| state.due(tier, now, none)), "a new query checks every tier");
         state.checked = vec![Some(now); TIERS.len()];
-        assert!(state.due(0, now), "the recent tier every run");
-        assert!(!state.due(1, now + ChronoDuration::seconds(299)) && state.due(1, now + ChronoDuration::seconds(300)));
-        assert!(state.due(2, now - ChronoDuration::seconds(1)), "a check dated in the future is due");
+        assert!(state.due(0, now, none), "the recent tier every run");
+        assert!(!state.due(1, now + ChronoDuration::seconds(299), none) && state.due(1, now + ChronoDuration::seconds(300), none));
+        let minute = ChronoDuration::seconds(60);
+        assert!(state.due(1, now + ChronoDuration::seconds(271), minute), "a run 29 s early still checks");
+        assert!(!state.due(1, now + ChronoDuration::seconds(269), minute), "the next run is closer");
+        assert!(state.due(2, now - ChronoDuration::seconds(1), none), "a check dated in the future is due");
         state.swept_until[2] = Some(now);
-        assert!(state.due(2, now), "a tier read whole in part goes on");
+        assert!(state.due(2, now, none), "a tier read whole in part goes on");
         state.refused_at = Some(now);
         assert!(state.counts_refused(now + ChronoDuration::hours(5)) && !state.counts_refused(now + ChronoDuration::hours(6)));
         let restored = LateState::decode(&state.encode()).unwrap();

@@ -228,7 +228,7 @@ impl Siem {
         let template = self.template(ctx.base_tags, query);
         let mut run = self.query_run(ctx, query, item.now, &item.key, &item.chunk_keys, &template);
         let requests_left = run.late_budget();
-        let mut check = LateCheck { run: &mut run, reach: to_chrono(self.settings.late_reach), requests_left };
+        let mut check = LateCheck { run: &mut run, reach: to_chrono(self.settings.late_reach), interval: to_chrono(self.settings.interval), requests_left };
         check.check(state, &mut late_state, &mut item.outcome);
         if item.outcome.late.checked {
             if let Err(error) = ctx.cache.write(&late_key, &late_state.encode()) {
