@@ -18,7 +18,6 @@ tree's, so that the cores belong to the sources they are exported with. Prints t
 """
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -36,14 +35,10 @@ HATCHLING_BUILD_SYSTEM = '[build-system]\nrequires = ["hatchling>=1.27"]\nbuild-
 LOCAL_ONLY = re.compile(r'^(_core\..*\.(so|pyd)|_core\.(so|pyd)|_native|__pycache__|.*\.py[co])$')
 
 
-def _universal_wheel():
-    spec = importlib.util.spec_from_file_location('universal_wheel', os.path.join(ROOT, 'scripts', 'universal_wheel.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-UNIVERSAL = _universal_wheel()
+# scripts/universal_wheel.py, imported from this folder (first on sys.path already when this file runs as a script).
+if os.path.join(ROOT, 'scripts') not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import universal_wheel as UNIVERSAL  # noqa: E402
 
 
 class ExportError(Exception):

@@ -16,7 +16,6 @@ import argparse
 import glob
 import gzip
 import hashlib
-import importlib.util
 import io
 import os
 import shutil
@@ -28,14 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXED_MTIME = 1577836800  # 2020-01-01, so that the same folder gives the same archive
 
 
-def _universal_wheel():
-    spec = importlib.util.spec_from_file_location('universal_wheel', os.path.join(ROOT, 'scripts', 'universal_wheel.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-UNIVERSAL = _universal_wheel()
+# scripts/universal_wheel.py, imported from this folder (first on sys.path already when this file runs as a script).
+if os.path.join(ROOT, 'scripts') not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+import universal_wheel as UNIVERSAL  # noqa: E402
 
 
 class ReleaseError(Exception):
