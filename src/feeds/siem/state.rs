@@ -26,6 +26,12 @@ pub fn event_second(at: DateTime<Utc>) -> u32 {
     u32::try_from(at.timestamp()).unwrap_or(0)
 }
 
+/// The last second before `start`: where ids are not known for a query that
+/// began reading at `start`, so the late checks stop there.
+fn unread_before(start: DateTime<Utc>) -> u32 {
+    event_second(start).saturating_sub(1)
+}
+
 fn is_zero(value: &u32) -> bool {
     *value == 0
 }
@@ -303,7 +309,7 @@ impl StoredPosition {
             .and_then(|v| v.as_u64())
             .and_then(|v| u32::try_from(v).ok())
             .filter(|v| *v > 0)
-            .unwrap_or_else(|| event_second(self.checkpoint).saturating_sub(1));
+            .unwrap_or_else(|| unread_before(self.checkpoint));
         let ids_kept = self.ids_kept.and_then(|v| v.as_u64()).map_or(0, |v| (v as usize).min(MAX_IDS));
         Position { v: self.v, checkpoint: self.checkpoint, cursor, chunk: self.chunk, learned, forgotten_until, ids_kept, unreadable_cursor }
     }
@@ -323,7 +329,7 @@ impl QueryState {
         let capacity = chunk_count(dedup_capacity) * IDS_PER_CHUNK;
         let mut seen = DedupSet::new(capacity);
         // Nothing before a new checkpoint was read: no late check reaches there.
-        seen.forget_until(event_second(checkpoint).saturating_sub(1));
+        seen.forget_until(unread_before(checkpoint));
         QueryState {
             checkpoint,
             cursor: None,
@@ -354,7 +360,7 @@ impl QueryState {
             ));
         } else if found < reach.oldest {
             self.checkpoint = reach.oldest;
-            self.seen.forget_until(event_second(reach.oldest).saturating_sub(1));
+            self.seen.forget_until(unread_before(reach.oldest));
             repairs.push(format!(
                 "the checkpoint {} is older than the data the check can still deliver; collection resumes from {}",
                 found.to_rfc3339(),
