@@ -94,10 +94,13 @@ impl LateState {
 
     /// `interval`: the time between runs. A tier due before the next run is
     /// closer to now than to that run is checked now: otherwise runs a few
-    /// milliseconds early would stretch every period by one interval.
+    /// milliseconds early would stretch every period by one interval. Never
+    /// sooner than half its period, however long the interval (a manual run
+    /// between the Agent's does not check every tier again).
     fn due(&self, tier: usize, now: DateTime<Utc>, interval: ChronoDuration) -> bool {
         let every = ChronoDuration::seconds(TIERS[tier].2);
-        self.swept_until[tier].is_some() || self.checked[tier].is_none_or(|at| at > now || now - at + interval / 2 >= every)
+        let early = (interval / 2).min(every / 2);
+        self.swept_until[tier].is_some() || self.checked[tier].is_none_or(|at| at > now || now - at + early >= every)
     }
 
     fn counts_refused(&self, now: DateTime<Utc>) -> bool {
@@ -564,6 +567,9 @@ mod tests {
         let minute = ChronoDuration::seconds(60);
         assert!(state.due(1, now + ChronoDuration::seconds(271), minute), "a run 29 s early still checks");
         assert!(!state.due(1, now + ChronoDuration::seconds(269), minute), "the next run is closer");
+        let hour = ChronoDuration::seconds(3600);
+        assert!(!state.due(1, now + ChronoDuration::seconds(149), hour), "never sooner than half the period");
+        assert!(state.due(1, now + ChronoDuration::seconds(150), hour));
         assert!(state.due(2, now - ChronoDuration::seconds(1), none), "a check dated in the future is due");
         state.swept_until[2] = Some(now);
         assert!(state.due(2, now, none), "a tier read whole in part goes on");
