@@ -154,6 +154,28 @@ def test_late_checks_wait_while_a_backlog_holds_the_budget(make_check, dd_run_ch
     assert aggregator.metrics('huntress.siem.catch_up_seconds')[0].value != 0
 
 
+def test_a_backlog_held_by_the_rate_budget_names_the_budget(make_check, dd_run_check, aggregator, sink, instance):
+    """10 requests a minute and a window of many pages: the run stops mid-window
+    because no rate-limit slot opens before its deadline. The warning names the
+    budget, not the deadline, and estimates the catch-up from the rows read."""
+    from tests.sim import HuntressSimulator
+
+    from .conftest import HUNTRESS_KEY, HUNTRESS_SECRET
+
+    with HuntressSimulator(api_key=HUNTRESS_KEY, secret_key=HUNTRESS_SECRET, rate_limit=10) as small:
+        small.add_events(fixtures.siem_events(6_000, now_utc() - timedelta(minutes=50), now_utc() - timedelta(minutes=1), seed=9))
+        instance.update(
+            huntress_base_url=small.url, max_window_seconds=3600, lag_warning_seconds=60, run_deadline_seconds=8, min_collection_interval=60
+        )
+        dd_run_check(make_check(instance))
+        aggregator.assert_service_check('huntress.siem.can_connect', AgentCheck.WARNING)
+        (message,) = [c.message for c in aggregator.service_checks('huntress.siem.can_connect')]
+        assert 'behind' in message and 'held back by the Huntress rate budget' in message, message
+        assert 'run deadline' not in message, message
+        assert 'it catches up in about' in message, message
+        assert small.stats['rate_limited'] == 0
+
+
 def test_no_late_checks_when_turned_off(make_check, dd_run_check, aggregator, huntress, sink, instance):
     instance.update(late_arrival_window_seconds=0)
     huntress.add_events(fixtures.siem_events(20, now_utc() - timedelta(minutes=3), now_utc() - timedelta(seconds=5), seed=7))

@@ -60,6 +60,8 @@ pub struct ApiStats {
     /// Requests that got an answer (any status), and requests that got none in time.
     pub answered: u64,
     pub timed_out: u64,
+    /// Requests not sent because the rate budget had no slot before the deadline.
+    pub out_of_budget: u64,
 }
 
 /// Which Huntress account to reach, and how.
@@ -163,6 +165,7 @@ impl HuntressClient {
             let waited = match self.budget.acquire(deadline.0) {
                 Ok(waited) => waited,
                 Err(e) => {
+                    self.stats.out_of_budget += 1;
                     let why = format!("the rate limit asks to wait {:.1}s, past the end of this run", e.wait.as_secs_f64());
                     return Err(self.stopped_by_deadline(path, last_timeout, why));
                 }

@@ -384,8 +384,8 @@ impl Siem {
         let outcome = &item.outcome;
         let lag = ((Utc::now() - state.checkpoint).num_milliseconds() as f64 / 1000.0).max(0.0);
         let limit = outcome.limit.or(outcome.stopped_by_deadline.then_some(Limit::Deadline));
-        let advanced = item.checkpoint_before.map_or(0.0, |before| (state.checkpoint - before).num_milliseconds() as f64 / 1000.0);
         let interval = self.settings.interval.as_secs_f64().max(1.0);
+        let advanced = event_time_read(item, state);
         let behind = (lag - self.settings.collection_delay.as_secs_f64()).max(0.0);
         // Each run reads `advanced` seconds of event time while `interval` seconds pass.
         let catch_up = match limit {
@@ -444,9 +444,10 @@ impl Siem {
             report.log(Level::Info, format!("query {name:?}: {limit} cannot read another window in this run; the next run continues"));
         }
         if outcome.stopped_by_deadline {
-            report.log(Level::Info, format!("query {name:?}: run deadline reached; the next run resumes from the saved cursor"));
+            let limit = outcome.limit.unwrap_or(Limit::Deadline).describe();
+            report.log(Level::Info, format!("query {name:?}: {limit} ended this run; the next run resumes from the saved cursor"));
             if outcome.pages == 0 {
-                warnings.push(format!("query {name:?}: the run deadline was reached before a page could be read"));
+                warnings.push(format!("query {name:?}: {limit} ended this run before a page could be read"));
             }
         }
         for warning in &warnings[logged_already..] {
@@ -547,6 +548,19 @@ impl Progress {
     }
 }
 
+/// Seconds of event time a run read. The checkpoint moves only when a window
+/// completes, so while one is being read over several runs the rows read, at
+/// the density learned, tell how far the run got.
+fn event_time_read(item: &Collected, state: &QueryState) -> f64 {
+    let moved = item.checkpoint_before.map_or(0.0, |before| (state.checkpoint - before).num_milliseconds() as f64 / 1000.0);
+    let density = state.learned.events_per_second;
+    if state.cursor.is_some() && density > 0.0 {
+        moved.max(item.outcome.collected as f64 / density)
+    } else {
+        moved
+    }
+}
+
 /// Seconds as a person reads them.
 fn human(seconds: f64) -> String {
     let seconds = seconds.max(0.0).round() as u64;
@@ -575,4 +589,35 @@ fn query_tags(base_tags: &[String], query: &LogQuery) -> Vec<String> {
 
 fn to_chrono(duration: Duration) -> ChronoDuration {
     ChronoDuration::from_std(duration).unwrap_or(ChronoDuration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feeds::siem::state::Cursor;
+
+    fn collected(checkpoint_before: DateTime<Utc>, rows_read: u64) -> Collected {
+        let mut item = Collected::failed(HuntressError::Deadline(String::new()));
+        item.checkpoint_before = Some(checkpoint_before);
+        item.outcome = QueryOutcome { collected: rows_read, ..QueryOutcome::default() };
+        item
+    }
+
+    #[test]
+    fn a_window_read_over_several_runs_still_shows_how_far_a_run_got() {
+        let start = Utc::now() - ChronoDuration::hours(1);
+        let mut state = QueryState::new(start, 1_000);
+        state.learned.events_per_second = 2.0;
+        state.cursor = Some(Cursor::new(start, start + ChronoDuration::hours(1)));
+        // The checkpoint has not moved, but 2,000 rows at 2 a second are 1,000 s of event time.
+        assert_eq!(event_time_read(&collected(start, 2_000), &state), 1_000.0);
+    }
+
+    #[test]
+    fn a_completed_window_counts_by_the_checkpoint() {
+        let start = Utc::now() - ChronoDuration::hours(1);
+        let mut state = QueryState::new(start + ChronoDuration::seconds(600), 1_000);
+        state.learned.events_per_second = 2.0;
+        assert_eq!(event_time_read(&collected(start, 2_000), &state), 600.0);
+    }
 }

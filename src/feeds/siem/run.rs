@@ -363,6 +363,7 @@ enum Step {
 impl QueryRun<'_> {
     pub fn collect(&mut self, state: &mut QueryState) -> QueryOutcome {
         let mut outcome = QueryOutcome { started: Some(Instant::now()), ..QueryOutcome::default() };
+        let refused_for_budget = self.huntress.stats.out_of_budget;
         let mut pending = Pending::default();
         while outcome.error.is_none() {
             if outcome.pages >= u64::from(self.max_pages) {
@@ -395,6 +396,11 @@ impl QueryRun<'_> {
             }
         }
         self.flush(state, &mut pending, &mut outcome);
+        // A request that waited for a rate-limit slot past the deadline was held
+        // back by the budget, not by the time the run had.
+        if outcome.stopped_by_deadline && outcome.limit.is_none() && self.huntress.stats.out_of_budget > refused_for_budget {
+            outcome.limit = Some(Limit::RateBudget);
+        }
         outcome
     }
 
