@@ -85,6 +85,8 @@ def test_release_workflow_publishes_only_complete_tested_assets_with_their_sums(
     assert publish['needs'] == 'universal-wheel'
     assert publish['if'] == "startsWith(github.ref, 'refs/tags/v')"
     assert publish['permissions'] == {'contents': 'write'}
+    runs = [step.get('run', '') for step in publish['steps']]
+    assert runs.index('python3 scripts/release_ready.py') < len(runs) - 1, 'the metadata is checked before publishing'
     script = publish['steps'][-1]['run']
     assert 'sha256sum -c SHA256SUMS' in script and 'gh release create "$TAG"' in script and './*' in script
     for name, job in workflow['jobs'].items():
@@ -102,3 +104,32 @@ def test_release_workflow_passes_actionlint(tmp_path):
     broken.write_text(read('.github', 'workflows', 'release.yml').replace('macos-15-intel', 'macos-1-intel'))
     result = subprocess.run([actionlint, str(broken)], capture_output=True, text=True)
     assert result.returncode == 1 and 'macos-1-intel' in result.stdout
+
+
+def release_ready(root):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'release_ready.py'), str(root)], capture_output=True, text=True)
+
+
+def release_copy(tmp_path, email, download):
+    (tmp_path / 'docs').mkdir(parents=True)
+    manifest = json.loads(read('manifest.json'))
+    manifest['author'].update(support_email=email, sales_email=email)
+    (tmp_path / 'manifest.json').write_text(json.dumps(manifest))
+    (tmp_path / 'pyproject.toml').write_text(re.sub(r'email = "[^"]*"', f'email = "{email}"', read('pyproject.toml')))
+    installation = read('docs', 'installation.md').replace('https://github.com/<OWNER>/<REPOSITORY>/releases', download)
+    (tmp_path / 'docs' / 'installation.md').write_text(installation)
+    return tmp_path
+
+
+def test_release_ready_passes_real_contacts_and_names_each_placeholder(tmp_path):
+    ready = release_ready(release_copy(tmp_path / 'ready', 'security-integrations@msp.io', 'https://github.com/msp-tools/datadog-huntress/releases'))
+    assert ready.returncode == 0, ready.stderr
+    left = release_ready(release_copy(tmp_path / 'left', 'me@example.com', 'https://github.com/<OWNER>/<REPOSITORY>/releases'))
+    assert left.returncode == 1
+    assert 'author.support_email' in left.stderr and 'pyproject.toml authors' in left.stderr and 'installation.md line' in left.stderr
+
+
+def test_release_ready_judges_the_tree_as_it_is():
+    """The tree's own verdict: not ready exactly while a contact is an .invalid address or the download path unfilled."""
+    unfilled = '.invalid"' in read('manifest.json') or '<OWNER>' in read('docs', 'installation.md')
+    assert (release_ready(ROOT).returncode == 1) == unfilled
