@@ -353,7 +353,9 @@ impl Siem {
         if let Some(progress) = &progress {
             report.gauge(metric::CHECKPOINT_LAG, progress.lag, &tags);
             report.gauge(metric::WINDOW_IN_PROGRESS, f64::from(u8::from(progress.in_progress)), &tags);
-            report.gauge(metric::CATCH_UP, progress.catch_up.unwrap_or(if progress.limit.is_some() { -1.0 } else { 0.0 }), &tags);
+            if let Some(seconds) = progress.catch_up_gauge() {
+                report.gauge(metric::CATCH_UP, seconds, &tags);
+            }
             self.summaries.push(progress.summary(&query.name, outcome));
         }
         let (status, message) = self.query_status(query, outcome, progress.as_ref(), ctx.intake, report);
@@ -384,8 +386,8 @@ impl Siem {
         let outcome = &item.outcome;
         let lag = ((Utc::now() - state.checkpoint).num_milliseconds() as f64 / 1000.0).max(0.0);
         let limit = outcome.limit.or(outcome.stopped_by_deadline.then_some(Limit::Deadline));
+        let advanced = item.checkpoint_before.map_or(0.0, |before| (state.checkpoint - before).num_milliseconds() as f64 / 1000.0);
         let interval = self.settings.interval.as_secs_f64().max(1.0);
-        let advanced = event_time_read(item, state);
         let behind = (lag - self.settings.collection_delay.as_secs_f64()).max(0.0);
         // Each run reads `advanced` seconds of event time while `interval` seconds pass.
         let catch_up = match limit {
@@ -531,10 +533,26 @@ impl Progress {
         )
     }
 
+    /// The checkpoint moves only when a window completes: while one is read
+    /// over several runs, the pace is not known yet.
+    fn pace_unknown(&self) -> bool {
+        self.catch_up.is_none() && self.in_progress
+    }
+
     fn eta(&self) -> String {
         match self.catch_up {
             Some(seconds) => format!("it catches up in about {} at this pace", human(seconds)),
+            None if self.pace_unknown() => "its pace is known once the window being read completes".to_string(),
             None => "it does not catch up at this pace".to_string(),
+        }
+    }
+
+    /// 0 when up to date, -1 when it does not catch up, none while unknown.
+    fn catch_up_gauge(&self) -> Option<f64> {
+        match self.catch_up {
+            Some(seconds) => Some(seconds),
+            None if self.pace_unknown() => None,
+            None => Some(if self.limit.is_some() { -1.0 } else { 0.0 }),
         }
     }
 
@@ -545,19 +563,6 @@ impl Progress {
             None => format!("{name:?} up to date ({} forwarded{found})", outcome.forwarded),
             Some(limit) => format!("{name:?} {} behind, stopped by {} ({})", human(self.lag), limit.describe(), self.eta()),
         }
-    }
-}
-
-/// Seconds of event time a run read. The checkpoint moves only when a window
-/// completes, so while one is being read over several runs the rows read, at
-/// the density learned, tell how far the run got.
-fn event_time_read(item: &Collected, state: &QueryState) -> f64 {
-    let moved = item.checkpoint_before.map_or(0.0, |before| (state.checkpoint - before).num_milliseconds() as f64 / 1000.0);
-    let density = state.learned.events_per_second;
-    if state.cursor.is_some() && density > 0.0 {
-        moved.max(item.outcome.collected as f64 / density)
-    } else {
-        moved
     }
 }
 
@@ -594,30 +599,23 @@ fn to_chrono(duration: Duration) -> ChronoDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feeds::siem::state::Cursor;
 
-    fn collected(checkpoint_before: DateTime<Utc>, rows_read: u64) -> Collected {
-        let mut item = Collected::failed(HuntressError::Deadline(String::new()));
-        item.checkpoint_before = Some(checkpoint_before);
-        item.outcome = QueryOutcome { collected: rows_read, ..QueryOutcome::default() };
-        item
+    fn progress(catch_up: Option<f64>, in_progress: bool) -> Progress {
+        Progress { lag: 3_600.0, limit: Some(Limit::RateBudget), catch_up, in_progress, lag_warning: 900.0 }
     }
 
     #[test]
-    fn a_window_read_over_several_runs_still_shows_how_far_a_run_got() {
-        let start = Utc::now() - ChronoDuration::hours(1);
-        let mut state = QueryState::new(start, 1_000);
-        state.learned.events_per_second = 2.0;
-        state.cursor = Some(Cursor::new(start, start + ChronoDuration::hours(1)));
-        // The checkpoint has not moved, but 2,000 rows at 2 a second are 1,000 s of event time.
-        assert_eq!(event_time_read(&collected(start, 2_000), &state), 1_000.0);
+    fn a_window_read_over_several_runs_has_no_pace_yet() {
+        let reading = progress(None, true);
+        assert!(reading.warning("all").contains("its pace is known once the window being read completes"));
+        assert_eq!(reading.catch_up_gauge(), None);
     }
 
     #[test]
-    fn a_completed_window_counts_by_the_checkpoint() {
-        let start = Utc::now() - ChronoDuration::hours(1);
-        let mut state = QueryState::new(start + ChronoDuration::seconds(600), 1_000);
-        state.learned.events_per_second = 2.0;
-        assert_eq!(event_time_read(&collected(start, 2_000), &state), 600.0);
+    fn a_query_whose_checkpoint_does_not_keep_up_does_not_catch_up() {
+        let stuck = progress(None, false);
+        assert!(stuck.warning("all").contains("it does not catch up at this pace"));
+        assert_eq!(stuck.catch_up_gauge(), Some(-1.0));
+        assert_eq!(progress(Some(120.0), true).catch_up_gauge(), Some(120.0));
     }
 }
