@@ -399,7 +399,7 @@ impl VersionedRun<'_, '_> {
         if state.damaged {
             recovered.push(ErrorKind::Cache);
         }
-        let scan = self.scan(source, &mut state, &mut warnings, &mut recovered);
+        let mut scan = self.scan(source, &mut state, &mut warnings, &mut recovered);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {
@@ -409,7 +409,8 @@ impl VersionedRun<'_, '_> {
                 return (Some(health.with_recovered(&recovered)), pages);
             }
         }
-        let in_scope: Vec<_> = scan.reports.iter().filter(|item| in_scope(self.feed, self.ctx.scope, item, self.ctx.directory, true)).cloned().collect();
+        let reports = std::mem::take(&mut scan.reports);
+        let in_scope: Vec<_> = reports.into_iter().filter(|item| in_scope(self.feed, self.ctx.scope, item, self.ctx.directory, true)).collect();
         let changes = new_versions(in_scope, &state.known);
         let walked = state.walk.as_ref().map_or(0, |walk| walk.forwarded);
         state.known.grow_to((KNOWN_ITEMS + walked + changes.len()).min(MAX_KNOWN_ITEMS));
