@@ -15,7 +15,7 @@
 //! | `huntress.agents.by_defender_status` | `defender_status` | at most 100 |
 //! | `huntress.agents.by_firewall_status` | `firewall_status` | at most 100 |
 //! | `huntress.agents.tamper_protection` | `tamper_configured`, `tamper_actual` | `true`, `false`, `none`: at most 9 pairs |
-//! | `huntress.agents.by_organization` | `huntress_org_id`, `huntress_org_name` | the 500 organizations with most agents |
+//! | `huntress.agents.by_organization` | `huntress_org_id`, `huntress_org_name` | the 500 organizations with most agents, each agent's organization resolved as the scope resolves it |
 //!
 //! Past its cap, a tag keeps its most frequent values and folds the rest into
 //! `other`, so totals still add up.

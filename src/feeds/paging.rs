@@ -334,6 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_from_a_token_says_where_the_next_one_goes_on() {
+        let mut source = FakeSource::new((0..5).map(|i| page("items", 0..1, Some(&format!("t{i}")))).collect());
+        let listing = list_pages_from(&mut source, "/v1/items", "items", &[], 2, Some("saved".into()), |_| true);
+        assert!(matches!(listing.end, End::PageCap));
+        assert_eq!(listing.next.as_deref(), Some("t1"));
+        assert_eq!(source.requests[0].1.last(), Some(&("page_token".to_string(), "saved".to_string())));
+
+        let mut source = FakeSource::new(vec![page("items", 0..1, Some("t0")), Err(HuntressError::api(ErrorKind::ServerError, "503"))]);
+        let listing = list_pages_from(&mut source, "/v1/items", "items", &[], 5, None, |_| true);
+        assert!(matches!(listing.end, End::Failed(_)));
+        assert_eq!((listing.pages, listing.next.as_deref()), (1, Some("t0")), "the page that failed is read again");
+
+        let mut source = FakeSource::new(vec![page("items", 0..1, None)]);
+        let listing = list_pages_from(&mut source, "/v1/items", "items", &[], 5, Some("saved".into()), |_| true);
+        assert!(matches!(listing.end, End::Complete) && listing.next.is_none());
+    }
+
+    #[test]
     fn malformed_pages_fail_the_listing() {
         for bad in [json!([]), json!({"items": "oops", "pagination": []}), json!({"pagination": {}}), json!({"items": [1]}), json!({"items": [], "pagination": {"next_page_token": 3}})] {
             let mut source = FakeSource::new(vec![Ok(bad)]);
