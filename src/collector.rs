@@ -390,8 +390,8 @@ impl Collector {
             report.gauge(metric::ORGANIZATIONS, in_scope as f64, tags);
         }
         for health in &rest.healths {
-            if let Some(kind) = health.error {
-                *errors.entry((kind, None)).or_default() += 1;
+            for kind in &health.errors {
+                *errors.entry((*kind, None)).or_default() += 1;
             }
             if let Some(message) = &health.message {
                 let level = if health.status == Status::Critical { Level::Error } else { Level::Warning };

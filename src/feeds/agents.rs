@@ -15,7 +15,7 @@
 //! | `huntress.agents.by_defender_status` | `defender_status` | at most 100 |
 //! | `huntress.agents.by_firewall_status` | `firewall_status` | at most 100 |
 //! | `huntress.agents.tamper_protection` | `tamper_configured`, `tamper_actual` | `true`, `false`, `none`: at most 9 pairs |
-//! | `huntress.agents.by_organization` | `huntress_org_id`, `huntress_org_name` | the 500 organizations with most agents |
+//! | `huntress.agents.by_organization` | `huntress_org_id`, `huntress_org_name` | the 500 organizations with most agents, each agent's organization resolved as the scope resolves it |
 //!
 //! Past its cap, a tag keeps its most frequent values and folds the rest into
 //! `other`, so totals still add up.
@@ -30,8 +30,7 @@ use crate::feeds::scope::{OrgRef, Scope};
 use crate::feeds::feed::{Feed, Slot};
 use crate::feeds::forwarding::FeedContext;
 use crate::huntress::client::Feature;
-use crate::feeds::item::id_text;
-use crate::feeds::orgs::OrgDirectory;
+use crate::feeds::orgs::{resolve, OrgDirectory};
 use crate::datadog::report::{with_tag, Report, Status};
 use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
 use crate::base::tags::{self, cap_values, MAX_ORGS_TAGGED, MAX_TAG_VALUES, NONE, OTHER};
@@ -96,8 +95,11 @@ pub struct AgentInventory {
     /// (configured, actual) → agents.
     pub tamper: BTreeMap<(String, String), u64>,
     pub stale: u64,
-    /// Organization id (as text, or `none`) → agents.
+    /// Organization id (as text, or `none`) → agents, by the organization
+    /// `orgs::resolve` gives (an id, a nested `organization.id`, or a name).
     pub by_org: BTreeMap<String, u64>,
+    /// Organization id → the name resolved with it.
+    pub org_names: BTreeMap<String, String>,
 }
 
 fn text<'a>(agent: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
@@ -138,7 +140,7 @@ pub fn is_isolated(firewall_status: Option<&str>) -> bool {
 
 impl AgentInventory {
     /// Counts one agent. Stale: `last_callback_at` older than `stale_after`, or missing.
-    pub fn add(&mut self, agent: &Map<String, Value>, now: DateTime<Utc>, stale_after: Duration) {
+    pub fn add(&mut self, agent: &Map<String, Value>, directory: Option<&OrgDirectory>, now: DateTime<Utc>, stale_after: Duration) {
         self.total += 1;
         *self.by_platform.entry(tags::value_or(text(agent, "platform"), NONE)).or_default() += 1;
         *self.by_os.entry(normalize_os(text(agent, "os"))).or_default() += 1;
@@ -152,8 +154,12 @@ impl AgentInventory {
         let last_callback = agent.get("last_callback_at").and_then(parse_timestamp_ms);
         let stale_before = now.timestamp_millis() - stale_after.as_millis() as i64;
         self.stale += u64::from(last_callback.is_none_or(|ms| ms < stale_before));
-        let org = agent.get("organization_id").and_then(id_text).unwrap_or_else(|| NONE.to_string());
-        *self.by_org.entry(org).or_default() += 1;
+        let org = resolve(directory, &OrgRef::of_fields(agent));
+        let id = org.id.unwrap_or_else(|| NONE.to_string());
+        if let Some(name) = org.name {
+            self.org_names.entry(id.clone()).or_insert(name);
+        }
+        *self.by_org.entry(id).or_default() += 1;
     }
 
     /// Submits the gauges; see the module docs for the tags.
@@ -181,7 +187,11 @@ impl AgentInventory {
         for (org, count) in cap_values(self.by_org.clone(), MAX_ORGS_TAGGED) {
             let name = match org.as_str() {
                 OTHER | NONE => org.clone(),
-                id => directory.and_then(|d| d.get(id)).map_or_else(|| tags::UNKNOWN.to_string(), |o| tags::value_or(Some(&o.name), NONE)),
+                id => match (directory.and_then(|d| d.get(id)), self.org_names.get(id)) {
+                    (Some(known), _) => tags::value_or(Some(&known.name), NONE),
+                    (None, Some(name)) => tags::value_or(Some(name), tags::UNKNOWN),
+                    (None, None) => tags::UNKNOWN.to_string(),
+                },
             };
             let mut tags = with_tag(base, tags::tag("huntress_org_id", &org));
             tags.push(format!("huntress_org_name:{name}"));
@@ -211,7 +221,7 @@ pub fn collect_in_scope(
         for agent in &agents {
             let org = OrgRef::of_fields(agent);
             if scope.admits(Feature::Agents.tag(), &org, directory) {
-                inventory.add(agent, now, stale_after);
+                inventory.add(agent, directory, now, stale_after);
             }
         }
         true
@@ -306,7 +316,7 @@ mod tests {
     fn inventory_counts_every_dimension() {
         let mut inventory = AgentInventory::default();
         for a in sample() {
-            inventory.add(&a, now(), Duration::from_secs(86_400));
+            inventory.add(&a, None, now(), Duration::from_secs(86_400));
         }
         assert_eq!(inventory.total, 4);
         assert_eq!(inventory.by_os["windows_11_pro"], 2);
@@ -333,11 +343,40 @@ mod tests {
     }
 
     #[test]
+    fn agents_are_grouped_by_the_organization_resolved() {
+        let directory = OrgDirectory::from_api(
+            now(),
+            None,
+            &[agent(json!({"id": 101, "name": "Acme Dental"})), agent(json!({"id": 102, "name": "Bravo Law"}))],
+            true,
+        );
+        let mut inventory = AgentInventory::default();
+        for a in [
+            json!({"organization_id": 101}),
+            json!({"organization": {"id": 101, "name": "Acme Dental"}}),
+            json!({"organization": {"name": " bravo law "}}),
+            json!({"organization_name": "Bravo Law"}),
+            json!({"organization": {"id": 303, "name": "Charlie Ltd"}}),
+            json!({"platform": "windows"}),
+        ] {
+            inventory.add(&agent(a), Some(&directory), now(), Duration::from_secs(86_400));
+        }
+        let expected: BTreeMap<String, u64> = [("101", 2), ("102", 2), ("303", 1), ("none", 1)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(inventory.by_org, expected);
+        let mut report = Report::default();
+        inventory.report(&mut report, &[], Some(&directory));
+        let by_org = |id: &str| gauges(&report, "huntress.agents.by_organization").into_iter().find(|(t, _)| t.contains(&format!("huntress_org_id:{id}"))).map(|(t, v)| (t.to_vec(), v));
+        assert_eq!(by_org("102"), Some((vec!["huntress_org_id:102".to_string(), "huntress_org_name:bravo_law".into()], 2.0)), "by name alone");
+        assert_eq!(by_org("303").unwrap().0[1], "huntress_org_name:charlie_ltd", "an id the directory does not know keeps the agent's name");
+        assert_eq!(by_org("none").unwrap().1, 1.0);
+    }
+
+    #[test]
     fn cardinality_is_capped_per_tag_and_totals_kept() {
         let mut inventory = AgentInventory::default();
         for i in 0..2_000 {
             let a = agent(json!({"organization_id": 10_000 + i % 700, "version": format!("1.{}.0", i % 250), "platform": "windows", "last_callback_at": ago(5)}));
-            inventory.add(&a, now(), Duration::from_secs(86_400));
+            inventory.add(&a, None, now(), Duration::from_secs(86_400));
         }
         let mut report = Report::default();
         inventory.report(&mut report, &[], None);

@@ -260,7 +260,7 @@ mod tests {
         let newest: Vec<_> = (0..3).map(|i| incident(10 + i, NOW - i as i64 * 10, "sent", "low")).collect();
         let older: Vec<_> = (0..3).map(|i| incident(20 + i, NOW - 100 - i as i64 * 10, "sent", "low")).collect();
         let mut source = FakeSource::new(vec![page(&newest, Some("a")), page(&older, Some("b")), page(&newest, None)]);
-        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), at(NOW), 10);
+        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), at(NOW), 10, versioned::Start::FIRST_PAGE);
         assert_eq!(scan.reports.len(), 5, "three newest and the two at or after the checkpoint");
         assert_eq!(scan.newest, Some(at(NOW)));
         assert!(matches!(scan.listing.end, End::Enough));
@@ -277,7 +277,7 @@ mod tests {
         let mut future = incident(98, NOW + 3_000_000_000, "sent", "low");
         future.insert("updated_at".into(), json!("2099-01-01T00:00:00Z"));
         let mut source = FakeSource::new(vec![page(&ascending[..2], Some("a")), page(&ascending[2..], Some("b")), page(&[future], None)]);
-        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), at(NOW), 10);
+        let scan = versioned::scan_changes(&mut source, INCIDENTS_PATH, "incident_reports", &[], at(NOW - 110), at(NOW), 10, versioned::Start::FIRST_PAGE);
         assert!(!scan.ordered);
         assert!(matches!(scan.listing.end, End::Complete));
         let ids: Vec<_> = scan.reports.iter().map(|r| r["id"].as_u64().unwrap()).collect();
@@ -409,5 +409,134 @@ mod tests {
         assert_eq!(VersionedState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap().checkpoint, at(NOW - 30));
         let (report, _) = run_with_rules(&reports, &[], &mut sink, &mut cache, &rules);
         assert!(report.events.is_empty() && sink.logs.len() == 2, "handled changes are not sent again");
+    }
+
+    /// One run with `max_pages` pages and these responses (changes, then the open count).
+    fn run_pages(responses: Vec<crate::base::error::Result<Value>>, max_pages: u32, now: i64, sink: &mut TestSink, cache: &mut MemoryCache) -> (Report, Health, FakeSource) {
+        let mut source = FakeSource::new(responses);
+        let mut report = Report::default();
+        let (scope, rules) = (Scope::default(), ProcessingRules::default());
+        let mut ctx = context(sink, &rules, cache, &scope);
+        ctx.max_pages = max_pages;
+        ctx.now = at(now);
+        let (health, _) = VersionedRun { feed: &Incidents, ctx }.run(&mut source, &mut report);
+        (report, health.unwrap(), source)
+    }
+
+    fn stored(cache: &MemoryCache) -> VersionedState {
+        VersionedState::decode(&cache.0[INCIDENTS_KEY], "incident checkpoint").unwrap().unwrap()
+    }
+
+    fn token_of(source: &FakeSource, request: usize) -> Option<String> {
+        source.requests[request].1.iter().find(|(k, _)| k == "page_token").map(|(_, v)| v.clone())
+    }
+
+    /// Six reports a page, newest change first: page `n` holds ids `100 - 6n` and below.
+    fn backlog_page(n: i64) -> Vec<Map<String, Value>> {
+        (0..6).map(|i| incident((100 - 6 * n - i) as u64, NOW - 60 - (6 * n + i) * 10, "sent", "low")).collect()
+    }
+
+    fn ids(sink: &TestSink) -> Vec<u64> {
+        let mut ids: Vec<u64> = sink.logs.iter().map(|log| log["id"].as_u64().unwrap()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn a_backlog_deeper_than_a_run_is_walked_over_runs_and_the_checkpoint_moves_at_its_end() {
+        let mut cache = MemoryCache::default();
+        let mut sink = TestSink::accepting();
+        let first = vec![page(&backlog_page(0), Some("p1")), page(&backlog_page(1), Some("p2")), page(&[], None)];
+        let (_, health, _) = run_pages(first, 2, NOW, &mut sink, &mut cache);
+        assert_eq!(health.status, Status::Warning);
+        assert!(health.message.unwrap().contains("the next run goes on from there"));
+        let state = stored(&cache);
+        assert_eq!(state.checkpoint, at(NOW - 3600), "the checkpoint stays while the walk is under way");
+        let walk = state.walk.unwrap();
+        assert_eq!((walk.token.as_deref(), walk.newest, walk.forwarded), (Some("p2"), Some(at(NOW - 60)), 12));
+
+        let second = vec![page(&backlog_page(2), Some("p3")), page(&backlog_page(3), None), page(&[], None)];
+        let (_, health, source) = run_pages(second, 2, NOW + 30, &mut sink, &mut cache);
+        assert_eq!(health.status, Status::Ok);
+        assert_eq!(token_of(&source, 0).as_deref(), Some("p2"), "the walk goes on from the saved token");
+        assert_eq!(ids(&sink), (77..=100).collect::<Vec<_>>(), "every report once");
+        let state = stored(&cache);
+        assert_eq!((state.checkpoint, state.walk), (at(NOW - 60), None), "the newest change the walk read, once complete");
+    }
+
+    #[test]
+    fn a_refused_token_starts_the_walk_again_without_sending_twice() {
+        let mut cache = MemoryCache::default();
+        let mut sink = TestSink::accepting();
+        let first = vec![page(&backlog_page(0), Some("p1")), page(&backlog_page(1), Some("p2")), page(&[], None)];
+        run_pages(first, 2, NOW, &mut sink, &mut cache);
+        let expired = Err(crate::base::error::HuntressError::api(crate::base::error::ErrorKind::QueryInvalid, "400: page_token expired"));
+        let again = vec![expired, page(&backlog_page(0), Some("q1")), page(&backlog_page(1), Some("q2")), page(&[], None)];
+        let (report, health, source) = run_pages(again, 2, NOW + 30, &mut sink, &mut cache);
+        assert_eq!(token_of(&source, 0).as_deref(), Some("p2"));
+        assert_eq!(token_of(&source, 1), None, "read again from the first page");
+        assert_eq!(health.status, Status::Warning);
+        assert_eq!(health.errors, vec![crate::base::error::ErrorKind::TokenExpired]);
+        assert!(health.message.unwrap().contains("refused the saved page token"));
+        assert!(report.events.is_empty() && sink.logs.len() == 12, "nothing sent twice");
+        assert_eq!(stored(&cache).walk.unwrap().token.as_deref(), Some("q2"));
+
+        let last = vec![page(&backlog_page(2), None), page(&[], None)];
+        run_pages(last, 2, NOW + 60, &mut sink, &mut cache);
+        assert_eq!(ids(&sink), (83..=100).collect::<Vec<_>>());
+        assert_eq!(stored(&cache).checkpoint, at(NOW - 60));
+    }
+
+    #[test]
+    fn an_unreadable_walk_is_dropped_with_a_cache_error_and_nothing_is_sent_twice() {
+        let mut cache = MemoryCache::default();
+        let mut sink = TestSink::accepting();
+        let first = vec![page(&backlog_page(0), Some("p1")), page(&backlog_page(1), Some("p2")), page(&[], None)];
+        run_pages(first, 2, NOW, &mut sink, &mut cache);
+        for damage in [json!({"token": 5}), json!("nonsense"), json!({"token": "p2", "started": "yesterday", "ordered": true, "forwarded": 1})] {
+            let mut entry: Value = serde_json::from_str(&cache.0[INCIDENTS_KEY]).unwrap();
+            entry["walk"] = damage;
+            cache.0.insert(INCIDENTS_KEY.into(), entry.to_string());
+            let again = vec![page(&backlog_page(0), Some("p1")), page(&backlog_page(1), Some("p2")), page(&[], None)];
+            let (_, health, source) = run_pages(again, 2, NOW + 30, &mut sink, &mut cache);
+            assert_eq!(token_of(&source, 0), None, "a fresh walk");
+            assert_eq!(health.status, Status::Warning);
+            assert_eq!(health.errors, vec![crate::base::error::ErrorKind::Cache]);
+            assert!(health.message.unwrap().contains("saved position"));
+            assert_eq!(sink.logs.len(), 12, "the versions sent are still known");
+            assert_eq!(stored(&cache).walk.unwrap().token.as_deref(), Some("p2"));
+        }
+    }
+
+    #[test]
+    fn an_unsorted_listing_is_read_to_its_end_over_runs_and_the_checkpoint_stops_at_the_walk_start() {
+        // Oldest first, whatever was asked; the last page holds a change made while the walk went on.
+        let ascending = |from: i64| -> Vec<Map<String, Value>> { (0..6).map(|i| incident((from + i) as u64, NOW - 900 + (from + i) * 10, "sent", "low")).collect() };
+        let mut cache = MemoryCache::default();
+        let mut sink = TestSink::accepting();
+        let first = vec![page(&ascending(0), Some("p1")), page(&ascending(6), Some("p2")), page(&[], None)];
+        let (_, health, _) = run_pages(first, 2, NOW - 300, &mut sink, &mut cache);
+        assert!(health.message.unwrap().contains("not sorted by updated_at"));
+        assert!(!stored(&cache).walk.unwrap().ordered);
+        let mut last = ascending(12);
+        last.push(incident(50, NOW - 100, "sent", "high"));
+        let (_, health, _) = run_pages(vec![page(&last, None), page(&[], None)], 2, NOW, &mut sink, &mut cache);
+        assert_eq!(health.status, Status::Ok);
+        assert_eq!(sink.logs.len(), 19);
+        let state = stored(&cache);
+        assert_eq!((state.checkpoint, state.walk), (at(NOW - 301), None), "no further than the second before the walk began");
+    }
+
+    #[test]
+    fn a_refused_delivery_keeps_the_walk_where_it_was() {
+        let mut cache = MemoryCache::default();
+        let mut sink = TestSink::accepting();
+        let first = vec![page(&backlog_page(0), Some("p1")), page(&backlog_page(1), Some("p2")), page(&[], None)];
+        run_pages(first, 2, NOW, &mut sink, &mut cache);
+        let second = vec![page(&backlog_page(2), None), page(&[], None)];
+        let (_, health, _) = run_pages(second, 2, NOW + 30, &mut TestSink::refusing(), &mut cache);
+        assert_eq!(health.status, Status::Warning);
+        let state = stored(&cache);
+        assert_eq!((state.checkpoint, state.walk.unwrap().token.as_deref()), (at(NOW - 3600), Some("p2")));
     }
 }

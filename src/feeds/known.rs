@@ -15,6 +15,10 @@ use crate::feeds::item::{item_id, text, updated_at};
 
 /// Items whose last forwarded version is remembered.
 pub const KNOWN_ITEMS: usize = 5_000;
+/// Items remembered at most while a walk down a deep backlog is under way:
+/// every version it forwarded, so that a walk read again from its first page
+/// sends none of them twice.
+pub const MAX_KNOWN_ITEMS: usize = 50_000;
 const STATE_VERSION: u32 = 1;
 
 
@@ -136,6 +140,28 @@ impl KnownVersions {
         }
     }
 
+    /// Remembers at least `capacity` items from now on.
+    pub fn grow_to(&mut self, capacity: usize) {
+        self.capacity = self.capacity.max(capacity);
+    }
+
+    /// Remembers `capacity` items from now on, dropping first the oldest
+    /// recorded of those changed before `keep_since_ms`: the changes a scan
+    /// from the checkpoint reads again stay, even past `capacity`.
+    pub fn shrink_keeping(&mut self, capacity: usize, keep_since_ms: i64) {
+        let mut excess = self.order.len().saturating_sub(capacity.max(1));
+        let last = &mut self.last;
+        self.order.retain(|report| {
+            if excess == 0 || last[report].updated_ms >= keep_since_ms {
+                return true;
+            }
+            last.remove(report);
+            excess -= 1;
+            false
+        });
+        self.capacity = capacity.max(1).max(self.order.len());
+    }
+
     /// The content hashes, in the order of `encode`: a member of its own, so
     /// that a version of the check that does not know it still reads the rest.
     fn encode_contents(&self) -> String {
@@ -179,6 +205,80 @@ impl KnownVersions {
     }
 }
 
+/// Where a walk down a listing deeper than one run's pages stands: the
+/// checkpoint stays where the walk began until the walk is complete.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Walk {
+    /// The token of the next page to read; `None`: the first page (a walk
+    /// whose token was refused starts again from there).
+    pub token: Option<String>,
+    /// When the walk began: a change made after it may sit on a page already
+    /// read, so the checkpoint moves no further than this.
+    pub started: DateTime<Utc>,
+    /// The newest `updated_at` read so far, not after the time it was read.
+    pub newest: Option<DateTime<Utc>>,
+    /// The `updated_at` of the last item read, to check the order across runs.
+    pub last: Option<DateTime<Utc>>,
+    /// Whether every item so far came newest change first.
+    pub ordered: bool,
+    /// Versions forwarded during the walk: the memory holds them all (up to
+    /// `MAX_KNOWN_ITEMS`).
+    pub forwarded: usize,
+}
+
+impl Walk {
+    pub fn new(started: DateTime<Utc>) -> Self {
+        Walk { token: None, started, newest: None, last: None, ordered: true, forwarded: 0 }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredWalk {
+    token: Option<String>,
+    started: String,
+    newest: Option<String>,
+    last: Option<String>,
+    ordered: bool,
+    forwarded: usize,
+}
+
+fn stored_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("`{text}` is not a time ({e})"))
+}
+
+impl StoredWalk {
+    fn of(walk: &Walk) -> Self {
+        StoredWalk {
+            token: walk.token.clone(),
+            started: stored_time(walk.started),
+            newest: walk.newest.map(stored_time),
+            last: walk.last.map(stored_time),
+            ordered: walk.ordered,
+            forwarded: walk.forwarded,
+        }
+    }
+
+    fn read(value: Value) -> Result<Walk, String> {
+        let stored: StoredWalk = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        if stored.token.as_deref().is_some_and(str::is_empty) {
+            return Err("an empty page token".into());
+        }
+        let optional = |text: &Option<String>| text.as_deref().map(parse_time).transpose();
+        Ok(Walk {
+            token: stored.token,
+            started: parse_time(&stored.started)?,
+            newest: optional(&stored.newest)?,
+            last: optional(&stored.last)?,
+            ordered: stored.ordered,
+            forwarded: stored.forwarded,
+        })
+    }
+}
+
 /// A checkpoint and the versions already forwarded, as kept in the cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionedState {
@@ -187,6 +287,13 @@ pub struct VersionedState {
     pub known: KnownVersions,
     /// How far past the checkpoint one listing reads, in seconds; `None`: up to now.
     pub span: Option<i64>,
+    /// The walk under way down a backlog deeper than a run's pages.
+    pub walk: Option<Walk>,
+    /// Why the saved walk could not be read (not saved: it is dropped).
+    pub unreadable_walk: Option<String>,
+    /// Whether the entry (or its walk) was unreadable when loaded, for the
+    /// `cache` error count (not saved).
+    pub damaged: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -200,20 +307,25 @@ struct StoredState {
     /// The signal feed's read window, in seconds (see `signals`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     span: Option<i64>,
+    /// A walk down a deep backlog (see `Walk`), read on its own so that an
+    /// unreadable one drops only itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    walk: Option<Value>,
 }
 
 impl VersionedState {
     pub fn new(checkpoint: DateTime<Utc>) -> Self {
-        VersionedState { checkpoint, known: KnownVersions::new(KNOWN_ITEMS), span: None }
+        VersionedState { checkpoint, known: KnownVersions::new(KNOWN_ITEMS), span: None, walk: None, unreadable_walk: None, damaged: false }
     }
 
     pub fn encode(&self) -> String {
         let stored = StoredState {
             v: STATE_VERSION,
-            checkpoint: self.checkpoint.to_rfc3339_opts(SecondsFormat::Millis, true),
+            checkpoint: stored_time(self.checkpoint),
             known: self.known.encode(),
             contents: self.known.encode_contents(),
             span: self.span,
+            walk: self.walk.as_ref().map(|walk| serde_json::to_value(StoredWalk::of(walk)).expect("walk serializes")),
         };
         serde_json::to_string(&stored).expect("state serializes")
     }
@@ -226,7 +338,12 @@ impl VersionedState {
         let checkpoint = DateTime::parse_from_rfc3339(&stored.checkpoint).map_err(|e| format!("unreadable {what} ({e})"))?;
         let known = KnownVersions::decode(&stored.known, &stored.contents, KNOWN_ITEMS).map_err(|e| format!("{what}: {e}"))?;
         let span = stored.span.filter(|s| *s > 0);
-        Ok(Some(VersionedState { checkpoint: checkpoint.with_timezone(&Utc), known, span }))
+        let (walk, unreadable_walk) = match stored.walk.map(StoredWalk::read).transpose() {
+            Ok(walk) => (walk, None),
+            Err(why) => (None, Some(why)),
+        };
+        let damaged = unreadable_walk.is_some();
+        Ok(Some(VersionedState { checkpoint: checkpoint.with_timezone(&Utc), known, span, walk, unreadable_walk, damaged }))
     }
 
     /// The saved state, or a fresh one `lookback` before `now`; an unreadable
@@ -243,13 +360,20 @@ impl VersionedState {
                     state.checkpoint.to_rfc3339(),
                     fresh.checkpoint.to_rfc3339()
                 ));
-                VersionedState { checkpoint: fresh.checkpoint, ..state }
+                VersionedState { checkpoint: fresh.checkpoint, walk: None, ..state }
             }
-            Ok(Some(state)) => state,
+            Ok(Some(state)) => {
+                if let Some(why) = &state.unreadable_walk {
+                    warnings.push(format!(
+                        "the saved position in the listing of the {what} is unreadable ({why}); the listing is read again from its newest change, and what was sent is not sent again"
+                    ));
+                }
+                state
+            }
             Ok(None) => fresh(),
             Err(message) => {
                 warnings.push(format!("{message}; starting again from initial_lookback_seconds"));
-                fresh()
+                VersionedState { damaged: true, ..fresh() }
             }
         }
     }
@@ -297,5 +421,31 @@ mod tests {
         let old = VersionedState::decode(&stored.to_string(), "test state").unwrap().unwrap();
         assert_eq!((old.span, old.known.classify(&later)), (None, Change::Seen));
         assert_eq!(old.known.classify(&Version::of(&item("2026-12-02T10:00:00Z", "resolved", None))), Change::StatusChanged);
+    }
+
+    #[test]
+    fn a_walk_round_trips_and_shrinking_keeps_the_changes_since_the_checkpoint() {
+        let mut state = VersionedState::new(Utc::now());
+        let started = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().with_timezone(&Utc);
+        state.walk = Some(Walk { token: Some("abc".into()), newest: Some(started), last: None, ordered: false, forwarded: 7, ..Walk::new(started) });
+        let decoded = VersionedState::decode(&state.encode(), "test state").unwrap().unwrap();
+        assert_eq!((decoded.walk, decoded.unreadable_walk, decoded.damaged), (state.walk.clone(), None, false));
+        let mut stored: Value = serde_json::from_str(&state.encode()).unwrap();
+        stored["walk"]["token"] = json!("");
+        let damaged = VersionedState::decode(&stored.to_string(), "test state").unwrap().unwrap();
+        assert!(damaged.walk.is_none() && damaged.damaged && damaged.unreadable_walk.unwrap().contains("empty"));
+
+        let mut known = KnownVersions::new(10);
+        for (id, minute) in [(1, 50), (2, 10), (3, 40), (4, 20)] {
+            let mut version = Version::of(&item("2026-12-02T10:00:00Z", "open", None));
+            version.report = id;
+            version.updated_ms = minute * 60_000;
+            known.record(version);
+        }
+        known.shrink_keeping(2, 30 * 60_000);
+        let kept: Vec<u64> = known.order.iter().copied().collect();
+        assert_eq!(kept, vec![1, 3], "the changes before the checkpoint go first, whenever recorded");
+        known.shrink_keeping(1, 30 * 60_000);
+        assert_eq!(known.len(), 2, "changes since the checkpoint stay past the bound");
     }
 }

@@ -98,6 +98,9 @@ impl End {
 pub struct Listing {
     pub pages: u32,
     pub end: End,
+    /// The token of the first page not read, when the listing stopped short of
+    /// its end (page cap, budget, failure); `None` there means the first page.
+    pub next: Option<String>,
 }
 
 /// Reads `path` page by page (`limit=500`, `page_token`), handing each page's
@@ -109,17 +112,31 @@ pub fn list_pages(
     plural: &str,
     filters: &[(&str, String)],
     max_pages: u32,
+    on_page: impl FnMut(Vec<Map<String, Value>>) -> bool,
+) -> Listing {
+    list_pages_from(source, path, plural, filters, max_pages, None, on_page)
+}
+
+/// `list_pages` from the page of `start` (a token an earlier listing of the
+/// same query was given), or from the first page.
+pub fn list_pages_from(
+    source: &mut dyn PageSource,
+    path: &str,
+    plural: &str,
+    filters: &[(&str, String)],
+    max_pages: u32,
+    start: Option<String>,
     mut on_page: impl FnMut(Vec<Map<String, Value>>) -> bool,
 ) -> Listing {
-    let mut seen_tokens: HashSet<String> = HashSet::new();
-    let mut token: Option<String> = None;
+    let mut seen_tokens: HashSet<String> = start.iter().cloned().collect();
+    let mut token: Option<String> = start;
     let mut pages = 0;
     loop {
         if pages >= max_pages {
-            return Listing { pages, end: End::PageCap };
+            return Listing { pages, end: End::PageCap, next: token };
         }
         if !source.may_send() {
-            return Listing { pages, end: End::Budget };
+            return Listing { pages, end: End::Budget, next: token };
         }
         let mut query: Vec<(&str, String)> = filters.to_vec();
         query.push(("limit", PAGE_LIMIT.to_string()));
@@ -128,15 +145,15 @@ pub fn list_pages(
         }
         let page = match source.get(path, &query).and_then(|value| parse_list(value, path, plural)) {
             Ok(page) => page,
-            Err(error) => return Listing { pages, end: End::Failed(error) },
+            Err(error) => return Listing { pages, end: End::Failed(error), next: token },
         };
         pages += 1;
         if !on_page(page.items) {
-            return Listing { pages, end: End::Enough };
+            return Listing { pages, end: End::Enough, next: None };
         }
         match page.next_page_token {
-            None => return Listing { pages, end: End::Complete },
-            Some(next) if !seen_tokens.insert(next.clone()) => return Listing { pages, end: End::RepeatedToken },
+            None => return Listing { pages, end: End::Complete, next: None },
+            Some(next) if !seen_tokens.insert(next.clone()) => return Listing { pages, end: End::RepeatedToken, next: None },
             Some(next) => token = Some(next),
         }
     }
@@ -209,21 +226,28 @@ pub struct Health {
     pub feature: Feature,
     pub status: Status,
     pub message: Option<String>,
-    /// The error that made the feature fail, for `huntress.siem.errors`.
-    pub error: Option<ErrorKind>,
+    /// The errors of its run, for `huntress.siem.errors`: the one that made
+    /// it fail, and those it recovered from (an expired page token...).
+    pub errors: Vec<ErrorKind>,
 }
 
 impl Health {
     pub fn ok(feature: Feature) -> Self {
-        Health { feature, status: Status::Ok, message: None, error: None }
+        Health { feature, status: Status::Ok, message: None, errors: Vec::new() }
     }
 
     pub fn warning(feature: Feature, message: String) -> Self {
-        Health { feature, status: Status::Warning, message: Some(message), error: None }
+        Health { feature, status: Status::Warning, message: Some(message), errors: Vec::new() }
     }
 
     pub fn failed(feature: Feature, status: Status, message: String, error: &HuntressError) -> Self {
-        Health { feature, status, message: Some(message), error: Some(error.kind()) }
+        Health { feature, status, message: Some(message), errors: vec![error.kind()] }
+    }
+
+    /// The same, with the errors of the run it recovered from counted too.
+    pub fn with_recovered(mut self, recovered: &[ErrorKind]) -> Self {
+        self.errors.extend_from_slice(recovered);
+        self
     }
 }
 
@@ -307,6 +331,24 @@ mod tests {
         let listing = list_pages(&mut source, "/v1/items", "items", &[], 10, |_| false);
         assert!(matches!(listing.end, End::Enough) && listing.end.is_complete());
         assert_eq!(listing.pages, 1);
+    }
+
+    #[test]
+    fn a_listing_from_a_token_says_where_the_next_one_goes_on() {
+        let mut source = FakeSource::new((0..5).map(|i| page("items", 0..1, Some(&format!("t{i}")))).collect());
+        let listing = list_pages_from(&mut source, "/v1/items", "items", &[], 2, Some("saved".into()), |_| true);
+        assert!(matches!(listing.end, End::PageCap));
+        assert_eq!(listing.next.as_deref(), Some("t1"));
+        assert_eq!(source.requests[0].1.last(), Some(&("page_token".to_string(), "saved".to_string())));
+
+        let mut source = FakeSource::new(vec![page("items", 0..1, Some("t0")), Err(HuntressError::api(ErrorKind::ServerError, "503"))]);
+        let listing = list_pages_from(&mut source, "/v1/items", "items", &[], 5, None, |_| true);
+        assert!(matches!(listing.end, End::Failed(_)));
+        assert_eq!((listing.pages, listing.next.as_deref()), (1, Some("t0")), "the page that failed is read again");
+
+        let mut source = FakeSource::new(vec![page("items", 0..1, None)]);
+        let listing = list_pages_from(&mut source, "/v1/items", "items", &[], 5, Some("saved".into()), |_| true);
+        assert!(matches!(listing.end, End::Complete) && listing.next.is_none());
     }
 
     #[test]

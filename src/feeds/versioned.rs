@@ -8,12 +8,17 @@
 //!   `sort_direction=desc`) down to the checkpoint;
 //! * a version is `id + updated_at + status`; the last version forwarded per
 //!   item is kept in the persistent cache (the 5,000 most recently changed
-//!   items), so no version is forwarded twice, and an item seen before comes
-//!   back as `updated` or `status_changed` rather than `new`;
+//!   items, more while a walk is under way), so no version is forwarded twice,
+//!   and an item seen before comes back as `updated` or `status_changed`
+//!   rather than `new`;
 //! * items outside the organization scope are dropped (and counted);
+//! * changes deeper than a run's pages are walked over several runs: the
+//!   listing's position (its page token, the newest change read...) is saved
+//!   with the checkpoint and the next run goes on from it; a token the API
+//!   refuses starts the walk again from the first page (versions already sent
+//!   are not sent again);
 //! * the checkpoint (newest `updated_at` read) moves only after the intake
-//!   accepted the logs, and only when the scan reached it (or hit the page cap,
-//!   with a warning that older changes were skipped);
+//!   accepted the logs, and only when the walk reached it (or the listing's end);
 //! * events are only emitted for logs the intake accepted, so a retry never
 //!   doubles them;
 //! * gauges by severity are read each run with the API's `status` filter.
@@ -30,9 +35,10 @@ use crate::datadog::transform::{LogTemplate, PreparedLog};
 use crate::feeds::feed::{Feed, ListSettings, Slot};
 use crate::feeds::forwarding::FeedContext;
 use crate::feeds::item::{text, truncate, updated_at};
-use crate::feeds::known::{Change, KnownVersions, Version, VersionedState};
+use crate::base::error::ErrorKind;
+use crate::feeds::known::{Change, KnownVersions, Version, VersionedState, Walk, KNOWN_ITEMS, MAX_KNOWN_ITEMS};
 use crate::feeds::orgs::OrgDirectory;
-use crate::feeds::paging::{list_pages, End, Health, Listing, PageSource};
+use crate::feeds::paging::{list_pages, list_pages_from, End, Health, Listing, PageSource, PAGE_LIMIT};
 use crate::feeds::scope::{OrgRef, Scope};
 use crate::huntress::client::Feature;
 
@@ -47,9 +53,31 @@ pub struct Scan {
     /// The newest `updated_at` read that is not after `now`: a time from the
     /// future never moves the checkpoint past the changes still to come.
     pub newest: Option<DateTime<Utc>>,
+    /// The `updated_at` of the last item read.
+    pub last: Option<DateTime<Utc>>,
     pub listing: Listing,
-    /// Whether every item came in the order asked for (newest change first).
+    /// Whether every item came in the order asked for (newest change first),
+    /// these and those of the walk before them.
     pub ordered: bool,
+}
+
+/// Where a scan begins: the first page, or where a walk stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    pub token: Option<&'a str>,
+    /// The `updated_at` of the last item read before this page.
+    pub last: Option<DateTime<Utc>>,
+    pub ordered: bool,
+}
+
+impl Start<'_> {
+    pub const FIRST_PAGE: Start<'static> = Start { token: None, last: None, ordered: true };
+}
+
+impl<'a> Start<'a> {
+    pub fn of(walk: &'a Walk) -> Self {
+        Start { token: walk.token.as_deref(), last: walk.last, ordered: walk.ordered }
+    }
 }
 
 /// Pages newest change first (the API has no `updated_at` filter) and keeps
@@ -57,6 +85,7 @@ pub struct Scan {
 /// (the scope's `organization_id`). The order is checked, not trusted: the scan
 /// stops after a page only when every item so far came newest first and that
 /// page reached below the checkpoint; a listing out of order is read to its end.
+#[allow(clippy::too_many_arguments)]
 pub fn scan_changes(
     source: &mut dyn PageSource,
     path: &str,
@@ -65,14 +94,16 @@ pub fn scan_changes(
     checkpoint: DateTime<Utc>,
     now: DateTime<Utc>,
     max_pages: u32,
+    start: Start<'_>,
 ) -> Scan {
     let mut reports = Vec::new();
     let mut newest: Option<DateTime<Utc>> = None;
-    let mut previous: Option<DateTime<Utc>> = None;
-    let mut ordered = true;
+    let mut previous: Option<DateTime<Utc>> = start.last;
+    let mut ordered = start.ordered;
     let mut filters = vec![("sort_field", "updated_at".to_string()), ("sort_direction", "desc".to_string())];
     filters.extend_from_slice(extra);
-    let listing = list_pages(source, path, plural, &filters, max_pages, |page| {
+    let token = start.token.map(str::to_string);
+    let listing = list_pages_from(source, path, plural, &filters, max_pages, token, |page| {
         let mut reached = false;
         for report in page {
             if let Some(t) = updated_at(&report) {
@@ -92,7 +123,13 @@ pub fn scan_changes(
         }
         !(reached && ordered)
     });
-    Scan { reports, newest, listing, ordered }
+    Scan { reports, newest, last: previous, listing, ordered }
+}
+
+/// Whether a listing that began at a saved token failed on that first page
+/// because the API refused the token (it expired, or the query changed).
+pub fn token_refused(start: Start<'_>, listing: &Listing) -> bool {
+    start.token.is_some() && listing.pages == 0 && matches!(&listing.end, End::Failed(error) if error.kind() == ErrorKind::QueryInvalid)
 }
 
 /// The versions not forwarded yet, oldest change first, with how each changed.
@@ -286,6 +323,32 @@ fn in_scope(feed: &dyn VersionedFeed, scope: &Scope, item: &Map<String, Value>, 
     }
 }
 
+/// A walk is complete: the checkpoint moves to the newest change it read, but
+/// not past the second before it began (a change made since may sit on a page
+/// it had already read, and the API gives times in whole seconds), and the
+/// memory of versions shrinks back to its bound, keeping the changes a scan
+/// from the new checkpoint reads again.
+fn finish_walk(walk: Walk, state: &mut VersionedState) {
+    if let Some(newest) = walk.newest {
+        let before_start = walk.started - chrono::Duration::seconds(1);
+        state.checkpoint = state.checkpoint.max(newest.min(before_start));
+    }
+    state.known.shrink_keeping(KNOWN_ITEMS, state.checkpoint.timestamp_millis());
+}
+
+/// Why this run's walk stopped short, and that the next run goes on from there.
+fn walk_warning(what: &str, option: &str, max_pages: u32, scan: &Scan) -> String {
+    let goes_on = "the next run goes on from there, and the checkpoint moves once the walk is complete";
+    match &scan.listing.end {
+        End::Failed(error) => format!("reading {what} failed part way ({error}); {goes_on}"),
+        End::Budget => format!("the rate budget ran out before {what} were read down to the checkpoint; {goes_on}"),
+        _ if !scan.ordered => format!(
+            "{what}: the listing is not sorted by updated_at, so it is read to its end, {max_pages} pages of {PAGE_LIMIT} a run; {goes_on} (raise `{option}` to catch up faster)"
+        ),
+        _ => format!("{what}: {max_pages} pages of {PAGE_LIMIT} did not reach the changes already read; {goes_on} (raise `{option}` to catch up faster)"),
+    }
+}
+
 /// A versioned feed with its settings, as a feed of the collector: before the
 /// SIEM queries, within the SOC share of the budget.
 pub struct Versioned<F> {
@@ -320,7 +383,9 @@ impl VersionedRun<'_, '_> {
     }
 
     /// Forwards new versions, then reads the status gauges. `None` when the
-    /// budget left no room to send anything. The page count is for the next estimate.
+    /// budget left no room to send anything. The page count is for the next
+    /// estimate. A backlog deeper than a run's pages is walked over several
+    /// runs (see `advance`).
     pub fn run(&mut self, source: &mut dyn PageSource, report: &mut Report) -> (Option<Health>, u32) {
         if !source.may_send() {
             return (None, 0);
@@ -328,47 +393,98 @@ impl VersionedRun<'_, '_> {
         let names = self.feed.names();
         let (feature, what) = (names.feature, names.what);
         let mut warnings = Vec::new();
+        let mut recovered = Vec::new();
         let name = self.checkpoint_name();
         let mut state = self.ctx.load_state(names.cache_key, &name, &mut warnings);
-        let extra: Vec<_> = self.ctx.scope.api_filter(self.ctx.directory).into_iter().collect();
-        let scan = scan_changes(source, names.path, names.plural, &extra, state.checkpoint, self.ctx.now, self.ctx.max_pages);
+        if state.damaged {
+            recovered.push(ErrorKind::Cache);
+        }
+        let mut scan = self.scan(source, &mut state, &mut warnings, &mut recovered);
         let mut pages = scan.listing.pages;
         if let End::Failed(error) = &scan.listing.end {
             if scan.reports.is_empty() {
-                let health = Health::failed(feature, Status::Critical, format!("cannot read {what}: {error}"), error);
-                return (Some(health), pages);
+                self.ctx.save_state(names.cache_key, &name, &state, &mut warnings);
+                warnings.insert(0, format!("cannot read {what}: {error}"));
+                let health = Health::failed(feature, Status::Critical, warnings.join("; "), error);
+                return (Some(health.with_recovered(&recovered)), pages);
             }
         }
-        let in_scope: Vec<_> = scan.reports.into_iter().filter(|item| in_scope(self.feed, self.ctx.scope, item, self.ctx.directory, true)).collect();
+        let reports = std::mem::take(&mut scan.reports);
+        let in_scope: Vec<_> = reports.into_iter().filter(|item| in_scope(self.feed, self.ctx.scope, item, self.ctx.directory, true)).collect();
         let changes = new_versions(in_scope, &state.known);
+        let walked = state.walk.as_ref().map_or(0, |walk| walk.forwarded);
+        state.known.grow_to((KNOWN_ITEMS + walked + changes.len()).min(MAX_KNOWN_ITEMS));
         let delivery = self.deliver(&changes, &mut state, report);
-        match &scan.listing.end {
-            End::Complete | End::Enough if delivery.error.is_none() => state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint)),
-            End::PageCap | End::RepeatedToken if delivery.error.is_none() && !scan.ordered => {
-                // Out of order, the unread pages may hold changes newer than any read.
-                let why = scan.listing.end.shortfall(what, self.ctx.max_pages, names.max_pages_option).unwrap_or_default();
-                warnings.push(format!("{why}; the listing was not sorted by updated_at, so the checkpoint stays and the next run reads it again"));
-            }
-            End::PageCap | End::RepeatedToken if delivery.error.is_none() => {
-                state.checkpoint = state.checkpoint.max(scan.newest.unwrap_or(state.checkpoint));
-                let why = scan.listing.end.shortfall(what, self.ctx.max_pages, names.max_pages_option).unwrap_or_default();
-                warnings.push(format!("{why}; older changes since the last run were skipped"));
-            }
-            End::Budget => warnings.push("the rate budget ran out before the checkpoint was reached; the next run reads these changes again".into()),
-            End::Failed(error) => warnings.push(format!("reading {what} failed part way ({error}); the next run reads them again")),
-            _ => {}
+        if delivery.error.is_none() {
+            self.advance(&scan, delivery.accepted_prefix, &mut state, &mut warnings);
         }
         self.ctx.save_state(names.cache_key, &name, &state, &mut warnings);
         if let Some(error) = &delivery.error {
             warnings.push(format!("{what} could not be forwarded; the checkpoint stays: {error}"));
             let health = Health::failed(feature, Status::Warning, warnings.join("; "), error);
-            return (Some(health), pages);
+            return (Some(health.with_recovered(&recovered)), pages);
         }
         for (suffix, status) in self.feed.status_gauges() {
             pages += self.report_status(source, suffix, status, report, &mut warnings);
         }
         let health = if warnings.is_empty() { Health::ok(feature) } else { Health::warning(feature, warnings.join("; ")) };
-        (Some(health), pages)
+        (Some(health.with_recovered(&recovered)), pages)
+    }
+
+    /// Reads this run's pages of changes: from where the walk under way
+    /// stopped, or from the first page. A saved token the API refuses (it
+    /// expired) starts the walk again from the first page, within this run.
+    fn scan(&self, source: &mut dyn PageSource, state: &mut VersionedState, warnings: &mut Vec<String>, recovered: &mut Vec<ErrorKind>) -> Scan {
+        let names = self.feed.names();
+        let extra: Vec<_> = self.ctx.scope.api_filter(self.ctx.directory).into_iter().collect();
+        let (checkpoint, now, max_pages) = (state.checkpoint, self.ctx.now, self.ctx.max_pages);
+        let read = |source: &mut dyn PageSource, start: Start<'_>| scan_changes(source, names.path, names.plural, &extra, checkpoint, now, max_pages, start);
+        let start = state.walk.as_ref().map_or(Start::FIRST_PAGE, Start::of);
+        let scan = read(source, start);
+        if !token_refused(start, &scan.listing) {
+            return scan;
+        }
+        let Some(walk) = state.walk.as_mut() else { return scan };
+        recovered.push(ErrorKind::TokenExpired);
+        warnings.push(format!(
+            "the API refused the saved page token of the {} listing (expired); the listing is read again from its newest change, and what was sent is not sent again",
+            names.what
+        ));
+        walk.token = None;
+        walk.last = None;
+        read(source, Start { token: None, last: None, ordered: walk.ordered })
+    }
+
+    /// After a delivery the intake accepted whole: a listing read down to the
+    /// checkpoint (or to its end) completes the walk and moves the checkpoint;
+    /// one that stopped short saves where it stopped, and the next run goes on
+    /// from there with the checkpoint unchanged.
+    fn advance(&self, scan: &Scan, forwarded: usize, state: &mut VersionedState, warnings: &mut Vec<String>) {
+        let names = self.feed.names();
+        let (what, max_pages, option) = (names.what, self.ctx.max_pages, names.max_pages_option);
+        let mut walk = state.walk.take().unwrap_or_else(|| Walk::new(self.ctx.now));
+        walk.newest = walk.newest.max(scan.newest);
+        walk.forwarded += forwarded;
+        let end = &scan.listing.end;
+        match end {
+            End::Complete | End::Enough => finish_walk(walk, state),
+            End::RepeatedToken if scan.ordered => {
+                finish_walk(walk, state);
+                let why = end.shortfall(what, max_pages, option).unwrap_or_default();
+                warnings.push(format!("{why}; older changes since the last run were skipped"));
+            }
+            End::RepeatedToken => {
+                let why = end.shortfall(what, max_pages, option).unwrap_or_default();
+                warnings.push(format!("{why}; the listing was not sorted by updated_at, so the checkpoint stays and the next run reads it again"));
+            }
+            End::PageCap | End::Budget | End::Failed(_) => {
+                warnings.push(walk_warning(what, option, max_pages, scan));
+                walk.token = scan.listing.next.clone();
+                walk.last = scan.last;
+                walk.ordered = scan.ordered;
+                state.walk = Some(walk);
+            }
+        }
     }
 
     /// Sends the logs; records the versions and emits the events of the accepted prefix.

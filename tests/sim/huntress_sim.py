@@ -197,6 +197,7 @@ class HuntressSimulator(ServerBase):
         self._lock = threading.RLock()
         self._secret = os.urandom(16)
         self._token_generation = 0
+        self._list_token_generation = 0
         self._windows: dict[str, deque] = {}
         self._faults = FaultQueue(lambda kind: validate_fault(kind, FAULT_KINDS))
         # SIEM store
@@ -308,6 +309,11 @@ class HuntressSimulator(ServerBase):
         with self._lock:
             self._token_generation += 1
 
+    def expire_list_tokens(self):
+        """Invalidate every REST list page_token issued so far: each answers 400."""
+        with self._lock:
+            self._list_token_generation += 1
+
     # REST fixtures -----------------------------------------------------------
     def set_account(self, account: dict):
         with self._lock:
@@ -321,6 +327,10 @@ class HuntressSimulator(ServerBase):
 
     def set_incident_reports(self, items):
         self._set_list("/v1/incident_reports", items)
+
+    def add_incident_reports(self, items):
+        with self._lock:
+            self._lists["/v1/incident_reports"].extend(copy.deepcopy(i) for i in items)
 
     def set_signals(self, items):
         self._set_list("/v1/signals", items)
@@ -838,6 +848,8 @@ class HuntressSimulator(ServerBase):
                 tok = json.loads(_b64d(token))
                 if tok["fp"] != fp:
                     raise _ApiError(400, "page_token does not match the query parameters")
+                if tok.get("g", 0) != self._list_token_generation:
+                    raise _ApiError(400, "page_token expired; list again without page_token")
                 cursor = (tuple(tok["v"]), tuple(tok["i"]))
             except _ApiError:
                 raise
@@ -851,7 +863,8 @@ class HuntressSimulator(ServerBase):
         pagination = {}
         if more:
             last_key = skey(page[-1])
-            ntok = _b64e(json.dumps({"fp": fp, "v": list(last_key[0]), "i": list(last_key[1])}).encode())
+            ntok = _b64e(json.dumps({"fp": fp, "v": list(last_key[0]), "i": list(last_key[1]),
+                                     "g": self._list_token_generation}).encode())
             next_params = [(k, v) for k, v in query if k not in ("page_token", "page", "limit")]
             next_params += [("limit", str(limit)), ("page_token", ntok)]
             pagination = {

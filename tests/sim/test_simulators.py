@@ -737,6 +737,24 @@ def test_account_and_list_pagination(rest_sim):
     assert len(sig) == 5
 
 
+def test_list_tokens_expire_on_demand_and_reports_can_be_added(rest_sim):
+    sim, orgs, ags, incs = rest_sim
+    first = get(sim, "/v1/incident_reports?limit=5").json()
+    tok = first["pagination"]["next_page_token"]
+    assert get(sim, f"/v1/incident_reports?limit=5&page_token={tok}").status == 200
+    sim.expire_list_tokens()
+    refused = get(sim, f"/v1/incident_reports?limit=5&page_token={tok}")
+    assert refused.status == 400 and "expired" in refused.json()["message"]
+    fresh = get(sim, "/v1/incident_reports?limit=5").json()["pagination"]["next_page_token"]
+    assert get(sim, f"/v1/incident_reports?limit=5&page_token={fresh}").status == 200
+    more = fixtures.incident_reports(3, orgs, ags, seed=99)
+    for i, report in enumerate(more):
+        report["id"] = 900_000 + i
+    sim.add_incident_reports(more)
+    got, _ = _walk(sim, "/v1/incident_reports?limit=500", "incident_reports")
+    assert len(got) == 26 and {r["id"] for r in more} <= {r["id"] for r in got}
+
+
 def test_list_filters_and_sorting(rest_sim):
     sim, orgs, ags, incs = rest_sim
     org = orgs[1]["id"]
