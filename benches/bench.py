@@ -27,6 +27,7 @@ Variants run side by side in one table, in alternating check processes
                               older commit; it sends to the sink as logs_intake_url
                               (gzip level 1 in every build), as does the default variant
   --rules JSON                 each variant again with these log_processing_rules
+  --message-bytes N            every message is N digits: what a mask on numbers costs at worst
 """
 
 import argparse
@@ -50,12 +51,17 @@ def delivered_counts(sink):
     return Counter(log['uuid'] if 'uuid' in log else json.dumps(log, sort_keys=True) for log in sink.logs)
 
 
-def serve(size, page_size, conn):
+def serve(size, page_size, conn, message_bytes=0):
     from tests.sim import HuntressSimulator, IntakeSink, fixtures
 
     with HuntressSimulator(rate_limit=1_000_000, page_size=page_size) as huntress, IntakeSink() as sink:
         end = datetime.now(timezone.utc) - timedelta(seconds=30)
-        huntress.add_events(fixtures.siem_events(size, end - timedelta(minutes=15), end, seed=7))
+        events = fixtures.siem_events(size, end - timedelta(minutes=15), end, seed=7)
+        if message_bytes:
+            # Digits only: the worst case for a mask on numbers.
+            for i, event in enumerate(events):
+                event['message'] = str(i).rjust(message_bytes, '7')
+        huntress.add_events(events)
         conn.send({'huntress': huntress.url, 'intake': sink.url, 'credentials': huntress.credentials})
         conn.recv()  # the check is done
         counts = delivered_counts(sink)
@@ -140,9 +146,9 @@ def run_check(urls, size, page_size, query, variant):
     print(json.dumps({'wall': wall, 'cpu': cpu, 'user': after.ru_utime - before.ru_utime, 'init_cpu': init_cpu, 'maxrss_kb': after.ru_maxrss, 'runs': runs}))
 
 
-def measure(size, page_size, query, variant):
+def measure(size, page_size, query, variant, message_bytes=0):
     parent, child = multiprocessing.Pipe()
-    server = multiprocessing.Process(target=serve, args=(size, page_size, child), daemon=True)
+    server = multiprocessing.Process(target=serve, args=(size, page_size, child, message_bytes), daemon=True)
     server.start()
     urls = parent.recv()
     out = subprocess.run(
@@ -192,6 +198,7 @@ def main():
     parser.add_argument('--repeat', type=int, default=1)
     parser.add_argument('--rules', help='JSON list of log_processing_rules: each variant also runs with them (LABEL+rules)')
     parser.add_argument('--variant', default='{}')
+    parser.add_argument('--message-bytes', type=int, default=0, help='each event\'s message: this many digits (mask memory)')
     args = parser.parse_args()
     if args.run_check:
         run_check(json.loads(args.run_check), args.size, args.page_size, args.query, json.loads(args.variant))
@@ -201,7 +208,7 @@ def main():
         rounds = {variant['label']: [] for variant in variants(args)}
         for _ in range(args.repeat):
             for variant in variants(args):
-                rounds[variant['label']].append(measure(size, args.page_size, args.query, variant))
+                rounds[variant['label']].append(measure(size, args.page_size, args.query, variant, args.message_bytes))
         for label, measured in rounds.items():
             check, sink = median_round(measured)
             delivered = sink['delivered']

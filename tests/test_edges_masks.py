@@ -4,12 +4,16 @@ log over 1 MB or a request over the intake's limits, and what a cut leaves
 out is never sent unmasked."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from tests.sim import fixtures
 
 from .conftest import recent_events
+from .test_hostile_transport import MB
 from .test_inventory import logs_of
 from .test_soc import recent_escalations, recent_signals
 
@@ -83,3 +87,41 @@ def test_a_mask_hides_every_copy_in_logs_tags_and_events(
         for part in (event['msg_title'], event['msg_text'], ','.join(event['tags'])):
             assert 'acme' not in part.lower(), part
         assert any(tag.startswith('huntress_org_name:[client]') for tag in event['tags']), event['tags']
+
+
+# The check alone, in a fresh process: the simulator and the sink, which keeps
+# every log it accepts, stay in this one.
+CHECK_ONE_RUN = """
+import json, resource, sys
+from datadog_checks.huntress import HuntressCheck
+instance = json.loads(sys.argv[1])
+check = HuntressCheck('huntress', {}, [instance])
+while check.check_initializations:
+    check.check_initializations.popleft()()
+def rss(field):
+    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(field + ':'))
+open('/proc/self/clear_refs', 'w').write('5')
+start = rss('VmRSS')
+error = check.run()
+print(json.dumps({'error': error, 'growth': rss('VmHWM') - start}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/clear_refs'), reason='needs Linux to reset the peak RSS')
+def test_a_page_of_logs_a_mask_makes_larger_is_sent_in_bounded_memory(huntress, sink, instance):
+    """One 20 MB page of 100 KB digit messages, each masked into 700 KB: the
+    page's logs (140 MB in all) go out batch by batch as they are written,
+    never held whole."""
+    rows = recent_events(200, seed=193)
+    for i, row in enumerate(rows):
+        row['message'] = str(i).rjust(100_000, '7')
+    huntress.add_events(rows)
+    instance['log_processing_rules'] = [{'type': 'mask_sequences', 'name': 'digits', 'pattern': '[0-9]', 'replace_placeholder': '[digit]'}]
+    result = subprocess.run(
+        [sys.executable, '-c', CHECK_ONE_RUN, json.dumps(instance)], capture_output=True, text=True, timeout=300, check=True
+    )
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    assert run['error'] == '', run['error']
+    assert run['growth'] < 100 * MB, f"peak RSS grew by {run['growth'] / MB:.0f} MB"
+    assert len(sink.uuids()) == 200 and max(sink.uuids().values()) == 1
+    assert all(r['raw_bytes'] <= 5 * 1024 * 1024 for r in sink.requests)

@@ -459,7 +459,13 @@ impl QueryRun<'_> {
         self.token_survived(&cursor, state);
         let rows = page.rows.len() as u64;
         let times: Vec<DateTime<Utc>> = page.rows.iter().filter_map(row_time).collect();
-        self.buffer_rows(page.rows, state, pending, outcome);
+        let mut rows_left = page.rows.into_iter();
+        while self.buffer_rows(&mut rows_left, state, pending, outcome) {
+            // Sent without moving the cursor into this page: the ids drop what went out if it is read again.
+            if !self.flush(state, pending, outcome) {
+                return Step::Stop;
+            }
+        }
         let length = cursor.range_end - cursor.range_start;
         let first_page = cursor.pages_done == 0;
         let mut after = Cursor {
@@ -492,7 +498,7 @@ impl QueryRun<'_> {
     /// the intake failed: the pages after that one are fetched again later, and
     /// the remembered ids keep their accepted logs from going out twice.
     fn flush(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
-        if pending.pages.is_empty() {
+        if pending.pages.is_empty() && pending.logs.len() == 0 {
             return true;
         }
         let (accepted_prefix, error) = self.deliver(state, pending, outcome);
@@ -765,9 +771,13 @@ impl QueryRun<'_> {
         self.save(state, outcome);
     }
 
-    pub(super) fn buffer_rows(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) {
+    /// Buffers the rows' logs until they fill an intake batch: true when rows
+    /// are left, to buffer after the pending logs are sent. A page of large
+    /// logs (or of logs a mask made larger) is never held whole.
+    pub(super) fn buffer_rows(&mut self, rows: &mut std::vec::IntoIter<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
         let now_ms = transform::now_ms();
-        for row in rows {
+        while pending.logs.bytes_len() < MAX_BATCH_BYTES {
+            let Some(row) = rows.next() else { return false };
             let id = transform::event_id(&row);
             let second = row_time(&row).map(event_second).unwrap_or(0);
             if state.seen.contains(id) || pending.ids.contains_key(&id) {
@@ -819,6 +829,7 @@ impl QueryRun<'_> {
                 }
             }
         }
+        rows.len() > 0
     }
 
     fn in_scope(&self, row: &Row) -> bool {
