@@ -181,8 +181,8 @@ def test_an_expired_page_token_starts_the_walk_again_without_sending_twice(
 
     huntress.expire_list_tokens()
     run(dd_run_check, check, aggregator)
-    assert sum(forwarded_ids(sink, 'huntress-incidents').values()) == 2 * PAGE, 'the first pages again, nothing sent'
-    assert aggregator.events == []
+    counts = forwarded_ids(sink, 'huntress-incidents')
+    assert sum(counts.values()) == 4 * PAGE and max(counts.values()) == 1, 'the first pages again, sending nothing, then two more'
     aggregator.assert_service_check(API, AgentCheck.WARNING)
     assert 'refused the saved page token' in warning_text(aggregator)
     aggregator.assert_metric('huntress.siem.errors', value=1, tags=['team:secops', 'error_type:token_expired'])
@@ -194,6 +194,27 @@ def test_an_expired_page_token_starts_the_walk_again_without_sending_twice(
     _, state = saved(datadog_agent, 'incidents_state')
     assert 'walk' not in state
     assert parse_time(state['checkpoint']) == parse_time(max(r['updated_at'] for r in reports))
+
+
+def test_page_tokens_that_expire_between_every_two_runs_still_let_the_walk_through(
+    make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance
+):
+    """Each run finds its saved token refused: it reads again the pages the walk
+    had read, sending nothing, and one page further."""
+    orgs, escalations = backlog_escalations(2500, seed=225)
+    huntress.set_organizations(orgs)
+    huntress.set_escalations(escalations)
+    instance.update(escalations={'enabled': True, 'max_pages': 1})
+    check = make_check(instance)
+    for runs in range(1, 6):
+        huntress.expire_list_tokens()
+        run(dd_run_check, check, aggregator)
+        counts = forwarded_ids(sink, 'huntress-escalations')
+        assert sum(counts.values()) == runs * PAGE and max(counts.values()) == 1, runs
+    assert_each_once(sink, 'huntress-escalations', escalations)
+    _, state = saved(datadog_agent, 'escalations_state')
+    assert 'walk' not in state
+    assert parse_time(state['checkpoint']) == parse_time(max(e['updated_at'] for e in escalations))
 
 
 def test_an_unreadable_saved_position_warns_counts_a_cache_error_and_walks_afresh(

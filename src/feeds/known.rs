@@ -224,11 +224,15 @@ pub struct Walk {
     /// Versions forwarded during the walk: the memory holds them all (up to
     /// `MAX_KNOWN_ITEMS`).
     pub forwarded: usize,
+    /// Pages the walk has read from the first page: a walk whose token the
+    /// API refused reads again that far and further in one run, so that
+    /// tokens expiring between runs do not hold it at the same depth.
+    pub pages: u32,
 }
 
 impl Walk {
     pub fn new(started: DateTime<Utc>) -> Self {
-        Walk { token: None, started, newest: None, last: None, ordered: true, forwarded: 0 }
+        Walk { token: None, started, newest: None, last: None, ordered: true, forwarded: 0, pages: 0 }
     }
 }
 
@@ -240,6 +244,8 @@ struct StoredWalk {
     last: Option<String>,
     ordered: bool,
     forwarded: usize,
+    #[serde(default)]
+    pages: u32,
 }
 
 fn stored_time(time: DateTime<Utc>) -> String {
@@ -259,6 +265,7 @@ impl StoredWalk {
             last: walk.last.map(stored_time),
             ordered: walk.ordered,
             forwarded: walk.forwarded,
+            pages: walk.pages,
         }
     }
 
@@ -275,6 +282,7 @@ impl StoredWalk {
             last: optional(&stored.last)?,
             ordered: stored.ordered,
             forwarded: stored.forwarded,
+            pages: stored.pages,
         })
     }
 }
@@ -427,7 +435,7 @@ mod tests {
     fn a_walk_round_trips_and_shrinking_keeps_the_changes_since_the_checkpoint() {
         let mut state = VersionedState::new(Utc::now());
         let started = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().with_timezone(&Utc);
-        state.walk = Some(Walk { token: Some("abc".into()), newest: Some(started), last: None, ordered: false, forwarded: 7, ..Walk::new(started) });
+        state.walk = Some(Walk { token: Some("abc".into()), newest: Some(started), last: None, ordered: false, forwarded: 7, pages: 3, ..Walk::new(started) });
         let decoded = VersionedState::decode(&state.encode(), "test state").unwrap().unwrap();
         assert_eq!((decoded.walk, decoded.unreadable_walk, decoded.damaged), (state.walk.clone(), None, false));
         let mut stored: Value = serde_json::from_str(&state.encode()).unwrap();

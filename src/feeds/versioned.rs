@@ -438,9 +438,9 @@ impl VersionedRun<'_, '_> {
         let names = self.feed.names();
         let extra: Vec<_> = self.ctx.scope.api_filter(self.ctx.directory).into_iter().collect();
         let (checkpoint, now, max_pages) = (state.checkpoint, self.ctx.now, self.ctx.max_pages);
-        let read = |source: &mut dyn PageSource, start: Start<'_>| scan_changes(source, names.path, names.plural, &extra, checkpoint, now, max_pages, start);
+        let read = |source: &mut dyn PageSource, start: Start<'_>, pages: u32| scan_changes(source, names.path, names.plural, &extra, checkpoint, now, pages, start);
         let start = state.walk.as_ref().map_or(Start::FIRST_PAGE, Start::of);
-        let scan = read(source, start);
+        let scan = read(source, start, max_pages);
         if !token_refused(start, &scan.listing) {
             return scan;
         }
@@ -452,7 +452,9 @@ impl VersionedRun<'_, '_> {
         ));
         walk.token = None;
         walk.last = None;
-        read(source, Start { token: None, last: None, ordered: walk.ordered })
+        // Past the pages already read, to where this run would have gone on from its token.
+        let depth = std::mem::take(&mut walk.pages).saturating_add(max_pages);
+        read(source, Start { token: None, last: None, ordered: walk.ordered }, depth)
     }
 
     /// After a delivery the intake accepted whole: a listing read down to the
@@ -465,6 +467,7 @@ impl VersionedRun<'_, '_> {
         let mut walk = state.walk.take().unwrap_or_else(|| Walk::new(self.ctx.now));
         walk.newest = walk.newest.max(scan.newest);
         walk.forwarded += forwarded;
+        walk.pages = walk.pages.saturating_add(scan.listing.pages);
         let end = &scan.listing.end;
         match end {
             End::Complete | End::Enough => finish_walk(walk, state),
