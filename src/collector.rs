@@ -26,7 +26,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use crate::base::boundary::{self, PanicPoint};
-use crate::base::cache::{cache_id, Cache};
+use crate::base::cache::{cache_id, Cache, SuffixedKeys};
 use crate::base::error::{ErrorKind, HuntressError, Result};
 use crate::base::http::Deadline;
 use crate::base::redact::Redactor;
@@ -70,6 +70,8 @@ struct RestRun {
 pub struct Collector {
     config: Config,
     cache_id: String,
+    /// Appended to every cache key of a scoped instance (see `ScopeRules::state_suffix`).
+    state_suffix: String,
     huntress: HuntressClient,
     intake: IntakeClient,
     siem: Siem,
@@ -108,6 +110,7 @@ impl Collector {
             startup_notes: config.encoding_note.iter().cloned().collect(),
             last_pages: BTreeMap::new(),
             cache_id,
+            state_suffix: config.scope.state_suffix(),
             redactor,
             config,
         })
@@ -118,7 +121,9 @@ impl Collector {
         &self.cache_id
     }
 
-    pub fn run(&mut self, cache: &mut dyn Cache) -> Report {
+    pub fn run(&mut self, agent_cache: &mut dyn Cache) -> Report {
+        let suffix = self.state_suffix.clone();
+        let cache: &mut dyn Cache = &mut SuffixedKeys { inner: agent_cache, suffix: &suffix };
         let started = Instant::now();
         let deadline = Deadline::after(self.config.run_deadline);
         boundary::panic_if_injected(PanicPoint::Run);

@@ -169,3 +169,30 @@ def test_a_client_named_any_way_stays_in_or_out_of_scope(
     for m in aggregator.metrics('huntress.scope.unknown_organization'):
         assert m.value == 0, f'every organization here can be resolved: {m.tags}'
     aggregator.assert_metrics_using_metadata(get_metadata_metrics(), check_submission_type=True)
+
+
+def test_one_instance_per_client_on_one_account_each_delivers_its_whole_client(
+    make_check, dd_run_check, huntress, sink, instance
+):
+    """An MSP's usual set-up: the same Huntress key and query in two instances,
+    each scoped to one client, run one after the other on one Agent. Neither
+    instance's checkpoint or memory of handled items may stand for the other's."""
+    a, b, ids = world(huntress)
+    common = dict(
+        log_queries=[{'name': 'all', 'esql_query': QUERY}],
+        incidents={'enabled': True},
+        escalations={'enabled': True},
+        signals={'enabled': True},
+        max_window_seconds=3600,
+        unknown_organization='drop',
+    )
+    for client in (a, b):
+        scoped = dict(instance, organizations={'include': [client['id']]}, **common)
+        dd_run_check(make_check(scoped))
+
+    services = {'siem': 'uuid', 'incidents': 'id', 'escalations': 'id', 'signals': 'id'}
+    for feed, key in services.items():
+        sent = [log[key] for log in logs_of(sink, f'huntress-{feed}')]
+        assert len(sent) == len(set(sent)), f'{feed}: sent twice'
+        for client in ('A', 'B'):
+            assert ids[client][feed] <= set(sent), f'{feed}: items of client {client} were never sent'

@@ -19,6 +19,25 @@ pub fn cache_id(base_url: &str, api_key: &str) -> String {
     short_hash(&["datadog-huntress/v1", base_url, api_key])
 }
 
+/// The keys of one instance's state within its account's namespace: the
+/// account's keys with `suffix` appended. Instances that share a Huntress
+/// account but collect different organizations (one per client) keep apart
+/// checkpoints and memories of what they handled: rows one leaves out of its
+/// scope are rows the other must still send.
+pub struct SuffixedKeys<'a> {
+    pub inner: &'a mut dyn Cache,
+    pub suffix: &'a str,
+}
+
+impl Cache for SuffixedKeys<'_> {
+    fn read(&mut self, key: &str) -> std::result::Result<String, String> {
+        self.inner.read(&format!("{key}{}", self.suffix))
+    }
+
+    fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        self.inner.write(&format!("{key}{}", self.suffix), value)
+    }
+}
 
 /// Reads a JSON cache entry that carries its format version: `Ok(None)` when
 /// the entry is empty, an error naming `what` when it is unreadable or of
@@ -65,6 +84,32 @@ pub fn hash64(parts: &[&str]) -> u64 {
 mod tests {
     use super::*;
 
+    #[derive(Default)]
+    struct Entries(std::collections::HashMap<String, String>);
+
+    impl Cache for Entries {
+        fn read(&mut self, key: &str) -> std::result::Result<String, String> {
+            Ok(self.0.get(key).cloned().unwrap_or_default())
+        }
+
+        fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+            self.0.insert(key.into(), value.into());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn suffixed_keys_read_and_write_only_their_own_entries() {
+        let mut agent = Entries::default();
+        agent.write("incidents_state", "account").unwrap();
+        let mut scoped = SuffixedKeys { inner: &mut agent, suffix: "_scopeabc" };
+        assert_eq!(scoped.read("incidents_state").unwrap(), "");
+        scoped.write("incidents_state", "client").unwrap();
+        assert_eq!(scoped.read("incidents_state").unwrap(), "client");
+        assert_eq!(agent.read("incidents_state").unwrap(), "account");
+        assert_eq!(agent.read("incidents_state_scopeabc").unwrap(), "client");
+    }
+
     #[test]
     fn cache_ids_are_stable_and_hide_the_key() {
         let a = cache_id("https://api.huntress.io", "PUBKEY");
@@ -79,3 +124,4 @@ mod tests {
         assert_eq!(short_hash(&["x"]).len(), 24);
     }
 }
+

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 
 use crate::datadog::report::{with_tag, Report};
+use crate::base::cache::short_hash;
 use crate::base::error::{HuntressError, Result};
 use crate::feeds::item::id_text;
 pub use crate::feeds::orgs::OrgRef;
@@ -85,6 +86,22 @@ fn list_verdict(list: &[String], org: &OrgRef) -> Option<bool> {
 impl ScopeRules {
     pub fn is_active(&self) -> bool {
         !self.include.is_empty() || !self.exclude.is_empty() || self.unknown == UnknownPolicy::Drop
+    }
+
+    /// What this scope collects, as a suffix of the instance's cache keys
+    /// (empty for no scope, so unscoped instances keep their keys). Lists are
+    /// compared as the scope compares names: trimmed, in any case and order.
+    pub fn state_suffix(&self) -> String {
+        if !self.is_active() {
+            return String::new();
+        }
+        let normalized = |list: &[String]| {
+            let mut names: Vec<String> = list.iter().map(|name| name.trim().to_lowercase()).collect();
+            names.sort();
+            names.dedup();
+            names.join("\n")
+        };
+        format!("_scope{}", short_hash(&["scope", &normalized(&self.include), &normalized(&self.exclude), self.unknown.tag()]))
     }
 
     fn verdict(&self, org: &OrgRef) -> Membership {
@@ -268,6 +285,20 @@ mod tests {
         let items = [json!({"id": 101, "name": "Acme Dental"}), json!({"id": 102, "name": "Bravo Law"})];
         let items: Vec<_> = items.iter().map(|v| v.as_object().unwrap().clone()).collect();
         OrgDirectory::from_api(Utc.timestamp_opt(0, 0).unwrap(), None, &items, true)
+    }
+
+    #[test]
+    fn each_scope_keeps_its_own_state_and_no_scope_keeps_the_account_keys() {
+        assert_eq!(rules(json!({})).state_suffix(), "");
+        let acme = rules(json!({"organizations": {"include": [101, " Acme Dental "]}})).state_suffix();
+        assert!(acme.starts_with("_scope") && acme.len() == "_scope".len() + 24, "{acme}");
+        let same = rules(json!({"organizations": {"include": ["acme dental", 101]}})).state_suffix();
+        assert_eq!(acme, same, "order, case and padding do not change what is collected");
+        let bravo = rules(json!({"organizations": {"include": [102]}})).state_suffix();
+        let excluded = rules(json!({"organizations": {"exclude": [101, "Acme Dental"]}})).state_suffix();
+        let dropping = rules(json!({"organizations": {"include": [101, "Acme Dental"]}, "unknown_organization": "drop"})).state_suffix();
+        assert!(bravo != acme && excluded != acme && dropping != acme && dropping != excluded);
+        assert_ne!(rules(json!({"unknown_organization": "drop"})).state_suffix(), "");
     }
 
     #[test]
