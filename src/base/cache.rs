@@ -84,23 +84,9 @@ pub fn hash64(parts: &[&str]) -> u64 {
 mod tests {
     use super::*;
 
-    #[derive(Default)]
-    struct Entries(std::collections::HashMap<String, String>);
-
-    impl Cache for Entries {
-        fn read(&mut self, key: &str) -> std::result::Result<String, String> {
-            Ok(self.0.get(key).cloned().unwrap_or_default())
-        }
-
-        fn write(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
-            self.0.insert(key.into(), value.into());
-            Ok(())
-        }
-    }
-
     #[test]
     fn suffixed_keys_read_and_write_only_their_own_entries() {
-        let mut agent = Entries::default();
+        let mut agent = crate::test_support::MemoryCache::default();
         agent.write("incidents_state", "account").unwrap();
         let mut scoped = SuffixedKeys { inner: &mut agent, suffix: "_scopeabc" };
         assert_eq!(scoped.read("incidents_state").unwrap(), "");
