@@ -58,6 +58,21 @@ def backlog_escalations(n, seed):
     return orgs, items
 
 
+def served_backlog(huntress, instance, feed, n, seed, max_pages):
+    """Serves n changed items of `feed` (incidents or escalations) over 50
+    minutes and turns the feed on at `max_pages` pages a run: the items."""
+    if feed == 'incidents':
+        orgs, _, items = backlog_reports(n, seed)
+        serve = huntress.set_incident_reports
+    else:
+        orgs, items = backlog_escalations(n, seed)
+        serve = huntress.set_escalations
+    huntress.set_organizations(orgs)
+    serve(items)
+    instance.update({feed: {'enabled': True, 'max_pages': max_pages}})
+    return items
+
+
 def saved(datadog_agent, suffix):
     (key,) = [k for k in datadog_agent._cache if k.endswith(suffix)]
     return key, json.loads(datadog_agent._cache[key])
@@ -90,10 +105,7 @@ def run(dd_run_check, check, aggregator):
 def test_an_incident_backlog_of_seven_pages_drains_over_four_runs_exactly_once(
     make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance
 ):
-    orgs, agents, reports = backlog_reports(3500, seed=201)
-    huntress.set_organizations(orgs)
-    huntress.set_incident_reports(reports)
-    instance.update(incidents={'enabled': True, 'max_pages': 2})
+    reports = served_backlog(huntress, instance, 'incidents', 3500, seed=201, max_pages=2)
     check = make_check(instance)
 
     run(dd_run_check, check, aggregator)
@@ -142,10 +154,7 @@ def test_an_incident_backlog_of_seven_pages_drains_over_four_runs_exactly_once(
 def test_an_escalation_backlog_of_six_pages_drains_one_page_a_run_exactly_once(
     make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance
 ):
-    orgs, escalations = backlog_escalations(3000, seed=211)
-    huntress.set_organizations(orgs)
-    huntress.set_escalations(escalations)
-    instance.update(escalations={'enabled': True, 'max_pages': 1})
+    escalations = served_backlog(huntress, instance, 'escalations', 3000, seed=211, max_pages=1)
     check = make_check(instance)
     checkpoints = []
     for runs in range(1, 7):
@@ -170,10 +179,7 @@ def test_an_escalation_backlog_of_six_pages_drains_one_page_a_run_exactly_once(
 def test_an_expired_page_token_starts_the_walk_again_without_sending_twice(
     make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance
 ):
-    orgs, agents, reports = backlog_reports(2500, seed=221)
-    huntress.set_organizations(orgs)
-    huntress.set_incident_reports(reports)
-    instance.update(incidents={'enabled': True, 'max_pages': 2})
+    reports = served_backlog(huntress, instance, 'incidents', 2500, seed=221, max_pages=2)
     check = make_check(instance)
     run(dd_run_check, check, aggregator)
     assert sum(forwarded_ids(sink, 'huntress-incidents').values()) == 2 * PAGE
@@ -201,10 +207,7 @@ def test_page_tokens_that_expire_between_every_two_runs_still_let_the_walk_throu
 ):
     """Each run finds its saved token refused: it reads again the pages the walk
     had read, sending nothing, and one page further."""
-    orgs, escalations = backlog_escalations(2500, seed=225)
-    huntress.set_organizations(orgs)
-    huntress.set_escalations(escalations)
-    instance.update(escalations={'enabled': True, 'max_pages': 1})
+    escalations = served_backlog(huntress, instance, 'escalations', 2500, seed=225, max_pages=1)
     check = make_check(instance)
     for runs in range(1, 6):
         huntress.expire_list_tokens()
@@ -220,10 +223,7 @@ def test_page_tokens_that_expire_between_every_two_runs_still_let_the_walk_throu
 def test_an_unreadable_saved_position_warns_counts_a_cache_error_and_walks_afresh(
     make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance
 ):
-    orgs, escalations = backlog_escalations(2000, seed=231)
-    huntress.set_organizations(orgs)
-    huntress.set_escalations(escalations)
-    instance.update(escalations={'enabled': True, 'max_pages': 2})
+    escalations = served_backlog(huntress, instance, 'escalations', 2000, seed=231, max_pages=2)
     run(dd_run_check, make_check(instance), aggregator)
     assert sum(forwarded_ids(sink, 'huntress-escalations').values()) == 2 * PAGE
 
@@ -246,11 +246,8 @@ def test_an_unreadable_saved_position_warns_counts_a_cache_error_and_walks_afres
 def test_a_listing_that_ignores_the_sort_order_drains_page_by_page_without_missing_a_change(
     make_check, dd_run_check, aggregator, datadog_agent, huntress, sink, instance
 ):
-    orgs, agents, reports = backlog_reports(2500, seed=241)
-    huntress.set_organizations(orgs)
-    huntress.set_incident_reports(reports)
+    reports = served_backlog(huntress, instance, 'incidents', 2500, seed=241, max_pages=2)
     huntress.ignore_sort = True
-    instance.update(incidents={'enabled': True, 'max_pages': 2})
     check = make_check(instance)
     run(dd_run_check, check, aggregator)
     assert sum(forwarded_ids(sink, 'huntress-incidents').values()) == 2 * PAGE
