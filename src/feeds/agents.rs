@@ -200,12 +200,6 @@ impl AgentInventory {
     }
 }
 
-/// Reads every agent page into an inventory.
-#[cfg(test)]
-pub fn collect(source: &mut dyn PageSource, max_pages: u32, now: DateTime<Utc>, stale_after: Duration) -> (AgentInventory, Listing) {
-    collect_in_scope(source, max_pages, now, stale_after, &Scope::default(), None)
-}
-
 /// Reads every agent page into an inventory of the agents in scope.
 pub fn collect_in_scope(
     source: &mut dyn PageSource,
