@@ -25,7 +25,6 @@ use crate::datadog::transform;
 use crate::feeds::siem::page::{parse_page, MAX_PAGE_ROWS};
 use crate::feeds::siem::run::{format_time, Pending, QueryOutcome, QueryRun};
 use crate::feeds::siem::state::{Cursor, QueryState};
-use crate::json::row::Row;
 
 const STATE_VERSION: u32 = 1;
 /// Each tier: (newest age, oldest age, seconds between its checks).
@@ -428,7 +427,7 @@ impl LateCheck<'_, '_> {
             };
             outcome.collected += page.rows.len() as u64;
             let next = page.next_page_token;
-            if !self.buffer(page.rows, state, &mut pending, outcome) || (pending.is_full() && !self.deliver(state, &mut pending, outcome)) {
+            if !self.run.buffer_page(page.rows, state, &mut pending, outcome) || (pending.is_full() && !self.deliver(state, &mut pending, outcome)) {
                 break Ok(Tier::OutOfBudget);
             }
             match next {
@@ -440,17 +439,6 @@ impl LateCheck<'_, '_> {
             return Ok(Tier::OutOfBudget);
         }
         ended
-    }
-
-    /// Buffers a page's logs, sending them whenever they fill a batch: false when a send failed.
-    fn buffer(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
-        let mut rows = rows.into_iter();
-        while self.run.buffer_rows(&mut rows, state, pending, outcome) {
-            if !self.deliver(state, pending, outcome) {
-                return false;
-            }
-        }
-        true
     }
 
     fn deliver(&mut self, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {

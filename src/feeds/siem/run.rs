@@ -459,12 +459,8 @@ impl QueryRun<'_> {
         self.token_survived(&cursor, state);
         let rows = page.rows.len() as u64;
         let times: Vec<DateTime<Utc>> = page.rows.iter().filter_map(row_time).collect();
-        let mut rows_left = page.rows.into_iter();
-        while self.buffer_rows(&mut rows_left, state, pending, outcome) {
-            // Sent without moving the cursor into this page: the ids drop what went out if it is read again.
-            if !self.flush(state, pending, outcome) {
-                return Step::Stop;
-            }
+        if !self.buffer_page(page.rows, state, pending, outcome) {
+            return Step::Stop;
         }
         let length = cursor.range_end - cursor.range_start;
         let first_page = cursor.pages_done == 0;
@@ -771,10 +767,23 @@ impl QueryRun<'_> {
         self.save(state, outcome);
     }
 
+    /// Buffers a page's logs, sending them whenever they fill an intake batch,
+    /// so that a page of large logs (or of logs a mask made larger) is never
+    /// held whole: false when a send failed. What is sent before the page's end
+    /// leaves the cursor before the page: the ids drop it if the page is read again.
+    pub(super) fn buffer_page(&mut self, rows: Vec<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
+        let mut rows = rows.into_iter();
+        while self.buffer_rows(&mut rows, state, pending, outcome) {
+            if !self.flush(state, pending, outcome) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Buffers the rows' logs until they fill an intake batch: true when rows
-    /// are left, to buffer after the pending logs are sent. A page of large
-    /// logs (or of logs a mask made larger) is never held whole.
-    pub(super) fn buffer_rows(&mut self, rows: &mut std::vec::IntoIter<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
+    /// are left, to buffer after the pending logs are sent.
+    fn buffer_rows(&mut self, rows: &mut std::vec::IntoIter<Row>, state: &mut QueryState, pending: &mut Pending, outcome: &mut QueryOutcome) -> bool {
         let now_ms = transform::now_ms();
         while pending.logs.bytes_len() < MAX_BATCH_BYTES {
             let Some(row) = rows.next() else { return false };
