@@ -1,9 +1,11 @@
 """The run lease: one process collects an account at a time on one persistent cache."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -77,6 +79,58 @@ def test_a_holder_that_dies_leaves_the_lease_free(tmp_path, other_process):
     outcome = lease.acquire()
     assert outcome.held and not outcome.unprotected
     lease.release()
+
+
+def _lock_by_hand(path):
+    """Takes the lock of `path` the way a holder does, on a file of its own, and names no one yet."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o644)
+    os.ftruncate(fd, 0)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_holder_caught_before_it_names_itself_is_still_named(tmp_path):
+    path = tmp_path / 'huntress' / 'acct.lock'
+    fd = _lock_by_hand(path)
+    named = threading.Timer(0.1, lambda: os.write(fd, json.dumps({'pid': 4242, 'host': 'other'}).encode()))
+    named.start()
+    try:
+        outcome = RunLease(str(path)).acquire()
+    finally:
+        named.join()
+        os.close(fd)
+    assert not outcome.held
+    assert outcome.describe_holder().startswith('pid 4242 on other')
+
+
+def test_a_holder_caught_while_it_lets_go_leaves_the_lease_to_the_contender(tmp_path):
+    path = tmp_path / 'huntress' / 'acct.lock'
+    fd = _lock_by_hand(path)
+    let_go = threading.Timer(0.1, os.close, args=(fd,))
+    let_go.start()
+    lease = RunLease(str(path), check_id='huntress:agent')
+    try:
+        outcome = lease.acquire()
+    finally:
+        let_go.join()
+    assert outcome.held and not outcome.unprotected
+    with open(path) as f:
+        assert json.load(f)['pid'] == os.getpid()
+    lease.release()
+
+
+def test_a_holder_that_never_names_itself_is_reported_undescribed(tmp_path):
+    path = tmp_path / 'huntress' / 'acct.lock'
+    fd = _lock_by_hand(path)
+    try:
+        outcome = RunLease(str(path)).acquire()
+    finally:
+        os.close(fd)
+    assert not outcome.held
+    assert outcome.describe_holder() == 'a process that did not say which'
 
 
 def test_instances_of_one_process_share_the_lease_and_keep_it_from_other_processes(tmp_path):

@@ -23,6 +23,10 @@ ever have this name.
 * The lease is taken per process: instances of one Agent that share an account
   run side by side as before; another process does not wait, its run is
   skipped and reported.
+* Taking the lock and writing the description are two steps, as are clearing
+  it and letting go, so a contender can find the lock held by a file that
+  names no one. It then polls for a short while: the holder either names
+  itself or lets go, and in the second case the contender takes the lease.
 * When the lock file cannot be created or locked at all (a read-only
   directory, a file system without locks), the run goes ahead unprotected and
   the reason is returned, rather than stopping collection.
@@ -36,6 +40,7 @@ import re
 import socket
 import tempfile
 import threading
+import time
 from datetime import datetime, timezone
 
 try:
@@ -50,6 +55,10 @@ else:
 _INVALID_NAME_CHARS = re.compile(r'[^a-zA-Z0-9_-]')
 # Windows: the locked byte. LockFile may lock past the end of a file without growing it.
 _WINDOWS_LOCK_OFFSET = 1 << 30
+# How long a contender waits for a holder that has the lock but has not written its description yet.
+_DESCRIPTION_WAIT_SECONDS = 0.5
+_DESCRIPTION_POLL_SECONDS = 0.02
+
 
 def fallback_run_path() -> str:
     """Where lease files go when the Agent gives no `run_path` (outside the Agent, as in its test stub,
@@ -123,12 +132,13 @@ class RunLease:
             except OSError as e:
                 return Outcome(True, unprotected=f'cannot open the run lease {self.path} ({e.strerror or e})')
             try:
-                _lock(fd)
+                holder = self._lock_or_find_holder(fd)
             except OSError as e:
                 os.close(fd)
-                if _is_contention(e):
-                    return Outcome(False, holder=self._read_holder())
                 return Outcome(True, unprotected=f'cannot lock the run lease {self.path} ({e.strerror or e})')
+            if holder is not None:
+                os.close(fd)
+                return Outcome(False, holder=holder)
             _held[self.path] = _Held(fd)
             self._joined = True
             self._write_holder(fd)
@@ -155,6 +165,25 @@ class RunLease:
             finally:
                 os.close(held.fd)
 
+    def _lock_or_find_holder(self, fd: int) -> dict | None:
+        """Locks `fd` and returns None, or returns the description of the process that holds the lock.
+
+        A holder caught between taking the lock and naming itself, or between clearing its name and letting
+        go, is polled for until it does either; one that never names itself (a read-only lease file) is
+        returned undescribed once the wait is over."""
+        deadline = time.monotonic() + _DESCRIPTION_WAIT_SECONDS
+        while True:
+            try:
+                _lock(fd)
+                return None
+            except OSError as e:
+                if not _is_contention(e):
+                    raise
+            holder = self._read_holder()
+            if holder.get('pid') or time.monotonic() >= deadline:
+                return holder
+            time.sleep(_DESCRIPTION_POLL_SECONDS)
+
     def _open(self) -> int:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         flags = getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0)
@@ -172,10 +201,12 @@ class RunLease:
             'check_id': self.check_id,
             'since': datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'),
         }
+        description = json.dumps(holder).encode()
         try:
-            os.ftruncate(fd, 0)
+            # Written before the old length is cut, so the file is never empty in between.
             os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps(holder).encode())
+            os.write(fd, description)
+            os.ftruncate(fd, len(description))
         except OSError:
             pass  # read-only descriptor: the lock holds all the same
 
