@@ -70,8 +70,6 @@ struct RestRun {
 pub struct Collector {
     config: Config,
     cache_id: String,
-    /// Appended to every cache key of a scoped instance (see `ScopeRules::state_suffix`).
-    state_suffix: String,
     huntress: HuntressClient,
     intake: IntakeClient,
     siem: Siem,
@@ -110,7 +108,6 @@ impl Collector {
             startup_notes: config.encoding_note.iter().cloned().collect(),
             last_pages: BTreeMap::new(),
             cache_id,
-            state_suffix: config.scope.state_suffix(),
             redactor,
             config,
         })
@@ -122,7 +119,8 @@ impl Collector {
     }
 
     pub fn run(&mut self, agent_cache: &mut dyn Cache) -> Report {
-        let suffix = self.state_suffix.clone();
+        // Each scope keeps its own state within the account's keys.
+        let suffix = self.config.scope.state_suffix();
         let cache: &mut dyn Cache = &mut SuffixedKeys { inner: agent_cache, suffix: &suffix };
         let started = Instant::now();
         let deadline = Deadline::after(self.config.run_deadline);

@@ -110,4 +110,3 @@ mod tests {
         assert_eq!(short_hash(&["x"]).len(), 24);
     }
 }
-
